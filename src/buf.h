@@ -1,0 +1,53 @@
+/*
+ * buf.h - growable byte buffers and JSON string escaping.
+ *
+ * A relay_buf owns a heap block that grows geometrically; the contents are
+ * always NUL-terminated so they can be handed to libpq or printf directly.
+ * Every encoder in the relay (envelopes, CSV, Prometheus text, SQL literals)
+ * writes into one of these, so the hot path does one allocation per buffer
+ * lifetime rather than one per event.
+ */
+#ifndef RELAY_BUF_H
+#define RELAY_BUF_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct relay_buf {
+    char *data;   /* owned; NUL-terminated; NULL until the first append */
+    size_t len;   /* bytes used, not counting the NUL */
+    size_t cap;   /* bytes allocated */
+} relay_buf;
+
+/* Ensure room for `extra` more bytes plus the NUL. Aborts on out-of-memory. */
+void buf_reserve(relay_buf *b, size_t extra);
+/* Append `n` bytes from `p`. */
+void buf_append(relay_buf *b, const void *p, size_t n);
+/* Append a NUL-terminated string. */
+void buf_puts(relay_buf *b, const char *s);
+/* Append one byte. */
+void buf_putc(relay_buf *b, char c);
+/* Append printf-formatted text. */
+void buf_printf(relay_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_vprintf(relay_buf *b, const char *fmt, va_list ap);
+/* Append a signed decimal integer. */
+void buf_put_i64(relay_buf *b, int64_t v);
+/* Append `s` (length n) as a quoted JSON string with RFC 8259 escaping. */
+void buf_put_json_str(relay_buf *b, const char *s, size_t n);
+/* Reset to empty, keeping the allocation. */
+void buf_clear(relay_buf *b);
+/* Free the allocation and zero the struct. */
+void buf_free(relay_buf *b);
+/* Give up ownership: returns data (never NULL; "" when empty), zeroes `b`. Caller frees. */
+char *buf_steal(relay_buf *b);
+
+/* Allocation helpers that abort on out-of-memory (the relay cannot make
+ * progress without memory, and a half-built batch must never be acked). */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t sz);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+#endif

@@ -1,0 +1,121 @@
+/*
+ * message.h - the relay's unit of work: one event, and a batch of them.
+ *
+ * A relay_msg is what every source produces and every sink consumes, in both
+ * directions. Its strings live in the batch's arena, so a batch of thousands
+ * of events costs a handful of allocations and is released in one call.
+ *
+ * Dedup keys and subjects are computed here, once, never in a backend
+ * (SPEC section 5):
+ *   outbox   {outbox_table}:{outbox_id}:{row_index}  (inserted rows first, then deleted)
+ *   cdc      {commit_lsn}:{index_of_change_in_transaction}
+ *   reverse  source-specific (Nats-Msg-Id, Idempotency-Key, ...)
+ * Subject templates take {stream_table} {op} {outbox_id} {refresh_id} {schema}
+ * {table}; substituted values are escaped so they can never split a NATS
+ * subject into extra tokens or add wildcards.
+ */
+#ifndef RELAY_MESSAGE_H
+#define RELAY_MESSAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+
+typedef enum {
+    OP_INSERT = 0,
+    OP_UPDATE,
+    OP_DELETE,
+    OP_TRUNCATE,
+    OP_SNAPSHOT, /* a row of a full refresh / initial snapshot */
+    OP_REFRESH,  /* an outbox header without rows (payload IS NULL): carries the counts */
+    OP_EVENT,    /* reverse direction: a message received from a broker */
+} relay_op;
+
+/* Lower-case name of an op ("insert", ...); static storage. */
+const char *relay_op_name(relay_op op);
+
+/* Delivery state of one message inside the worker loop. */
+typedef enum {
+    MSG_PENDING = 0, /* not yet confirmed by the sink */
+    MSG_CONFIRMED,   /* the sink confirmed it durably */
+    MSG_RETRY,       /* transient failure: publish again with the same dedup key */
+    MSG_REJECTED,    /* permanent failure: goes to the dead-letter table */
+    MSG_DEAD,        /* written to the dead-letter table */
+} relay_msg_state;
+
+typedef struct relay_msg {
+    const char *dedup_key;   /* never NULL once the source returned the batch */
+    const char *subject;     /* rendered subject/topic (forward) or event type (reverse) */
+    relay_op op;
+    const char *payload;     /* JSON text (row, or reverse message body); may be NULL */
+    size_t payload_len;
+    int payload_is_json;     /* reverse: 0 when the body was not JSON */
+    int is_full_refresh;
+    int64_t outbox_id;       /* -1 when not from an outbox */
+    const char *refresh_id;  /* NULL when none */
+    /* Template variables. */
+    const char *stream_table;
+    const char *schema;
+    const char *table;
+    /* CDC extras: pre-rendered JSON objects, NULL when absent. */
+    const char *old_json;
+    const char *source_json;
+    /* Reverse extras (inbox column mapping). */
+    const char *source_name;
+    const char *aggregate_id;
+    const char *trace_id;
+    /* Worker state. */
+    relay_msg_state state;
+    const char *error;       /* set with MSG_RETRY / MSG_REJECTED; arena or static storage */
+    void *ack;               /* source-private per-message ack handle */
+} relay_msg;
+
+/* A simple bump allocator: blocks are freed together by arena_reset(). */
+typedef struct relay_arena_block relay_arena_block;
+typedef struct relay_arena {
+    relay_arena_block *head;
+} relay_arena;
+
+/* Allocate `n` bytes (8-byte aligned) from the arena; never NULL. */
+void *arena_alloc(relay_arena *a, size_t n);
+/* Copy `n` bytes of `s` into the arena and NUL-terminate. */
+char *arena_strndup(relay_arena *a, const char *s, size_t n);
+char *arena_strdup(relay_arena *a, const char *s);
+char *arena_printf(relay_arena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Free every block but the first, which is kept for reuse. */
+void arena_reset(relay_arena *a);
+void arena_free(relay_arena *a);
+
+typedef struct relay_batch {
+    relay_msg *msgs;
+    size_t n;
+    size_t cap;
+    relay_arena arena;
+} relay_batch;
+
+/* Append a zeroed message (outbox_id = -1, state PENDING) and return it. */
+relay_msg *batch_add(relay_batch *b);
+/* Empty the batch and its arena (keeps allocations for reuse). */
+void batch_reset(relay_batch *b);
+void batch_free(relay_batch *b);
+
+/* Default subject templates (SPEC section 5). */
+#define RELAY_DEFAULT_OUTBOX_SUBJECT "pgtrickle.{stream_table}.{op}"
+#define RELAY_DEFAULT_CDC_SUBJECT "cdc.{table}.{op}"
+
+/* Check a template: only known {variables}, balanced braces.
+ * Returns 0, or -1 with a message in err naming the offending variable. */
+int subject_template_check(const char *tmpl, char *err, size_t errlen);
+
+/* Render `tmpl` for `m` into `out` (appended). Substituted values have every
+ * byte that is not [A-Za-z0-9_-] escaped as "%XX" (e.g. "." -> "%2E", " " ->
+ * "%20"), so a value is always exactly one NATS token. */
+void subject_render(const char *tmpl, const relay_msg *m, relay_buf *out);
+
+/* Encode the native JSON envelope of SPEC section 5 (one object, no newline):
+ * {"dedup_key","subject","op","payload","is_full_refresh","outbox_id","refresh_id"}
+ * plus "old" and "source" for CDC events. Appends to `out`. */
+void msg_encode_native(const relay_msg *m, relay_buf *out);
+
+#endif

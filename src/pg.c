@@ -1,0 +1,93 @@
+/*
+ * pg.c - libpq helpers.
+ *
+ * Connections are opened with expand_dbname so the --postgres-url can be a
+ * URI or a conninfo string, plus our own application_name and a connect
+ * timeout. Errors are reduced to their first line: libpq messages never
+ * contain the password, and one line fits the one-line-per-state-change
+ * logging rule.
+ */
+#include "pg.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "buf.h"
+
+void pg_error(PGconn *c, char *err, size_t errlen)
+{
+    const char *m = c ? PQerrorMessage(c) : "no connection";
+    size_t n = strcspn(m, "\n");
+    snprintf(err, errlen, "%.*s", (int)n, m);
+}
+
+static void result_error(PGresult *r, PGconn *c, char *err, size_t errlen)
+{
+    const char *m = r ? PQresultErrorMessage(r) : NULL;
+    if (!m || !*m) {
+        pg_error(c, err, errlen);
+        return;
+    }
+    /* "ERROR:  text\nDETAIL..." -> "text" */
+    const char *p = strstr(m, ":  ");
+    p = p ? p + 3 : m;
+    size_t n = strcspn(p, "\n");
+    snprintf(err, errlen, "%.*s", (int)n, p);
+}
+
+PGconn *pg_connect(const char *url, const char *application_name, char *err, size_t errlen)
+{
+    const char *keys[] = {"dbname", "application_name", "connect_timeout", NULL};
+    const char *vals[] = {url, application_name, "10", NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
+    if (!c) {
+        snprintf(err, errlen, "out of memory connecting to PostgreSQL");
+        return NULL;
+    }
+    if (PQstatus(c) != CONNECTION_OK) {
+        pg_error(c, err, errlen);
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+PGresult *pg_query(PGconn *c, const char *sql, int nparams, const char *const *params, char *err,
+                   size_t errlen)
+{
+    PGresult *r = nparams ? PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0)
+                          : PQexec(c, sql);
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return r;
+    result_error(r, c, err, errlen);
+    PQclear(r);
+    return NULL;
+}
+
+int pg_exec(PGconn *c, const char *sql, int nparams, const char *const *params, char *err,
+            size_t errlen)
+{
+    PGresult *r = pg_query(c, sql, nparams, params, err, errlen);
+    if (!r)
+        return -1;
+    PQclear(r);
+    return 0;
+}
+
+int pg_broken(PGconn *c)
+{
+    if (!c || PQstatus(c) != CONNECTION_OK)
+        return 1;
+    return 0;
+}
+
+char *pg_quote_ident(PGconn *c, const char *ident)
+{
+    char *q = PQescapeIdentifier(c, ident, strlen(ident));
+    if (!q)
+        return NULL;
+    char *r = xstrdup(q);
+    PQfreemem(q);
+    return r;
+}

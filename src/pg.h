@@ -1,0 +1,35 @@
+/*
+ * pg.h - small helpers over libpq shared by the coordinator, the workers and
+ * the sources/sinks that talk to PostgreSQL.
+ */
+#ifndef RELAY_PG_H
+#define RELAY_PG_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+
+/* Connect (blocking, connect_timeout 10 s) with application_name set.
+ * `url` is a libpq URI or conninfo string. Returns NULL with err set (the
+ * libpq message, which never contains the password). */
+PGconn *pg_connect(const char *url, const char *application_name, char *err, size_t errlen);
+
+/* Run a statement with text parameters. Returns the result (caller clears)
+ * when its status is COMMAND_OK or TUPLES_OK; otherwise clears it, copies
+ * the server's error into err and returns NULL. */
+PGresult *pg_query(PGconn *c, const char *sql, int nparams, const char *const *params,
+                   char *err, size_t errlen);
+
+/* pg_query for statements without a result set: 0 or -1. */
+int pg_exec(PGconn *c, const char *sql, int nparams, const char *const *params,
+            char *err, size_t errlen);
+
+/* 1 when the connection is unusable (dropped, or in a failed state). */
+int pg_broken(PGconn *c);
+
+/* Quote an identifier ("schema"."name" style) into a malloc'd string. */
+char *pg_quote_ident(PGconn *c, const char *ident);
+
+/* Copy the first line of the connection's error message into err. */
+void pg_error(PGconn *c, char *err, size_t errlen);
+
+#endif

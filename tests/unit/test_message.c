@@ -1,0 +1,181 @@
+/*
+ * test_message.c - envelopes, subject templates, arena and batches.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <string.h>
+
+#include "message.h"
+
+static relay_msg *outbox_msg(relay_batch *b)
+{
+    relay_msg *m = batch_add(b);
+    m->dedup_key = "outbox_orders:5:0";
+    m->subject = "pgtrickle.orders.insert";
+    m->op = OP_INSERT;
+    m->payload = "{\"id\":1}";
+    m->payload_len = strlen(m->payload);
+    m->outbox_id = 5;
+    m->stream_table = "orders";
+    return m;
+}
+
+static void native_envelope_matches_spec(void **state)
+{
+    (void)state;
+    relay_batch b = {0};
+    relay_msg *m = outbox_msg(&b);
+    relay_buf out = {0};
+    msg_encode_native(m, &out);
+    assert_string_equal(out.data,
+                        "{\"dedup_key\":\"outbox_orders:5:0\",\"subject\":\"pgtrickle.orders.insert\","
+                        "\"op\":\"insert\",\"payload\":{\"id\":1},\"is_full_refresh\":false,"
+                        "\"outbox_id\":5,\"refresh_id\":null}");
+    buf_free(&out);
+    batch_free(&b);
+}
+
+static void envelope_escapes_and_cdc_fields(void **state)
+{
+    (void)state;
+    relay_batch b = {0};
+    relay_msg *m = batch_add(&b);
+    m->dedup_key = "0/16B3748:2";
+    m->subject = "cdc.t.\"x\"";
+    m->op = OP_UPDATE;
+    m->payload = "not json\n\x01";
+    m->payload_len = strlen(m->payload);
+    m->payload_is_json = 0;
+    m->old_json = "{\"id\":1}";
+    m->source_json = "{\"table\":\"t\"}";
+    m->refresh_id = "r-1";
+    m->is_full_refresh = 1;
+    relay_buf out = {0};
+    msg_encode_native(m, &out);
+    json_error_t e;
+    json_t *v = json_loads(out.data, 0, &e);
+    assert_non_null(v);
+    assert_string_equal(json_string_value(json_object_get(v, "payload")), "not json\n\x01");
+    assert_string_equal(json_string_value(json_object_get(v, "subject")), "cdc.t.\"x\"");
+    assert_true(json_is_true(json_object_get(v, "is_full_refresh")));
+    assert_true(json_is_null(json_object_get(v, "outbox_id")));
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(v, "old"), "id")), 1);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(v, "source"), "table")), "t");
+    json_decref(v);
+    buf_free(&out);
+    batch_free(&b);
+}
+
+static void render(const char *tmpl, const relay_msg *m, const char *want)
+{
+    relay_buf out = {0};
+    subject_render(tmpl, m, &out);
+    assert_string_equal(out.data, want);
+    buf_free(&out);
+}
+
+static void templates_render_variables(void **state)
+{
+    (void)state;
+    relay_batch b = {0};
+    relay_msg *m = outbox_msg(&b);
+    render(RELAY_DEFAULT_OUTBOX_SUBJECT, m, "pgtrickle.orders.insert");
+    render("x.{outbox_id}.{refresh_id}.{op}", m, "x.5._.insert");
+    render("{{literal}}.{stream_table}", m, "{literal}.orders");
+    m->schema = "public";
+    m->table = "users";
+    m->stream_table = NULL;
+    m->op = OP_DELETE;
+    render(RELAY_DEFAULT_CDC_SUBJECT, m, "cdc.users.delete");
+    render("{schema}.{table}", m, "public.users");
+    batch_free(&b);
+}
+
+static void template_values_cannot_split_subjects(void **state)
+{
+    (void)state;
+    relay_batch b = {0};
+    relay_msg *m = outbox_msg(&b);
+    m->stream_table = "a.b *>c%";
+    render("p.{stream_table}.{op}", m, "p.a%2Eb%20%2A%3Ec%25.insert");
+    m->stream_table = "";
+    render("p.{stream_table}", m, "p._");
+    batch_free(&b);
+}
+
+static void template_check_reports_errors(void **state)
+{
+    (void)state;
+    char err[256];
+    assert_int_equal(subject_template_check("pgtrickle.{stream_table}.{op}", err, sizeof err), 0);
+    assert_int_equal(subject_template_check("a.{{x}}", err, sizeof err), 0);
+    assert_int_equal(subject_template_check("a.{nope}", err, sizeof err), -1);
+    assert_non_null(strstr(err, "{nope}"));
+    assert_int_equal(subject_template_check("a.{op", err, sizeof err), -1);
+    assert_non_null(strstr(err, "unterminated"));
+    assert_int_equal(subject_template_check("a}", err, sizeof err), -1);
+    assert_int_equal(subject_template_check("", err, sizeof err), -1);
+}
+
+static void arena_handles_large_and_many(void **state)
+{
+    (void)state;
+    relay_batch b = {0};
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 20000; i++) {
+            relay_msg *m = batch_add(&b);
+            m->dedup_key = arena_printf(&b.arena, "k:%d:%d", round, i);
+        }
+        char *big = arena_alloc(&b.arena, 1 << 20);
+        memset(big, 'x', 1 << 20);
+        assert_int_equal((int)b.n, 20000);
+        assert_string_equal(b.msgs[19999].dedup_key, round == 0 ? "k:0:19999" : round == 1 ? "k:1:19999" : "k:2:19999");
+        assert_string_equal(b.msgs[0].dedup_key, round == 0 ? "k:0:0" : round == 1 ? "k:1:0" : "k:2:0");
+        batch_reset(&b);
+        assert_int_equal((int)b.n, 0);
+    }
+    batch_free(&b);
+}
+
+static void op_names(void **state)
+{
+    (void)state;
+    assert_string_equal(relay_op_name(OP_INSERT), "insert");
+    assert_string_equal(relay_op_name(OP_SNAPSHOT), "snapshot");
+    assert_string_equal(relay_op_name(OP_REFRESH), "refresh");
+    assert_string_equal(relay_op_name(OP_TRUNCATE), "truncate");
+    assert_string_equal(relay_op_name(OP_EVENT), "event");
+}
+
+static void json_string_escaping(void **state)
+{
+    (void)state;
+    relay_buf b = {0};
+    const char s[] = "a\"b\\c\n\t\x1f\xc3\xa9";
+    buf_put_json_str(&b, s, sizeof s - 1);
+    assert_string_equal(b.data, "\"a\\\"b\\\\c\\n\\t\\u001f\xc3\xa9\"");
+    buf_clear(&b);
+    buf_put_i64(&b, INT64_MIN);
+    assert_string_equal(b.data, "-9223372036854775808");
+    buf_free(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(native_envelope_matches_spec),
+        cmocka_unit_test(envelope_escapes_and_cdc_fields),
+        cmocka_unit_test(templates_render_variables),
+        cmocka_unit_test(template_values_cannot_split_subjects),
+        cmocka_unit_test(template_check_reports_errors),
+        cmocka_unit_test(arena_handles_large_and_many),
+        cmocka_unit_test(op_names),
+        cmocka_unit_test(json_string_escaping),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
