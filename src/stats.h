@@ -1,0 +1,105 @@
+/*
+ * stats.h - per-pipeline counters and health, read by /metrics, /health and
+ * /status.
+ *
+ * Workers update their own relay_stats with relaxed atomics (no lock on the
+ * hot path); the HTTP thread reads them. Text fields (last error, position)
+ * are guarded by the entry's mutex. Entries are reference counted: the
+ * registry holds one reference while the pipeline is owned by this process,
+ * the worker holds one while it runs, and the HTTP thread takes one while it
+ * renders a response, so an entry can never be freed under a reader.
+ */
+#ifndef RELAY_STATS_H
+#define RELAY_STATS_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "buf.h"
+
+/* Error kinds for pgtrickle_relay_publish_errors_total{kind}. */
+typedef enum {
+    ERR_SOURCE = 0, /* polling or acking the source failed (transient) */
+    ERR_SINK,       /* publishing failed transiently (retried) */
+    ERR_PERMANENT,  /* a message was rejected permanently (dead-lettered) */
+    ERR_DECODE,     /* a source payload could not be decoded (dead-lettered) */
+    ERR_POSTGRES,   /* the worker's PostgreSQL connection failed */
+    ERR_KIND_COUNT
+} relay_err_kind;
+
+/* Name of an error kind as used in the metric label. Static storage. */
+const char *relay_err_kind_name(relay_err_kind k);
+
+/* Publish-latency histogram buckets, in seconds (upper bounds, +Inf implicit). */
+#define RELAY_LATENCY_BUCKETS 12
+extern const double relay_latency_bounds[RELAY_LATENCY_BUCKETS];
+
+typedef struct relay_stats {
+    char *name;            /* pipeline name (owned) */
+    char *direction;       /* "forward" | "reverse" (owned) */
+    char *source_type;     /* e.g. "outbox" (owned) */
+    char *sink_type;       /* e.g. "file" (owned) */
+
+    _Atomic uint64_t published;        /* messages confirmed by the sink */
+    _Atomic uint64_t consumed;         /* messages read from the source */
+    _Atomic uint64_t errors[ERR_KIND_COUNT];
+    _Atomic uint64_t dedup_skipped;    /* inbox rows skipped by ON CONFLICT */
+    _Atomic uint64_t dead_lettered;    /* messages written to relay_dlq */
+    _Atomic uint64_t batches;          /* batches acknowledged to the source */
+
+    _Atomic int running;       /* 1 while a worker owns and runs the pipeline */
+    _Atomic int pg_up;         /* worker's PostgreSQL connection is usable */
+    _Atomic int source_up;     /* source reachable */
+    _Atomic int sink_up;       /* sink reachable */
+    _Atomic int64_t started_ms;        /* wall clock ms when the worker took ownership */
+    _Atomic int64_t last_progress_ms;  /* wall clock ms of the last ack, or of the last empty poll */
+    _Atomic int64_t lag_ms;            /* age of the newest acked event when acked, ms */
+    _Atomic int64_t replication_lag_bytes; /* CDC only; -1 when not applicable */
+
+    /* Publish latency (poll -> sink confirmation), cumulative buckets. */
+    _Atomic uint64_t latency_buckets[RELAY_LATENCY_BUCKETS];
+    _Atomic uint64_t latency_count;
+    _Atomic uint64_t latency_sum_us;
+
+    pthread_mutex_t mu;        /* guards the fields below */
+    char last_error[512];      /* last error text, never a secret ("" when none) */
+    int64_t last_error_ms;
+    relay_buf position;        /* source position as a JSON object, e.g. {"last_outbox_id":12} */
+
+    _Atomic int refs;
+} relay_stats;
+
+/* Create a stats entry with one reference and add it to the registry. */
+relay_stats *stats_register(const char *name, const char *direction,
+                            const char *source_type, const char *sink_type);
+/* Remove the entry from the registry (drops the registry's reference). */
+void stats_unregister(relay_stats *s);
+void stats_ref(relay_stats *s);
+void stats_unref(relay_stats *s);
+
+/* Record a publish latency sample in microseconds. */
+void stats_observe_latency(relay_stats *s, uint64_t usec);
+/* Record an error: increments the counter and stores the text (copied). */
+void stats_error(relay_stats *s, relay_err_kind kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Replace the position JSON object (copied). */
+void stats_set_position(relay_stats *s, const char *json);
+
+/* Why a running pipeline is degraded, or NULL when it is healthy. */
+const char *stats_degraded_reason(relay_stats *s, int64_t now_ms);
+
+/* Snapshot the registry: returns an array of referenced entries (caller
+ * unrefs each and frees the array) and stores the count in *n. */
+relay_stats **stats_snapshot(size_t *n);
+
+/* Process start time (wall clock ms), set by stats_init(). */
+void stats_init(void);
+int64_t stats_uptime_seconds(void);
+
+/* Wall-clock and monotonic time in milliseconds. */
+int64_t now_wall_ms(void);
+int64_t now_mono_ms(void);
+uint64_t now_mono_us(void);
+
+#endif
