@@ -1,0 +1,478 @@
+/*
+ * coordinator.c - pipeline discovery, hot reload and ownership.
+ *
+ * The coordinator runs on the main thread with one PostgreSQL connection:
+ *
+ *   LISTEN pgtrickle_relay_config
+ *   loop:
+ *     wait on (connection socket | signal pipe | next discovery tick | a
+ *             stopping worker to finish)
+ *     notification or tick -> list_relay_configs() -> reconcile
+ *
+ * reconcile() compares the catalog with the workers it runs:
+ *   - enabled, not running here, not locked by another relay -> validate the
+ *     config (secrets, source/sink keys) and start a worker; a bad config is
+ *     logged once and remembered, so it is retried only when it changes;
+ *   - running here but disabled or deleted -> stop it;
+ *   - running here with a different config -> stop it; it is started again
+ *     with the new config once the old worker has released its lock.
+ * Whether another relay owns a pipeline is read from pg_locks (granted
+ * advisory locks with our group's key), which avoids opening a connection
+ * per foreign pipeline on every tick. The worker's own
+ * pg_try_advisory_lock stays the authority.
+ *
+ * Pipelines are keyed by direction and name: pg_trickle allows the same
+ * name in relay_outbox_config and relay_inbox_config.
+ */
+#include "coordinator.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backoff.h"
+#include "buf.h"
+#include "catalog.h"
+#include "http.h"
+#include "log.h"
+#include "pg.h"
+#include "stats.h"
+#include "worker.h"
+
+#define ERRLEN 1024
+
+typedef struct pipeline {
+    char *name;
+    int forward;
+    relay_worker *worker;   /* NULL when not running here */
+    char *failed_config;    /* config text that failed validation (not retried) */
+    int seen;               /* mark for reconcile */
+} pipeline;
+
+static struct {
+    const relay_options *opts;
+    PGconn *pg;
+    pipeline *pipes;
+    size_t npipes;
+    relay_worker **stopping; /* workers asked to stop, not yet joined */
+    size_t nstopping;
+    int sig_pipe[2];
+} co;
+
+static atomic_int stop_requested;
+
+void coordinator_request_stop(void)
+{
+    atomic_store(&stop_requested, 1);
+    if (co.sig_pipe[1] > 0) {
+        char c = 1;
+        ssize_t rc = write(co.sig_pipe[1], &c, 1);
+        (void)rc;
+    }
+}
+
+/* ---- bookkeeping ---------------------------------------------------------- */
+
+static pipeline *find_pipe(const char *name, int forward)
+{
+    for (size_t i = 0; i < co.npipes; i++)
+        if (co.pipes[i].forward == forward && strcmp(co.pipes[i].name, name) == 0)
+            return &co.pipes[i];
+    return NULL;
+}
+
+static pipeline *add_pipe(const char *name, int forward)
+{
+    co.pipes = xrealloc(co.pipes, (co.npipes + 1) * sizeof *co.pipes);
+    pipeline *p = &co.pipes[co.npipes++];
+    memset(p, 0, sizeof *p);
+    p->name = xstrdup(name);
+    p->forward = forward;
+    return p;
+}
+
+static void stop_worker(pipeline *p, const char *why)
+{
+    if (!p->worker)
+        return;
+    log_info(p->name, "stopping pipeline (%s)", why);
+    worker_request_stop(p->worker, now_mono_ms() + co.opts->shutdown_timeout_ms);
+    co.stopping = xrealloc(co.stopping, (co.nstopping + 1) * sizeof *co.stopping);
+    co.stopping[co.nstopping++] = p->worker;
+    p->worker = NULL;
+}
+
+/* Is a worker for this name (either being stopped, or running) still alive here? */
+static int still_stopping(const char *name, int forward)
+{
+    for (size_t i = 0; i < co.nstopping; i++)
+        if (co.stopping[i]->cfg.forward == forward && strcmp(co.stopping[i]->cfg.name, name) == 0)
+            return 1;
+    return 0;
+}
+
+/* Join stopped workers and workers whose threads ended on their own (lost
+ * the lock race, another relay took over). Returns how many were reaped. */
+static int reap(void)
+{
+    int reaped = 0;
+    for (size_t i = 0; i < co.nstopping;) {
+        relay_worker *w = co.stopping[i];
+        int st = atomic_load(&w->state);
+        if (st == WORKER_EXITED || st == WORKER_NOT_OWNER || st == WORKER_FAILED) {
+            worker_free(w);
+            co.stopping[i] = co.stopping[--co.nstopping];
+            reaped++;
+        } else {
+            i++;
+        }
+    }
+    for (size_t i = 0; i < co.npipes; i++) {
+        pipeline *p = &co.pipes[i];
+        if (!p->worker)
+            continue;
+        int st = atomic_load(&p->worker->state);
+        if (st == WORKER_NOT_OWNER || st == WORKER_FAILED || st == WORKER_EXITED) {
+            log_debug(p->name, "worker ended (%s)",
+                      st == WORKER_NOT_OWNER ? "owned by another relay" : "exited");
+            worker_free(p->worker);
+            p->worker = NULL;
+            reaped++;
+        }
+    }
+    return reaped;
+}
+
+/* ---- discovery -------------------------------------------------------------- */
+
+/* Names (as a text[] literal of "f:name"/"r:name") whose advisory lock is
+ * held by some session of this database: owned elsewhere (or by us). */
+static int foreign_locked(const char *const *names, size_t n, char ***out, size_t *nout,
+                          char *err, size_t errlen)
+{
+    *out = NULL;
+    *nout = 0;
+    if (n == 0)
+        return 0;
+    relay_buf arr = {0};
+    buf_putc(&arr, '{');
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            buf_putc(&arr, ',');
+        buf_putc(&arr, '"');
+        for (const char *s = names[i]; *s; s++) {
+            if (*s == '"' || *s == '\\')
+                buf_putc(&arr, '\\');
+            buf_putc(&arr, *s);
+        }
+        buf_putc(&arr, '"');
+    }
+    buf_putc(&arr, '}');
+    const char *params[2] = {co.opts->group_id, arr.data};
+    PGresult *r = pg_query(co.pg,
+                           "SELECT n FROM unnest($2::text[]) AS n WHERE EXISTS ("
+                           " SELECT 1 FROM pg_catalog.pg_locks l"
+                           " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+                           "   AND l.database = (SELECT oid FROM pg_catalog.pg_database"
+                           "                     WHERE datname = current_database())"
+                           "   AND l.classid = hashtext($1)::oid AND l.objid = hashtext(n)::oid)",
+                           2, params, err, errlen);
+    buf_free(&arr);
+    if (!r)
+        return -1;
+    *nout = (size_t)PQntuples(r);
+    *out = xcalloc(*nout + 1, sizeof **out);
+    for (size_t i = 0; i < *nout; i++)
+        (*out)[i] = xstrdup(PQgetvalue(r, (int)i, 0));
+    PQclear(r);
+    return 0;
+}
+
+static int in_list(char **list, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(list[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+static void start_pipeline(pipeline *p, const char *direction, int enabled, const char *config)
+{
+    char err[ERRLEN];
+    relay_pipeline_cfg cfg;
+    if (p->failed_config && strcmp(p->failed_config, config) == 0)
+        return; /* already reported; waits for a config change */
+    if (pipeline_cfg_load(&cfg, p->name, direction, enabled, config, err, sizeof err) == 0) {
+        p->worker = worker_start(&cfg, co.opts, err, sizeof err);
+        if (p->worker) {
+            free(p->failed_config);
+            p->failed_config = NULL;
+            log_debug(p->name, "worker started, acquiring ownership");
+            return;
+        }
+        pipeline_cfg_free(&cfg);
+    }
+    log_error(p->name, "pipeline not started: %s (fix the config with set_relay_*; it is "
+              "retried when the config changes)", err);
+    free(p->failed_config);
+    p->failed_config = xstrdup(config);
+}
+
+/* Read the catalog and start/stop workers. Returns 0, or -1 when the
+ * coordinator connection failed. */
+static int reconcile(void)
+{
+    char err[ERRLEN];
+    PGresult *r = pg_query(co.pg,
+                           "SELECT name, direction, enabled, config::text"
+                           " FROM pgtrickle.list_relay_configs()",
+                           0, NULL, err, sizeof err);
+    if (!r) {
+        log_error(NULL, "reading pipeline configs failed: %s", err);
+        return pg_broken(co.pg) ? -1 : 0;
+    }
+    int rows = PQntuples(r);
+    for (size_t i = 0; i < co.npipes; i++)
+        co.pipes[i].seen = 0;
+
+    /* Candidates for start: enabled, not running here. */
+    const char **cand = xcalloc((size_t)rows + 1, sizeof *cand);
+    char **cand_keys = xcalloc((size_t)rows + 1, sizeof *cand_keys);
+    size_t ncand = 0;
+
+    for (int i = 0; i < rows; i++) {
+        const char *name = PQgetvalue(r, i, 0);
+        int forward = strcmp(PQgetvalue(r, i, 1), "forward") == 0;
+        int enabled = strcmp(PQgetvalue(r, i, 2), "t") == 0;
+        const char *config = PQgetvalue(r, i, 3);
+        pipeline *p = find_pipe(name, forward);
+        if (!p)
+            p = add_pipe(name, forward);
+        p->seen = 1;
+        if (p->worker) {
+            if (!enabled)
+                stop_worker(p, "disabled");
+            else if (strcmp(p->worker->cfg.config_text, config) != 0)
+                stop_worker(p, "config changed; restarting with the new config");
+        }
+        if (enabled && !p->worker && !still_stopping(name, forward)) {
+            cand[ncand] = name;
+            cand_keys[ncand] = xstrdup(name);
+            ncand++;
+        }
+    }
+    for (size_t i = 0; i < co.npipes; i++)
+        if (!co.pipes[i].seen && co.pipes[i].worker)
+            stop_worker(&co.pipes[i], "deleted");
+
+    char **locked = NULL;
+    size_t nlocked = 0;
+    if (foreign_locked(cand, ncand, &locked, &nlocked, err, sizeof err) < 0) {
+        log_warn(NULL, "cannot read advisory locks: %s", err);
+        nlocked = 0;
+    }
+    for (int i = 0; i < rows; i++) {
+        const char *name = PQgetvalue(r, i, 0);
+        int forward = strcmp(PQgetvalue(r, i, 1), "forward") == 0;
+        int enabled = strcmp(PQgetvalue(r, i, 2), "t") == 0;
+        pipeline *p = find_pipe(name, forward);
+        if (!enabled || p->worker || still_stopping(name, forward) || in_list(locked, nlocked, name))
+            continue;
+        start_pipeline(p, PQgetvalue(r, i, 1), enabled, PQgetvalue(r, i, 3));
+    }
+    for (size_t i = 0; i < nlocked; i++)
+        free(locked[i]);
+    free(locked);
+    for (size_t i = 0; i < ncand; i++)
+        free(cand_keys[i]);
+    free(cand_keys);
+    free(cand);
+    PQclear(r);
+
+    /* Forget pipelines that no longer exist and have nothing running. */
+    for (size_t i = 0; i < co.npipes;) {
+        pipeline *p = &co.pipes[i];
+        if (!p->seen && !p->worker) {
+            free(p->name);
+            free(p->failed_config);
+            co.pipes[i] = co.pipes[--co.npipes];
+        } else {
+            i++;
+        }
+    }
+    return 0;
+}
+
+/* ---- connection ------------------------------------------------------------ */
+
+static void disconnect(void)
+{
+    if (co.pg) {
+        PQfinish(co.pg);
+        co.pg = NULL;
+    }
+}
+
+/* Connect, check the catalog, LISTEN. Returns 0, -1 transient, -2 fatal
+ * (catalog missing on the first connection). */
+static int connect_coordinator(int first, char *err, size_t errlen)
+{
+    co.pg = pg_connect(co.opts->postgres_url, "pgtrickle-relay coordinator", err, errlen);
+    if (!co.pg)
+        return -1;
+    if (catalog_check(co.pg, err, errlen) < 0) {
+        int broken = pg_broken(co.pg);
+        disconnect();
+        return broken || !first ? -1 : -2;
+    }
+    if (pg_exec(co.pg, "LISTEN pgtrickle_relay_config", 0, NULL, err, errlen) < 0) {
+        disconnect();
+        return -1;
+    }
+    return 0;
+}
+
+static int drain_notifications(void)
+{
+    int got = 0;
+    if (!PQconsumeInput(co.pg))
+        return -1;
+    PGnotify *n;
+    while ((n = PQnotifies(co.pg)) != NULL) {
+        log_debug(NULL, "config notification: %s", n->extra);
+        PQfreemem(n);
+        got = 1;
+    }
+    return got;
+}
+
+/* ---- main loop ---------------------------------------------------------------- */
+
+static void shutdown_all(void)
+{
+    int64_t deadline = now_mono_ms() + co.opts->shutdown_timeout_ms;
+    for (size_t i = 0; i < co.npipes; i++)
+        stop_worker(&co.pipes[i], "relay shutting down");
+    while (co.nstopping) {
+        reap();
+        if (!co.nstopping)
+            break;
+        if (now_mono_ms() > deadline + 5000) {
+            log_error(NULL, "%zu workers did not stop in time", co.nstopping);
+            break;
+        }
+        poll(NULL, 0, 20);
+    }
+    /* Join whatever is left; the workers abandon their batches at the
+     * deadline, so this does not hang. */
+    while (co.nstopping)
+        worker_free(co.stopping[--co.nstopping]);
+}
+
+int coordinator_run(const relay_options *opts)
+{
+    char err[ERRLEN];
+    memset(&co, 0, sizeof co);
+    co.opts = opts;
+    atomic_store(&stop_requested, 0);
+    if (pipe2(co.sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        log_error(NULL, "pipe: %s", strerror(errno));
+        return 1;
+    }
+    stats_init();
+    if (http_start(opts->metrics_addr, err, sizeof err) < 0) {
+        log_error(NULL, "cannot serve metrics on %s: %s", opts->metrics_addr, err);
+        return 1;
+    }
+    log_info(NULL, "pgtrickle-relay %s starting (group \"%s\", metrics on %s)", RELAY_VERSION,
+             opts->group_id, opts->metrics_addr);
+
+    relay_backoff bo;
+    backoff_init(&bo);
+    int first = 1, exit_code = 0, was_connected = 0;
+    int64_t next_tick = 0;
+    while (!atomic_load(&stop_requested)) {
+        if (!co.pg) {
+            int rc = connect_coordinator(first, err, sizeof err);
+            if (rc == -2) {
+                log_error(NULL, "%s", err);
+                exit_code = 1;
+                break;
+            }
+            if (rc < 0) {
+                if (first || was_connected)
+                    log_warn(NULL, "cannot connect to PostgreSQL: %s (retrying)", err);
+                was_connected = 0;
+                first = 0;
+                int64_t d = backoff_next(&bo);
+                struct pollfd sp = {.fd = co.sig_pipe[0], .events = POLLIN};
+                poll(&sp, 1, (int)d);
+                reap();
+                continue;
+            }
+            if (!first)
+                log_info(NULL, "coordinator reconnected to PostgreSQL");
+            first = 0;
+            was_connected = 1;
+            backoff_reset(&bo);
+            next_tick = 0; /* reload right away */
+        }
+        int64_t now = now_mono_ms();
+        if (now >= next_tick) {
+            if (reconcile() < 0) {
+                log_warn(NULL, "coordinator lost its PostgreSQL connection");
+                disconnect();
+                continue;
+            }
+            next_tick = now_mono_ms() + opts->discovery_interval_ms;
+        }
+        int timeout = (int)(next_tick - now_mono_ms());
+        if (co.nstopping && timeout > 50)
+            timeout = 50;
+        if (timeout < 0)
+            timeout = 0;
+        struct pollfd p[2] = {{.fd = co.sig_pipe[0], .events = POLLIN},
+                              {.fd = PQsocket(co.pg), .events = POLLIN}};
+        poll(p, 2, timeout);
+        if (atomic_load(&stop_requested))
+            break;
+        int dirty = 0;
+        if (p[1].revents) {
+            int got = drain_notifications();
+            if (got < 0 || pg_broken(co.pg)) {
+                log_warn(NULL, "coordinator lost its PostgreSQL connection");
+                disconnect();
+                continue;
+            }
+            dirty = got;
+        }
+        if (reap())
+            dirty = 1; /* a pipeline may be startable again */
+        if (dirty)
+            next_tick = 0;
+    }
+
+    if (atomic_load(&stop_requested))
+        log_info(NULL, "shutting down: finishing in-flight batches (timeout %lld ms)",
+                 (long long)opts->shutdown_timeout_ms);
+    shutdown_all();
+    for (size_t i = 0; i < co.npipes; i++) {
+        free(co.pipes[i].name);
+        free(co.pipes[i].failed_config);
+    }
+    free(co.pipes);
+    free(co.stopping);
+    disconnect();
+    http_stop();
+    close(co.sig_pipe[0]);
+    close(co.sig_pipe[1]);
+    co.sig_pipe[0] = co.sig_pipe[1] = -1;
+    if (exit_code == 0)
+        log_info(NULL, "stopped");
+    return exit_code;
+}

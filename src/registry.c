@@ -1,0 +1,86 @@
+/*
+ * registry.c - compiled-in sources and sinks by config type name.
+ *
+ * Adding a backend: implement the ops in src/sink/X.c or src/source/X.c,
+ * add a meson feature option, and list it here under its HAVE_X define.
+ */
+#include "registry.h"
+
+#include <string.h>
+
+#include "relay_features.h"
+
+extern const relay_source_ops relay_source_outbox_ops;
+#if HAVE_SINK_FILE
+extern const relay_sink_ops relay_sink_file_ops;
+extern const relay_sink_ops relay_sink_stdout_ops;
+#endif
+
+static const relay_source_ops *const sources[] = {
+    &relay_source_outbox_ops,
+    NULL,
+};
+
+static const relay_sink_ops *const sinks[] = {
+#if HAVE_SINK_FILE
+    &relay_sink_file_ops,
+    &relay_sink_stdout_ops,
+#endif
+    NULL,
+};
+
+const relay_source_ops *registry_source(const char *type)
+{
+    for (size_t i = 0; sources[i]; i++)
+        if (strcmp(sources[i]->type, type) == 0)
+            return sources[i];
+    return NULL;
+}
+
+const relay_sink_ops *registry_sink(const char *type)
+{
+    for (size_t i = 0; sinks[i]; i++)
+        if (strcmp(sinks[i]->type, type) == 0)
+            return sinks[i];
+    return NULL;
+}
+
+static void join_names(char *out, size_t cap, const char *const *names, size_t n)
+{
+    size_t off = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < n && off < cap; i++) {
+        size_t l = strlen(names[i]);
+        if (off + l + 3 >= cap)
+            break;
+        if (i) {
+            memcpy(out + off, ", ", 2);
+            off += 2;
+        }
+        memcpy(out + off, names[i], l);
+        off += l;
+        out[off] = '\0';
+    }
+}
+
+const char *registry_source_names(void)
+{
+    static char names[256];
+    const char *list[16];
+    size_t n = 0;
+    for (size_t i = 0; sources[i] && n < 16; i++)
+        list[n++] = sources[i]->type;
+    join_names(names, sizeof names, list, n);
+    return names;
+}
+
+const char *registry_sink_names(void)
+{
+    static char names[256];
+    const char *list[16];
+    size_t n = 0;
+    for (size_t i = 0; sinks[i] && n < 16; i++)
+        list[n++] = sinks[i]->type;
+    join_names(names, sizeof names, list, n);
+    return names;
+}

@@ -1,0 +1,688 @@
+/*
+ * outbox.c - forward source reading a pg_trickle outbox table (SPEC section 6).
+ *
+ * Config (pipeline "source" object):
+ *   outbox            stream table name, e.g. "orders" (required)
+ *   batch_size        outbox rows per poll (500)
+ *   poll_interval_ms  fallback poll when no NOTIFY arrives (1000)
+ *   group             consumer group name (null: simple mode)
+ *   retention_hours   stored by set_relay_outbox; not used by the relay
+ *
+ * Reading.  The outbox table is pgt_outbox_config.outbox_table_name, else
+ * outbox_<outbox> (pgtrickle.relay_outbox_source() decides). Rows are read in
+ * id order after the durable offset (relay_consumer_offsets.last_change_id,
+ * read and written through SECURITY DEFINER functions). The worker's
+ * connection LISTENs on pgtrickle_outbox_new, so a commit wakes the poll at
+ * once; poll_interval_ms is only the fallback.
+ *
+ * Payload shapes, all seen in real pg_trickle releases:
+ *   NULL                      header only -> one "refresh" event with the counts
+ *   [ {...}, ... ]            current rows (v0.37+) -> "snapshot" events, is_full_refresh
+ *   {"v":1,"inserted":[..],"deleted":[..],"full_refresh"?,"claim_check"?}
+ *                             -> insert events then delete events ("snapshot"
+ *                                when full_refresh)
+ * Anything else cannot be decoded: it becomes one REJECTED message, which the
+ * worker dead-letters, and the pipeline moves on.
+ * Dedup key: {outbox_table}:{outbox_id}:{row_index}, inserted rows first.
+ *
+ * Claim-check rows (is_claim_check, or "claim_check":true) keep their rows in
+ * pgtrickle."outbox_delta_rows_<st48>" (row_op, row_data). They are streamed
+ * with a server-side cursor inside one transaction, batch_size rows per poll,
+ * so memory stays bounded whatever the delta size; after the last chunk is
+ * confirmed, outbox_rows_consumed() and the offset commit run in that same
+ * transaction and it commits. A crash mid-way re-sends the row's events with
+ * the same dedup keys.
+ *
+ * Out-of-order commits.  BIGSERIAL ids are taken when a transaction inserts,
+ * not when it commits, so id N+1 can be visible while N is still in flight.
+ * Reading "id > offset" and advancing past N+1 would skip N forever. The
+ * source therefore only advances through contiguous ids. At a gap (first
+ * missing id G, with a higher id visible) it records which transactions hold
+ * a write lock on the outbox table or its id sequence (pg_locks; nextval()
+ * keeps a RowExclusiveLock on the sequence until its transaction ends). The
+ * gap is skipped only once all of those transactions have ended *and* a
+ * fresh read still does not show G; otherwise G's transaction committed and
+ * G is delivered. Gaps from rolled-back transactions therefore cost one extra
+ * poll, and an unrelated long transaction never holds the pipeline up.
+ */
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "../config.h"
+#include "../log.h"
+#include "../pg.h"
+#include "../worker.h"
+#include "source.h"
+
+#define ERRLEN 512
+
+typedef struct outbox_source {
+    relay_source base;
+    /* config */
+    char *outbox;
+    int64_t batch_size;
+    int64_t poll_interval_ms;
+    /* resolved by open() */
+    char *outbox_table;   /* unquoted, e.g. outbox_orders */
+    char *stream_table;   /* unqualified stream table name */
+    char *delta_table;
+    char *rel_oids;       /* "{table_oid,seq_oid}" for the holder query */
+    char *select_sql;
+    char *cursor_sql;
+    int64_t offset;       /* durable: every id <= offset has been delivered */
+    /* last poll */
+    int64_t batch_last;   /* id to commit at ack (0: nothing to commit) */
+    int64_t batch_lag_ms;
+    /* gap tracking */
+    int64_t gap_id;       /* first missing id, 0 when none */
+    char *gap_holders;    /* text[] of vxids that held write locks when the gap was seen */
+    int gap_waits;
+    /* claim-check streaming */
+    int cc_active;
+    int64_t cc_id;
+    int64_t cc_next_index;
+    int cc_full_refresh;
+    int cc_done;          /* the cursor is exhausted: ack finishes the row */
+    /* wake-up */
+    int full_last_poll;   /* last poll was limited by batch_size: poll again at once */
+} outbox_source;
+
+/* ---- config ----------------------------------------------------------------- */
+
+static void ob_destroy(relay_source *base);
+
+static relay_source *ob_create(const json_t *cfg, relay_worker *w, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"type", "outbox", "group", "batch_size", "poll_interval_ms",
+                                       "retention_hours", NULL};
+    const char *outbox, *group;
+    int64_t batch, interval;
+    if (cfg_known_keys(cfg, "source", keys, err, errlen) < 0 ||
+        cfg_str_required(cfg, "source", "outbox", &outbox, err, errlen) < 0 ||
+        cfg_str(cfg, "source", "group", NULL, &group, err, errlen) < 0 ||
+        cfg_int(cfg, "source", "batch_size", 500, 1, 100000, &batch, err, errlen) < 0 ||
+        cfg_int(cfg, "source", "poll_interval_ms", 1000, 10, 3600000, &interval, err, errlen) < 0)
+        return NULL;
+    if (group && *group) {
+        snprintf(err, errlen, "source.group: consumer-group mode is not available in this "
+                 "build; remove \"group\" to use simple mode");
+        return NULL;
+    }
+    outbox_source *s = xcalloc(1, sizeof *s);
+    s->base.w = w;
+    s->base.default_subject = RELAY_DEFAULT_OUTBOX_SUBJECT;
+    s->outbox = xstrdup(outbox);
+    s->batch_size = batch;
+    s->poll_interval_ms = interval;
+    return &s->base;
+}
+
+/* ---- open ------------------------------------------------------------------------ */
+
+static void reset_position(outbox_source *s)
+{
+    free(s->gap_holders);
+    s->gap_holders = NULL;
+    s->gap_id = 0;
+    s->gap_waits = 0;
+    s->cc_active = 0;
+    s->batch_last = 0;
+    s->full_last_poll = 1;
+}
+
+static void publish_position(outbox_source *s)
+{
+    char pos[160];
+    snprintf(pos, sizeof pos, "{\"outbox_table\":\"%s\",\"last_outbox_id\":%" PRId64 "}",
+             s->outbox_table ? s->outbox_table : "", s->offset);
+    if (s->base.w->stats)
+        stats_set_position(s->base.w->stats, pos);
+}
+
+static int ob_open(relay_source *base, char *err, size_t errlen)
+{
+    outbox_source *s = (outbox_source *)base;
+    relay_worker *w = base->w;
+    PGconn *c = w->pg;
+    reset_position(s);
+    /* A failed claim-check stream may have left a transaction open. */
+    if (PQtransactionStatus(c) != PQTRANS_IDLE)
+        PQclear(PQexec(c, "ROLLBACK"));
+
+    const char *p1[1] = {s->outbox};
+    PGresult *r = pg_query(c, "SELECT outbox_table, stream_table, delta_table"
+                              " FROM pgtrickle.relay_outbox_source($1)", 1, p1, err, errlen);
+    if (!r)
+        return -1;
+    free(s->outbox_table);
+    free(s->stream_table);
+    free(s->delta_table);
+    s->outbox_table = xstrdup(PQgetvalue(r, 0, 0));
+    s->stream_table = xstrdup(PQgetvalue(r, 0, 1));
+    s->delta_table = xstrdup(PQgetvalue(r, 0, 2));
+    PQclear(r);
+
+    char *qt = pg_quote_ident(c, s->outbox_table);
+    char *qd = pg_quote_ident(c, s->delta_table);
+    relay_buf q = {0};
+    buf_printf(&q, "pgtrickle.%s", qt);
+    const char *p2[1] = {q.data};
+    r = pg_query(c, "SELECT format('{%s,%s}', c.oid, coalesce(pg_get_serial_sequence($1, 'id')::regclass::oid, 0))"
+                    " FROM pg_catalog.pg_class c WHERE c.oid = to_regclass($1)",
+                 1, p2, err, errlen);
+    if (r && PQntuples(r) == 0) {
+        snprintf(err, errlen, "outbox table pgtrickle.%s does not exist (source.outbox = \"%s\"; "
+                 "create it with pgtrickle.enable_outbox('%s'))", s->outbox_table, s->outbox, s->outbox);
+        PQclear(r);
+        r = NULL;
+    }
+    if (!r) {
+        free(qt);
+        free(qd);
+        buf_free(&q);
+        return -1;
+    }
+    free(s->rel_oids);
+    s->rel_oids = xstrdup(PQgetvalue(r, 0, 0));
+    PQclear(r);
+
+    free(s->select_sql);
+    free(s->cursor_sql);
+    buf_clear(&q);
+    buf_printf(&q,
+               "SELECT id, inserted_count, deleted_count, is_claim_check, payload::text,"
+               " refresh_id::text, (extract(epoch from created_at) * 1000)::bigint"
+               " FROM pgtrickle.%s WHERE id > $1 ORDER BY id LIMIT $2", qt);
+    s->select_sql = xstrdup(q.data);
+    buf_clear(&q);
+    buf_printf(&q,
+               "DECLARE relay_claim_check NO SCROLL CURSOR FOR"
+               " SELECT row_op, row_data::text FROM pgtrickle.%s"
+               " WHERE outbox_id = $1 ORDER BY row_num", qd);
+    s->cursor_sql = xstrdup(q.data);
+    buf_free(&q);
+    free(qt);
+    free(qd);
+
+    const char *p3[2] = {w->opts->group_id, w->cfg.name};
+    r = pg_query(c, "SELECT pgtrickle.relay_get_offset($1, $2)", 2, p3, err, errlen);
+    if (!r)
+        return -1;
+    s->offset = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    if (pg_exec(c, "LISTEN pgtrickle_outbox_new", 0, NULL, err, errlen) < 0)
+        return -1;
+    publish_position(s);
+    log_debug(w->cfg.name, "reading pgtrickle.%s after id %" PRId64, s->outbox_table, s->offset);
+    return 0;
+}
+
+/* ---- waiting for work ------------------------------------------------------ */
+
+/* Drain NOTIFYs already received. Returns 1 if any, 0 none, -1 connection lost. */
+static int drain_notifies(PGconn *c)
+{
+    int got = 0;
+    if (!PQconsumeInput(c))
+        return -1;
+    PGnotify *n;
+    while ((n = PQnotifies(c)) != NULL) {
+        got = 1;
+        PQfreemem(n);
+    }
+    return got;
+}
+
+/* Wait up to timeout_ms for a NOTIFY. Returns 0 (woken or timed out), -1
+ * when the connection broke. */
+static int wait_for_work(outbox_source *s, int timeout_ms, char *err, size_t errlen)
+{
+    PGconn *c = s->base.w->pg;
+    int got = drain_notifies(c);
+    if (got != 0)
+        goto out;
+    int rc = worker_wait(s->base.w, PQsocket(c), POLLIN, timeout_ms);
+    if (rc > 0)
+        got = drain_notifies(c);
+out:
+    if (got < 0) {
+        pg_error(c, err, errlen);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- gaps ---------------------------------------------------------------------- */
+
+/* vxids currently holding a write lock on the outbox table or its sequence,
+ * as a text[] literal. NULL on error. */
+static char *write_lock_holders(outbox_source *s, char *err, size_t errlen)
+{
+    const char *p[1] = {s->rel_oids};
+    PGresult *r = pg_query(s->base.w->pg,
+                           "SELECT coalesce(array_agg(DISTINCT virtualtransaction), '{}')::text"
+                           " FROM pg_catalog.pg_locks"
+                           " WHERE locktype = 'relation' AND granted AND pid <> pg_backend_pid()"
+                           "   AND relation = ANY($1::oid[])"
+                           "   AND mode NOT IN ('AccessShareLock', 'RowShareLock')",
+                           1, p, err, errlen);
+    if (!r)
+        return NULL;
+    char *v = xstrdup(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return v;
+}
+
+/* Have all transactions recorded at the gap ended? 1 yes, 0 no, -1 error. */
+static int gap_holders_gone(outbox_source *s, char *err, size_t errlen)
+{
+    if (!s->gap_holders)
+        return 0;
+    if (strcmp(s->gap_holders, "{}") == 0)
+        return 1;
+    const char *p[1] = {s->gap_holders};
+    PGresult *r = pg_query(s->base.w->pg,
+                           "SELECT count(*) FROM pg_catalog.pg_locks"
+                           " WHERE virtualtransaction = ANY($1::text[])",
+                           1, p, err, errlen);
+    if (!r)
+        return -1;
+    int gone = strcmp(PQgetvalue(r, 0, 0), "0") == 0;
+    PQclear(r);
+    return gone;
+}
+
+/* ---- decoding -------------------------------------------------------------------- */
+
+typedef struct row_ctx {
+    outbox_source *s;
+    relay_batch *b;
+    int64_t id;
+    const char *refresh_id;
+    int64_t index;
+} row_ctx;
+
+static relay_msg *new_event(row_ctx *rc, relay_op op, int full_refresh)
+{
+    relay_msg *m = batch_add(rc->b);
+    m->dedup_key = arena_printf(&rc->b->arena, "%s:%" PRId64 ":%" PRId64, rc->s->outbox_table,
+                                rc->id, rc->index++);
+    m->op = op;
+    m->is_full_refresh = full_refresh;
+    m->outbox_id = rc->id;
+    m->refresh_id = rc->refresh_id;
+    m->stream_table = rc->s->stream_table;
+    m->schema = "pgtrickle";
+    m->table = rc->s->stream_table;
+    return m;
+}
+
+static void set_payload_json(relay_batch *b, relay_msg *m, const json_t *v)
+{
+    char *txt = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!txt) {
+        m->payload = "null";
+        m->payload_len = 4;
+        return;
+    }
+    size_t n = strlen(txt);
+    m->payload = arena_strndup(&b->arena, txt, n);
+    m->payload_len = n;
+    free(txt);
+}
+
+static void reject(row_ctx *rc, const char *raw, const char *why)
+{
+    relay_msg *m = new_event(rc, OP_EVENT, 0);
+    if (raw) {
+        m->payload = arena_strdup(&rc->b->arena, raw);
+        m->payload_len = strlen(raw);
+    }
+    m->state = MSG_REJECTED;
+    m->error = arena_strdup(&rc->b->arena, why);
+}
+
+static void emit_rows(row_ctx *rc, const json_t *rows, relay_op op, int full_refresh)
+{
+    size_t i;
+    const json_t *row;
+    json_array_foreach(rows, i, row) {
+        relay_msg *m = new_event(rc, op, full_refresh);
+        set_payload_json(rc->b, m, row);
+    }
+}
+
+/* Decode one inline outbox row into events. Returns 1 when the row is a
+ * claim-check row (nothing emitted), 0 otherwise. */
+static int decode_row(row_ctx *rc, const char *payload, int64_t ins, int64_t del, int claim_check,
+                      int *full_refresh_out)
+{
+    *full_refresh_out = 0;
+    if (!payload) {
+        if (claim_check)
+            return 1;
+        relay_msg *m = new_event(rc, OP_REFRESH, 0);
+        m->payload = arena_printf(&rc->b->arena,
+                                  "{\"inserted_count\":%" PRId64 ",\"deleted_count\":%" PRId64 "}",
+                                  ins, del);
+        m->payload_len = strlen(m->payload);
+        return 0;
+    }
+    json_error_t jerr;
+    json_t *v = json_loads(payload, JSON_DECODE_ANY, &jerr);
+    if (!v) {
+        reject(rc, payload, "undecodable outbox payload: not JSON");
+        return 0;
+    }
+    if (json_is_array(v)) {
+        if (claim_check) {
+            json_decref(v);
+            return 1;
+        }
+        emit_rows(rc, v, OP_SNAPSHOT, 1);
+        json_decref(v);
+        return 0;
+    }
+    json_t *ver = json_is_object(v) ? json_object_get(v, "v") : NULL;
+    if (!json_is_integer(ver) || json_integer_value(ver) != 1) {
+        reject(rc, payload, json_is_object(v) ? "undecodable outbox payload: unsupported version "
+                                                "(expected \"v\": 1)"
+                                              : "undecodable outbox payload: expected an array "
+                                                "or an object");
+        json_decref(v);
+        return 0;
+    }
+    int full = json_is_true(json_object_get(v, "full_refresh"));
+    *full_refresh_out = full;
+    if (claim_check || json_is_true(json_object_get(v, "claim_check"))) {
+        json_decref(v);
+        return 1;
+    }
+    json_t *inserted = json_object_get(v, "inserted");
+    json_t *deleted = json_object_get(v, "deleted");
+    if ((inserted && !json_is_array(inserted)) || (deleted && !json_is_array(deleted))) {
+        reject(rc, payload, "undecodable outbox payload: \"inserted\"/\"deleted\" must be arrays");
+        json_decref(v);
+        return 0;
+    }
+    if (!rc->refresh_id) {
+        const char *rid = json_string_value(json_object_get(v, "refresh_id"));
+        if (rid)
+            rc->refresh_id = arena_strdup(&rc->b->arena, rid);
+    }
+    size_t before = rc->b->n;
+    if (inserted)
+        emit_rows(rc, inserted, full ? OP_SNAPSHOT : OP_INSERT, full);
+    if (deleted)
+        emit_rows(rc, deleted, OP_DELETE, full);
+    if (rc->b->n == before) {
+        /* An empty delta still reaches the sink as a header event, so the
+         * offset always has an event to move with. */
+        relay_msg *m = new_event(rc, OP_REFRESH, full);
+        m->payload = arena_printf(&rc->b->arena,
+                                  "{\"inserted_count\":%" PRId64 ",\"deleted_count\":%" PRId64 "}",
+                                  ins, del);
+        m->payload_len = strlen(m->payload);
+    }
+    json_decref(v);
+    return 0;
+}
+
+/* ---- claim-check streaming ----------------------------------------------------- */
+
+static int cc_begin(outbox_source *s, int64_t id, int full, char *err, size_t errlen)
+{
+    PGconn *c = s->base.w->pg;
+    char idtxt[24];
+    snprintf(idtxt, sizeof idtxt, "%" PRId64, id);
+    const char *p[1] = {idtxt};
+    if (pg_exec(c, "BEGIN", 0, NULL, err, errlen) < 0)
+        return -1;
+    if (pg_exec(c, s->cursor_sql, 1, p, err, errlen) < 0) {
+        PQclear(PQexec(c, "ROLLBACK"));
+        return -1;
+    }
+    s->cc_active = 1;
+    s->cc_id = id;
+    s->cc_next_index = 0;
+    s->cc_full_refresh = full;
+    s->cc_done = 0;
+    log_debug(s->base.w->cfg.name, "streaming claim-check rows of outbox id %" PRId64, id);
+    return 0;
+}
+
+static int cc_fetch(outbox_source *s, relay_batch *b, char *err, size_t errlen)
+{
+    PGconn *c = s->base.w->pg;
+    char sql[64];
+    snprintf(sql, sizeof sql, "FETCH %" PRId64 " FROM relay_claim_check", s->batch_size);
+    PGresult *r = pg_query(c, sql, 0, NULL, err, errlen);
+    if (!r) {
+        PQclear(PQexec(c, "ROLLBACK"));
+        s->cc_active = 0;
+        return -1;
+    }
+    int n = PQntuples(r);
+    row_ctx rc = {.s = s, .b = b, .id = s->cc_id, .index = s->cc_next_index};
+    for (int i = 0; i < n; i++) {
+        int is_delete = strcmp(PQgetvalue(r, i, 0), "DELETE") == 0;
+        relay_op op = is_delete ? OP_DELETE : (s->cc_full_refresh ? OP_SNAPSHOT : OP_INSERT);
+        relay_msg *m = new_event(&rc, op, s->cc_full_refresh);
+        m->payload = arena_strndup(&b->arena, PQgetvalue(r, i, 1), (size_t)PQgetlength(r, i, 1));
+        m->payload_len = (size_t)PQgetlength(r, i, 1);
+    }
+    PQclear(r);
+    s->cc_next_index = rc.index;
+    if (n < s->batch_size)
+        s->cc_done = 1;
+    if (n == 0 && s->cc_next_index == 0) {
+        /* A claim-check row without delta rows: still one event. */
+        relay_msg *m = new_event(&rc, OP_REFRESH, s->cc_full_refresh);
+        m->payload = "{\"inserted_count\":0,\"deleted_count\":0,\"claim_check\":true}";
+        m->payload_len = strlen(m->payload);
+        s->cc_next_index = rc.index;
+    }
+    s->batch_last = s->cc_done ? s->cc_id : 0;
+    s->full_last_poll = 1;
+    return (int)b->n;
+}
+
+/* ---- poll ------------------------------------------------------------------------- */
+
+static int ob_poll(relay_source *base, relay_batch *b, size_t max, char *err, size_t errlen)
+{
+    outbox_source *s = (outbox_source *)base;
+    PGconn *c = base->w->pg;
+    s->batch_last = 0;
+    if (s->cc_active)
+        return cc_fetch(s, b, err, errlen);
+
+    if (!s->full_last_poll) {
+        int wait_ms = (int)s->poll_interval_ms;
+        if (s->gap_id) {
+            /* A gap's holders are still running: look again soon. */
+            int gap_wait = 10 << (s->gap_waits < 6 ? s->gap_waits : 6);
+            if (gap_wait < wait_ms)
+                wait_ms = gap_wait;
+            s->gap_waits++;
+        }
+        if (wait_for_work(s, wait_ms, err, errlen) < 0)
+            return -1;
+        if (worker_stopping(base->w))
+            return 0;
+    }
+
+    /* Check the pending gap before reading, so a holder that committed is
+     * visible to the read that follows. */
+    int gap_skippable = 0;
+    if (s->gap_id) {
+        gap_skippable = gap_holders_gone(s, err, errlen);
+        if (gap_skippable < 0)
+            return -1;
+    }
+    char off[24], lim[24];
+    snprintf(off, sizeof off, "%" PRId64, s->offset);
+    snprintf(lim, sizeof lim, "%" PRId64, s->batch_size);
+    const char *p[2] = {off, lim};
+    PGresult *r = pg_query(c, s->select_sql, 2, p, err, errlen);
+    if (!r)
+        return -1;
+    int rows = PQntuples(r);
+    s->full_last_poll = rows >= s->batch_size;
+    int64_t expected = s->offset + 1;
+    int64_t last = 0, last_created = 0;
+    int stopped_at_gap = 0;
+    for (int i = 0; i < rows && b->n < max; i++) {
+        int64_t id = strtoll(PQgetvalue(r, i, 0), NULL, 10);
+        if (id != expected) {
+            if (s->gap_id == expected && gap_skippable) {
+                log_debug(base->w->cfg.name, "outbox ids %" PRId64 "..%" PRId64 " will never "
+                          "commit (rolled back): skipping the gap", expected, id - 1);
+            } else {
+                if (s->gap_id != expected) {
+                    free(s->gap_holders);
+                    s->gap_holders = write_lock_holders(s, err, errlen);
+                    if (!s->gap_holders) {
+                        PQclear(r);
+                        return -1;
+                    }
+                    s->gap_id = expected;
+                    s->gap_waits = 0;
+                    log_debug(base->w->cfg.name, "outbox id %" PRId64 " not committed yet "
+                              "(id %" PRId64 " is): waiting for %s", expected, id,
+                              s->gap_holders);
+                }
+                stopped_at_gap = 1;
+                break;
+            }
+        }
+        if (s->gap_id && id >= s->gap_id) {
+            free(s->gap_holders);
+            s->gap_holders = NULL;
+            s->gap_id = 0;
+            s->gap_waits = 0;
+        }
+        int claim = strcmp(PQgetvalue(r, i, 3), "t") == 0;
+        const char *payload = PQgetisnull(r, i, 4) ? NULL : PQgetvalue(r, i, 4);
+        row_ctx rc = {.s = s, .b = b, .id = id,
+                      .refresh_id = PQgetisnull(r, i, 5) ? NULL
+                                                         : arena_strdup(&b->arena, PQgetvalue(r, i, 5))};
+        size_t before = b->n;
+        int full = 0;
+        int is_cc = decode_row(&rc, payload, strtoll(PQgetvalue(r, i, 1), NULL, 10),
+                               strtoll(PQgetvalue(r, i, 2), NULL, 10), claim, &full);
+        if (is_cc) {
+            b->n = before;
+            if (before > 0)
+                break; /* deliver what we have; stream this row next */
+            PQclear(r);
+            if (cc_begin(s, id, full, err, errlen) < 0)
+                return -1;
+            s->batch_lag_ms = 0;
+            return cc_fetch(s, b, err, errlen);
+        }
+        last = id;
+        last_created = strtoll(PQgetvalue(r, i, 6), NULL, 10);
+        expected = id + 1;
+    }
+    PQclear(r);
+    if (stopped_at_gap)
+        s->full_last_poll = 0;
+    else if (b->n >= max)
+        s->full_last_poll = 1;
+    s->batch_last = last;
+    s->batch_lag_ms = last_created ? now_wall_ms() - last_created : 0;
+    return (int)b->n;
+}
+
+/* ---- ack ------------------------------------------------------------------------------ */
+
+static int commit_offset(outbox_source *s, int64_t id, char *err, size_t errlen)
+{
+    relay_worker *w = s->base.w;
+    char idtxt[24];
+    snprintf(idtxt, sizeof idtxt, "%" PRId64, id);
+    const char *p[4] = {w->opts->group_id, w->cfg.name, idtxt, w->worker_id};
+    return pg_exec(w->pg, "SELECT pgtrickle.relay_commit_offset($1, $2, $3, $4)", 4, p, err, errlen);
+}
+
+static int ob_ack(relay_source *base, relay_batch *b, char *err, size_t errlen)
+{
+    outbox_source *s = (outbox_source *)base;
+    PGconn *c = base->w->pg;
+    (void)b;
+    if (s->cc_active) {
+        if (!s->cc_done)
+            return 0; /* more chunks of this row follow; the row is acked as a whole */
+        char idtxt[24];
+        snprintf(idtxt, sizeof idtxt, "%" PRId64, s->cc_id);
+        const char *p[2] = {s->stream_table, idtxt};
+        if (pg_exec(c, "CLOSE relay_claim_check", 0, NULL, err, errlen) < 0 ||
+            pg_exec(c, "SELECT pgtrickle.outbox_rows_consumed($1, $2)", 2, p, err, errlen) < 0 ||
+            commit_offset(s, s->cc_id, err, errlen) < 0 ||
+            pg_exec(c, "COMMIT", 0, NULL, err, errlen) < 0) {
+            PQclear(PQexec(c, "ROLLBACK"));
+            s->cc_active = 0;
+            return -1;
+        }
+        s->cc_active = 0;
+        s->offset = s->cc_id;
+        s->full_last_poll = 1;
+        publish_position(s);
+        return 0;
+    }
+    if (s->batch_last <= s->offset)
+        return 0;
+    if (commit_offset(s, s->batch_last, err, errlen) < 0)
+        return -1;
+    s->offset = s->batch_last;
+    if (base->w->stats)
+        atomic_store(&base->w->stats->lag_ms, s->batch_lag_ms);
+    publish_position(s);
+    return 0;
+}
+
+static void ob_release(relay_source *base, relay_batch *b)
+{
+    outbox_source *s = (outbox_source *)base;
+    (void)b;
+    if (s->cc_active && !pg_broken(base->w->pg))
+        PQclear(PQexec(base->w->pg, "ROLLBACK"));
+    s->cc_active = 0;
+}
+
+static void ob_position(relay_source *base, relay_buf *out)
+{
+    outbox_source *s = (outbox_source *)base;
+    buf_printf(out, "{\"last_outbox_id\":%" PRId64 "}", s->offset);
+}
+
+static void ob_destroy(relay_source *base)
+{
+    outbox_source *s = (outbox_source *)base;
+    free(s->outbox);
+    free(s->outbox_table);
+    free(s->stream_table);
+    free(s->delta_table);
+    free(s->rel_oids);
+    free(s->select_sql);
+    free(s->cursor_sql);
+    free(s->gap_holders);
+    free(s);
+}
+
+const relay_source_ops relay_source_outbox_ops = {
+    .type = "outbox",
+    .create = ob_create,
+    .open = ob_open,
+    .poll = ob_poll,
+    .ack = ob_ack,
+    .release = ob_release,
+    .position = ob_position,
+    .destroy = ob_destroy,
+};

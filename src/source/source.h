@@ -1,0 +1,69 @@
+/*
+ * source.h - the interface every source implements (SPEC section 10).
+ *
+ * A source produces batches of relay_msg and is told when a batch is durably
+ * confirmed by the sink. It never decides delivery policy: the worker loop
+ * (worker.c) calls poll -> sink publish -> ack, retries, dead-letters and
+ * backs off. A source only has to make `ack` durable and idempotent, and to
+ * re-deliver the same messages with the same dedup keys after a crash.
+ *
+ * Forward sources (outbox, cdc) read PostgreSQL through the worker's own
+ * connection (w->pg), which holds the pipeline's advisory lock. Reverse
+ * sources (nats, kafka, webhook, ...) read a broker.
+ *
+ * Embed `relay_source` as the first member of the backend's struct.
+ */
+#ifndef RELAY_SOURCE_H
+#define RELAY_SOURCE_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "buf.h"
+#include "message.h"
+
+struct relay_worker;
+typedef struct relay_source relay_source;
+
+typedef struct relay_source_ops {
+    const char *type; /* config "source_type" value */
+
+    /* Validate `cfg` (the pipeline's "source" object) and allocate the source.
+     * Nothing is connected yet. Returns NULL with a message naming the key. */
+    relay_source *(*create)(const json_t *cfg, struct relay_worker *w, char *err, size_t errlen);
+
+    /* (Re)connect / prepare. Called before the first poll and after any
+     * failure. Returns 0, or -1 (transient: the worker backs off, retries). */
+    int (*open)(relay_source *s, char *err, size_t errlen);
+
+    /* Fill `b` with up to `max` messages. May wait (through worker_wait) up
+     * to its poll interval when nothing is available. Returns the number of
+     * messages (0 when none), or -1 on a transient error (err set). The batch
+     * stays owned by the worker until ack. */
+    int (*poll)(relay_source *s, relay_batch *b, size_t max, char *err, size_t errlen);
+
+    /* Every message of the last polled batch is either CONFIRMED by the sink
+     * or DEAD (in the dead-letter table): make that durable (commit the
+     * offset, ack the broker, send the LSN). Returns 0, or -1 (transient; the
+     * messages will be redelivered after a restart, which is allowed). */
+    int (*ack)(relay_source *s, relay_batch *b, char *err, size_t errlen);
+
+    /* Optional: the batch will not be acked (shutdown timeout, lost lock).
+     * Release it for prompt redelivery where the broker supports that. */
+    void (*release)(relay_source *s, relay_batch *b);
+
+    /* Append the current position as a JSON object for /status. */
+    void (*position)(relay_source *s, relay_buf *out);
+
+    /* Close connections and free. */
+    void (*destroy)(relay_source *s);
+} relay_source_ops;
+
+struct relay_source {
+    const relay_source_ops *ops;
+    struct relay_worker *w;
+    /* Default subject template for events of this source (outbox or cdc). */
+    const char *default_subject;
+};
+
+#endif

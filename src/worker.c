@@ -1,0 +1,531 @@
+/*
+ * worker.c - the relay loop of one pipeline. All delivery rules live here.
+ *
+ * Lifecycle of a worker thread:
+ *
+ *   connect ─► pg_try_advisory_lock(hashtext(group), hashtext(name))
+ *      │           └─ not granted ─► NOT_OWNER (thread ends; the coordinator
+ *      │                              tries again on a later discovery tick)
+ *      ▼
+ *   RUNNING: loop { poll ─► publish ─► confirm ─► dead-letter ─► ack }
+ *      │
+ *      ├─ PostgreSQL connection lost: the lock is gone with it, so nothing
+ *      │  more is published or acked; reconnect with backoff and take the
+ *      │  lock again (or end as NOT_OWNER if another relay took it)
+ *      └─ stop requested: finish and ack the batch in flight before the
+ *         shutdown deadline, disconnect (which releases the lock), EXITED
+ *
+ * Delivery rules, in one place for every source and sink:
+ *  - A batch is acknowledged to its source only when each of its messages
+ *    is CONFIRMED by the sink or written to pgtrickle.relay_dlq (DEAD).
+ *  - Transient failures (sink down, timeout, 5xx, PostgreSQL down) are
+ *    retried with jittered exponential backoff, 100 ms doubling to 30 s,
+ *    republishing only the messages not yet confirmed, with the same dedup
+ *    keys; the pipeline reports degraded meanwhile.
+ *  - Permanent per-message failures (MSG_REJECTED) are dead-lettered and the
+ *    pipeline moves on; if the dead-letter insert itself fails, that is a
+ *    transient failure and nothing is acked.
+ *  - At shutdown a batch that cannot be confirmed before the deadline is
+ *    abandoned unacknowledged; the source redelivers it after a restart.
+ */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backoff.h"
+#include "log.h"
+#include "pg.h"
+#include "registry.h"
+
+#define ERRLEN 1024
+
+/* ---- waiting ------------------------------------------------------------ */
+
+int worker_stopping(relay_worker *w)
+{
+    return atomic_load(&w->stop) != 0;
+}
+
+int worker_wait(relay_worker *w, int fd, short events, int timeout_ms)
+{
+    if (worker_stopping(w))
+        return -1;
+    struct pollfd p[2] = {{.fd = w->wake[0], .events = POLLIN}, {.fd = fd, .events = events}};
+    int n = poll(p, fd >= 0 ? 2 : 1, timeout_ms < 0 ? -1 : timeout_ms);
+    if (worker_stopping(w))
+        return -1;
+    if (n > 0 && fd >= 0 && (p[1].revents & (events | POLLERR | POLLHUP)))
+        return 1;
+    return 0;
+}
+
+/* Sleep for `ms`; a stop request cuts the sleep short unless `through_stop`
+ * (used while finishing the in-flight batch), in which case only the
+ * shutdown deadline does. */
+static void pause_ms(relay_worker *w, int64_t ms, int through_stop)
+{
+    int64_t end = now_mono_ms() + ms;
+    for (;;) {
+        int64_t left = end - now_mono_ms();
+        if (worker_stopping(w)) {
+            if (!through_stop)
+                return;
+            int64_t dl = atomic_load(&w->stop_deadline_ms) - now_mono_ms();
+            if (dl < left)
+                left = dl;
+        }
+        if (left <= 0)
+            return;
+        if (worker_stopping(w))
+            poll(NULL, 0, (int)(left > 50 ? 50 : left));
+        else
+            worker_wait(w, -1, 0, (int)(left > 1000 ? 1000 : left));
+    }
+}
+
+static int past_deadline(relay_worker *w)
+{
+    return worker_stopping(w) && now_mono_ms() >= atomic_load(&w->stop_deadline_ms);
+}
+
+/* ---- PostgreSQL connection and ownership ------------------------------- */
+
+static void drop_connection(relay_worker *w)
+{
+    if (w->pg) {
+        PQfinish(w->pg);
+        w->pg = NULL;
+    }
+    if (w->stats)
+        atomic_store(&w->stats->pg_up, 0);
+}
+
+/* Connect and take the pipeline's advisory lock.
+ * Returns 1 owned, 0 another relay owns it, -1 transient failure (err). */
+static int acquire(relay_worker *w, char *err, size_t errlen)
+{
+    char app[96];
+    snprintf(app, sizeof app, "pgtrickle-relay %.60s", w->cfg.name);
+    w->pg = pg_connect(w->opts->postgres_url, app, err, errlen);
+    if (!w->pg)
+        return -1;
+    const char *params[2] = {w->opts->group_id, w->cfg.name};
+    PGresult *r = pg_query(w->pg, "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))", 2,
+                           params, err, errlen);
+    if (!r) {
+        drop_connection(w);
+        return -1;
+    }
+    int got = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    if (!got) {
+        drop_connection(w);
+        return 0;
+    }
+    return 1;
+}
+
+/* Make sure we hold a live, locked connection. Returns 1 ready, 0 lost
+ * ownership to another relay, -1 stop requested. */
+static int ensure_owned(relay_worker *w, relay_backoff *bo)
+{
+    char err[ERRLEN];
+    while (!w->pg || pg_broken(w->pg)) {
+        if (w->pg) {
+            drop_connection(w);
+            log_warn(w->cfg.name, "PostgreSQL connection lost: pipeline paused, reconnecting");
+        }
+        if (worker_stopping(w))
+            return -1;
+        int rc = acquire(w, err, sizeof err);
+        if (rc == 1) {
+            backoff_reset(bo);
+            return 2; /* reacquired: caller must reopen the source */
+        }
+        if (rc == 0) {
+            log_info(w->cfg.name, "another relay of group \"%s\" took the pipeline over",
+                     w->opts->group_id);
+            return 0;
+        }
+        if (w->stats)
+            stats_error(w->stats, ERR_POSTGRES, "%s", err);
+        int64_t d = backoff_next(bo);
+        log_debug(w->cfg.name, "reconnect failed (%s); retrying in %lld ms", err, (long long)d);
+        pause_ms(w, d, 0);
+    }
+    return 1;
+}
+
+/* ---- dead letters -------------------------------------------------------- */
+
+int worker_dead_letter(relay_worker *w, const relay_msg *m, const char *error, char *err,
+                       size_t errlen)
+{
+    relay_buf payload = {0};
+    const char *p = NULL;
+    if (m->payload) {
+        if (m->payload_is_json) {
+            buf_append(&payload, m->payload, m->payload_len);
+        } else {
+            buf_put_json_str(&payload, m->payload, m->payload_len);
+        }
+        p = payload.data;
+    }
+    const char *params[5] = {w->cfg.name, m->dedup_key, m->subject, p, error};
+    int rc = pg_exec(w->pg,
+                     "SELECT pgtrickle.relay_dead_letter($1, $2, $3, $4::jsonb, $5)", 5, params,
+                     err, errlen);
+    if (rc < 0 && p && m->payload_is_json) {
+        /* The payload is not valid JSON after all: keep it as a string. */
+        buf_clear(&payload);
+        buf_put_json_str(&payload, m->payload, m->payload_len);
+        params[3] = payload.data;
+        if (!pg_broken(w->pg))
+            rc = pg_exec(w->pg,
+                         "SELECT pgtrickle.relay_dead_letter($1, $2, $3, $4::jsonb, $5)", 5,
+                         params, err, errlen);
+    }
+    buf_free(&payload);
+    return rc;
+}
+
+/* ---- one batch ------------------------------------------------------------ */
+
+/* Render subjects for a forward batch from the sink's template (or the
+ * source's default). Reverse sources set the subject themselves. */
+static void render_subjects(relay_worker *w, relay_batch *b)
+{
+    const char *tmpl = w->sink->subject_template ? w->sink->subject_template
+                                                 : w->source->default_subject;
+    if (!tmpl)
+        return;
+    relay_buf tmp = {0};
+    for (size_t i = 0; i < b->n; i++) {
+        relay_msg *m = &b->msgs[i];
+        if (m->subject)
+            continue;
+        buf_clear(&tmp);
+        subject_render(tmpl, m, &tmp);
+        m->subject = arena_strndup(&b->arena, tmp.data, tmp.len);
+    }
+    buf_free(&tmp);
+}
+
+/* Publish until every message is CONFIRMED or DEAD.
+ * Returns 0 done, -1 abandoned (shutdown deadline or lost PostgreSQL). */
+static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
+{
+    char err[ERRLEN];
+    relay_msg **todo = xmalloc(b->n * sizeof *todo);
+    int sink_open = 1;
+    int result = -1;
+    uint64_t t0 = now_mono_us();
+    for (;;) {
+        size_t n = 0, rejected = 0;
+        for (size_t i = 0; i < b->n; i++) {
+            relay_msg *m = &b->msgs[i];
+            if (m->state == MSG_PENDING || m->state == MSG_RETRY)
+                todo[n++] = m;
+            else if (m->state == MSG_REJECTED)
+                rejected++;
+        }
+        if (n == 0 && rejected == 0) {
+            result = 0;
+            break;
+        }
+        int failed = 0;
+        if (n > 0) {
+            for (size_t i = 0; i < n; i++)
+                todo[i]->state = MSG_PENDING;
+            int rc = sink_open ? 0 : w->sink->ops->open(w->sink, err, sizeof err);
+            if (rc == 0)
+                rc = w->sink->ops->publish(w->sink, todo, n, err, sizeof err);
+            if (rc < 0) {
+                sink_open = 0;
+                for (size_t i = 0; i < n; i++)
+                    todo[i]->state = MSG_RETRY;
+                if (atomic_exchange(&w->stats->sink_up, 0))
+                    log_warn(w->cfg.name, "sink %s unavailable: %s", w->cfg.sink_type, err);
+                stats_error(w->stats, ERR_SINK, "sink: %s", err);
+                failed = 1;
+            } else {
+                if (!atomic_exchange(&w->stats->sink_up, 1))
+                    log_info(w->cfg.name, "sink %s available again", w->cfg.sink_type);
+                uint64_t confirmed = 0;
+                for (size_t i = 0; i < n; i++) {
+                    relay_msg *m = todo[i];
+                    if (m->state == MSG_CONFIRMED) {
+                        confirmed++;
+                    } else if (m->state == MSG_PENDING) {
+                        m->state = MSG_RETRY; /* the sink did not say: treat as transient */
+                        m->error = "sink gave no confirmation";
+                    }
+                    if (m->state == MSG_RETRY)
+                        failed = 1;
+                }
+                atomic_fetch_add(&w->stats->published, confirmed);
+                if (failed)
+                    stats_error(w->stats, ERR_SINK, "sink: %s",
+                                todo[0]->error ? todo[0]->error : "publish failed");
+            }
+        }
+        /* Dead-letter permanent failures. */
+        for (size_t i = 0; i < b->n; i++) {
+            relay_msg *m = &b->msgs[i];
+            if (m->state != MSG_REJECTED)
+                continue;
+            const char *why = m->error ? m->error : "rejected by the sink";
+            if (worker_dead_letter(w, m, why, err, sizeof err) < 0) {
+                stats_error(w->stats, ERR_POSTGRES, "dead-letter insert failed: %s", err);
+                failed = 1;
+                if (pg_broken(w->pg))
+                    goto out;
+                break;
+            }
+            m->state = MSG_DEAD;
+            atomic_fetch_add(&w->stats->dead_lettered, 1);
+            atomic_fetch_add(&w->stats->errors[ERR_PERMANENT], 1);
+            log_warn(w->cfg.name, "message %s dead-lettered: %s", m->dedup_key, why);
+        }
+        if (!failed)
+            continue;
+        if (past_deadline(w)) {
+            log_warn(w->cfg.name, "shutdown deadline reached with %zu messages unconfirmed: "
+                     "not acknowledged, they will be redelivered", n);
+            goto out;
+        }
+        if (pg_broken(w->pg))
+            goto out;
+        int64_t d = backoff_next(bo);
+        log_debug(w->cfg.name, "retrying %zu messages in %lld ms", n, (long long)d);
+        pause_ms(w, d, 1);
+        if (past_deadline(w))
+            goto out;
+    }
+    stats_observe_latency(w->stats, now_mono_us() - t0);
+out:
+    free(todo);
+    return result;
+}
+
+/* ---- the loop ----------------------------------------------------------- */
+
+static void become_owner(relay_worker *w)
+{
+    if (!w->stats) {
+        w->stats = stats_register(w->cfg.name, w->cfg.forward ? "forward" : "reverse",
+                                  w->cfg.source_type, w->cfg.sink_type);
+        stats_ref(w->stats); /* the worker's own reference, next to the registry's */
+        atomic_store(&w->stats->started_ms, now_wall_ms());
+        atomic_store(&w->stats->last_progress_ms, now_wall_ms());
+    }
+    atomic_store(&w->stats->pg_up, 1);
+    atomic_store(&w->stats->running, 1);
+    atomic_store(&w->state, WORKER_RUNNING);
+}
+
+static void run(relay_worker *w)
+{
+    char err[ERRLEN];
+    relay_backoff bo;
+    backoff_init(&bo);
+    relay_batch batch = {0};
+    int source_open = 0;
+    int64_t max_batch = 500;
+
+    int own = ensure_owned(w, &bo);
+    if (own <= 0) {
+        atomic_store(&w->state, own == 0 ? WORKER_NOT_OWNER : WORKER_EXITED);
+        return;
+    }
+    become_owner(w);
+    log_info(w->cfg.name, "pipeline started (%s %s -> %s, group \"%s\")",
+             w->cfg.forward ? "forward" : "reverse", w->cfg.source_type, w->cfg.sink_type,
+             w->opts->group_id);
+    json_t *bs = json_object_get(w->cfg.source, "batch_size");
+    if (json_is_integer(bs) && json_integer_value(bs) > 0)
+        max_batch = (int64_t)json_integer_value(bs);
+
+    while (!worker_stopping(w)) {
+        own = ensure_owned(w, &bo);
+        if (own < 0)
+            break;
+        if (own == 0) {
+            atomic_store(&w->state, WORKER_NOT_OWNER);
+            break;
+        }
+        if (own == 2) {
+            log_info(w->cfg.name, "PostgreSQL connection restored; pipeline resumed");
+            atomic_store(&w->stats->pg_up, 1);
+            source_open = 0;
+        }
+        if (!source_open) {
+            if (w->source->ops->open(w->source, err, sizeof err) < 0) {
+                stats_error(w->stats, pg_broken(w->pg) ? ERR_POSTGRES : ERR_SOURCE, "source: %s", err);
+                if (atomic_exchange(&w->stats->source_up, 0))
+                    log_warn(w->cfg.name, "source %s unavailable: %s", w->cfg.source_type, err);
+                pause_ms(w, backoff_next(&bo), 0);
+                continue;
+            }
+            source_open = 1;
+            if (!atomic_exchange(&w->stats->source_up, 1))
+                log_debug(w->cfg.name, "source %s open", w->cfg.source_type);
+        }
+
+        batch_reset(&batch);
+        int n = w->source->ops->poll(w->source, &batch, (size_t)max_batch, err, sizeof err);
+        if (n < 0) {
+            stats_error(w->stats, pg_broken(w->pg) ? ERR_POSTGRES : ERR_SOURCE, "source: %s", err);
+            if (atomic_exchange(&w->stats->source_up, 0))
+                log_warn(w->cfg.name, "source %s failed: %s", w->cfg.source_type, err);
+            source_open = 0;
+            pause_ms(w, backoff_next(&bo), 0);
+            continue;
+        }
+        atomic_store(&w->stats->source_up, 1);
+        if (n == 0) {
+            atomic_store(&w->stats->last_progress_ms, now_wall_ms());
+            continue;
+        }
+        atomic_fetch_add(&w->stats->consumed, (uint64_t)n);
+        if (w->cfg.forward)
+            render_subjects(w, &batch);
+
+        if (deliver(w, &batch, &bo) < 0) {
+            if (w->source->ops->release)
+                w->source->ops->release(w->source, &batch);
+            source_open = 0; /* re-read from the durable position */
+            if (past_deadline(w))
+                break;
+            continue;
+        }
+        if (w->source->ops->ack(w->source, &batch, err, sizeof err) < 0) {
+            stats_error(w->stats, pg_broken(w->pg) ? ERR_POSTGRES : ERR_SOURCE, "ack: %s", err);
+            log_warn(w->cfg.name, "acknowledging the batch failed (%s): it will be redelivered", err);
+            source_open = 0;
+            pause_ms(w, backoff_next(&bo), 0);
+            continue;
+        }
+        backoff_reset(&bo);
+        atomic_fetch_add(&w->stats->batches, 1);
+        atomic_store(&w->stats->last_progress_ms, now_wall_ms());
+    }
+    batch_free(&batch);
+    if (atomic_load(&w->state) == WORKER_RUNNING)
+        atomic_store(&w->state, WORKER_EXITED);
+}
+
+static void *worker_main(void *arg)
+{
+    relay_worker *w = arg;
+    run(w);
+    if (w->source) {
+        w->source->ops->destroy(w->source);
+        w->source = NULL;
+    }
+    if (w->sink) {
+        w->sink->ops->destroy(w->sink);
+        w->sink = NULL;
+    }
+    drop_connection(w); /* releases the advisory lock */
+    if (w->stats) {
+        atomic_store(&w->stats->running, 0);
+        if (atomic_load(&w->state) == WORKER_EXITED)
+            log_info(w->cfg.name, "pipeline stopped");
+    }
+    return NULL;
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+relay_worker *worker_start(relay_pipeline_cfg *cfg, const relay_options *opts, char *err,
+                           size_t errlen)
+{
+    const relay_source_ops *so = registry_source(cfg->source_type);
+    if (!so) {
+        snprintf(err, errlen, "config.source_type: unknown source type \"%s\" (available: %s)",
+                 cfg->source_type, registry_source_names());
+        return NULL;
+    }
+    const relay_sink_ops *ko = registry_sink(cfg->sink_type);
+    if (!ko) {
+        snprintf(err, errlen, "config.sink.type: unknown sink type \"%s\" (available: %s)",
+                 cfg->sink_type, registry_sink_names());
+        return NULL;
+    }
+    relay_worker *w = xcalloc(1, sizeof *w);
+    w->opts = opts;
+    w->wake[0] = w->wake[1] = -1;
+    w->cfg = *cfg; /* borrowed until we know creation succeeded */
+    char host[64] = "relay";
+    gethostname(host, sizeof host - 1);
+    snprintf(w->worker_id, sizeof w->worker_id, "%s:%d", host, (int)getpid());
+
+    w->source = so->create(cfg->source, w, err, errlen);
+    if (!w->source)
+        goto fail;
+    w->source->ops = so;
+    w->source->w = w;
+    w->sink = ko->create(cfg->sink, w, err, errlen);
+    if (!w->sink)
+        goto fail;
+    w->sink->ops = ko;
+    w->sink->w = w;
+    if (pipe2(w->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        goto fail;
+    }
+    memset(cfg, 0, sizeof *cfg); /* ownership moved */
+    atomic_store(&w->state, WORKER_STARTING);
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        snprintf(err, errlen, "cannot start a thread");
+        *cfg = w->cfg;
+        memset(&w->cfg, 0, sizeof w->cfg);
+        goto fail;
+    }
+    w->thread_started = 1;
+    return w;
+fail:
+    if (w->source)
+        w->source->ops->destroy(w->source);
+    if (w->sink)
+        w->sink->ops->destroy(w->sink);
+    if (w->wake[0] >= 0) {
+        close(w->wake[0]);
+        close(w->wake[1]);
+    }
+    free(w);
+    return NULL;
+}
+
+void worker_request_stop(relay_worker *w, int64_t deadline_ms)
+{
+    atomic_store(&w->stop_deadline_ms, deadline_ms);
+    if (!atomic_exchange(&w->stop, 1)) {
+        char c = 1;
+        ssize_t rc = write(w->wake[1], &c, 1);
+        (void)rc;
+    }
+}
+
+void worker_free(relay_worker *w)
+{
+    if (!w)
+        return;
+    if (w->thread_started)
+        pthread_join(w->thread, NULL);
+    if (w->stats) {
+        stats_unregister(w->stats);
+        stats_unref(w->stats);
+    }
+    close(w->wake[0]);
+    close(w->wake[1]);
+    pipeline_cfg_free(&w->cfg);
+    free(w);
+}

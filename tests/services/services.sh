@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# tests/services/services.sh - start and stop the real servers the tests use,
+# all on 127.0.0.1, all data under $RELAY_SERVICES_DIR (default
+# /tmp/pgtrickle-relay-services). Later backends add a start_X/stop_X pair.
+#
+#   services.sh start pg [nats ...]   start, wait until ready, write $DIR/env
+#   services.sh stop                  stop everything this script started
+#   services.sh env                   print the env file (source it)
+#
+# The env file exports PGT_PG_URL, PGT_PGHOST, PGT_PGPORT, PGT_PGDATA,
+# PGT_PGBIN and one variable set per other service.
+set -euo pipefail
+
+DIR=${RELAY_SERVICES_DIR:-/tmp/pgtrickle-relay-services}
+ENVF=$DIR/env
+PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+PGPORT=${PGT_PGPORT:-54329}
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+add_env() { mkdir -p "$DIR"; grep -v "^export $1=" "$ENVF" 2>/dev/null > "$ENVF.tmp" || true; echo "export $1='$2'" >> "$ENVF.tmp"; mv "$ENVF.tmp" "$ENVF"; }
+
+start_pg() {
+    local d=$DIR/pg
+    mkdir -p "$d"
+    [ "$(id -u)" = 0 ] && chown postgres: "$DIR" "$d"
+    if [ ! -f "$d/data/PG_VERSION" ]; then
+        as_pg "$PGBIN/initdb" -D "$d/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 -N >"$d/initdb.log" 2>&1
+    fi
+    if ! as_pg "$PGBIN/pg_ctl" -D "$d/data" status >/dev/null 2>&1; then
+        as_pg "$PGBIN/pg_ctl" -D "$d/data" -l "$d/pg.log" -w -t 60 -o \
+            "-c listen_addresses=127.0.0.1 -p $PGPORT -k $d -c wal_level=logical \
+             -c synchronous_commit=on -c fsync=off -c max_connections=300 \
+             -c max_replication_slots=20 -c max_wal_senders=20 -c shared_buffers=256MB \
+             -c max_locks_per_transaction=256" start >/dev/null
+    fi
+    "$PGBIN/pg_isready" -h 127.0.0.1 -p "$PGPORT" -t 30 >/dev/null
+    add_env PGT_PGBIN "$PGBIN"
+    add_env PGT_PGDATA "$d/data"
+    add_env PGT_PGHOST 127.0.0.1
+    add_env PGT_PGPORT "$PGPORT"
+    add_env PGT_PG_URL "postgresql://postgres@127.0.0.1:$PGPORT/postgres"
+    echo "postgres ready on 127.0.0.1:$PGPORT"
+}
+
+stop_pg() {
+    local d=$DIR/pg
+    [ -f "$d/data/PG_VERSION" ] || return 0
+    as_pg "$PGBIN/pg_ctl" -D "$d/data" -m immediate -w stop >/dev/null 2>&1 || true
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+    start)
+        [ $# -gt 0 ] || set -- pg
+        for s in "$@"; do "start_$s"; done ;;
+    stop)
+        stop_pg
+        rm -rf "$DIR" ;;
+    env) cat "$ENVF" ;;
+    *) echo "usage: $0 start [pg ...] | stop | env" >&2; exit 2 ;;
+esac
