@@ -1,0 +1,66 @@
+# Thin wrapper around meson/ninja and the scripts in scripts/.
+#
+#   make demo       install what is missing, build, run the demo (scripts/demo.sh)
+#   make test       install what is missing, build, run every test (scripts/run-tests.sh)
+#   make            build only (build/pgtrickle-relay)
+#   make sanitize   build in build-asan with ASan+UBSan and run every test with it
+#   make valgrind   run the unit tests under valgrind
+#   make bench      run the benchmarks (bench/run.sh)
+#   make clean      remove the build directories
+#
+# Variables: BUILD (build), ASAN_BUILD (build-asan), BUILDTYPE (debugoptimized),
+# MESON_ARGS (extra `meson setup` options, e.g. -Dkafka=disabled).
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+BUILDTYPE  ?= debugoptimized
+MESON_ARGS ?=
+VALGRIND   ?= valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite
+
+SHELL := /bin/bash
+
+.PHONY: all build deps test demo sanitize valgrind bench clean
+
+all: build
+
+# meson setup only when the directory is not configured yet; afterwards ninja
+# re-runs meson by itself whenever a meson.build changes.
+build:
+	@if [ ! -f $(BUILD)/build.ninja ]; then \
+		echo "meson setup $(BUILD) --buildtype=$(BUILDTYPE) $(MESON_ARGS)"; \
+		meson setup $(BUILD) --buildtype=$(BUILDTYPE) $(MESON_ARGS); \
+	fi
+	ninja -C $(BUILD)
+
+deps:
+	scripts/install-deps.sh
+
+# The README's test command. The steps run in order, also under make -j.
+test:
+	scripts/install-deps.sh
+	@$(MAKE) --no-print-directory build
+	BUILD=$(BUILD) scripts/run-tests.sh
+
+# The README's demo command.
+demo:
+	scripts/install-deps.sh
+	@$(MAKE) --no-print-directory build
+	RELAY_BIN=$(CURDIR)/$(BUILD)/pgtrickle-relay scripts/demo.sh
+
+sanitize:
+	scripts/install-deps.sh
+	@$(MAKE) --no-print-directory build BUILD=$(ASAN_BUILD) MESON_ARGS="-Dsanitize=true $(MESON_ARGS)"
+	BUILD=$(ASAN_BUILD) scripts/run-tests.sh
+
+valgrind: build
+	meson test -C $(BUILD) --print-errorlogs --suite unit --wrap='$(VALGRIND)'
+
+bench: build
+	@if [ -f bench/run.sh ]; then \
+		BUILD=$(BUILD) RELAY_BIN=$(CURDIR)/$(BUILD)/pgtrickle-relay bash bench/run.sh; \
+	else \
+		echo "bench/run.sh does not exist yet"; exit 1; \
+	fi
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
