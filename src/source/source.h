@@ -12,6 +12,23 @@
  * sources (nats, kafka, webhook, ...) read a broker.
  *
  * Embed `relay_source` as the first member of the backend's struct.
+ *
+ * Reverse sources (broker -> inbox) fill each message as follows; the inbox
+ * writer (sink "pg-inbox", src/sink/pg_inbox.c) turns it into one row:
+ *   dedup_key     -> event_id (SPEC section 5: Nats-Msg-Id, Kafka header,
+ *                    Idempotency-Key, ... else the source's fallback)
+ *   op            OP_EVENT
+ *   subject       subject / topic / queue / stream key: the event_type
+ *                 fallback when the payload has no event_type field
+ *   payload, payload_len, payload_is_json
+ *                 the message body; set payload_is_json = 0 when the body is
+ *                 not valid JSON (it is stored as a JSON string, not dropped)
+ *   source_name   -> source column (e.g. "nats:ORDERS", "kafka:orders")
+ *   aggregate_id  -> aggregate_id (Kafka record key, AMQP routing key, ...)
+ *   trace_id      -> trace_id (e.g. a traceparent header), or NULL
+ *   ack           the source's own handle, used by its ack()
+ * ack() is only called after the inbox transaction committed; release()
+ * when the batch will not be committed (nack / requeue where possible).
  */
 #ifndef RELAY_SOURCE_H
 #define RELAY_SOURCE_H
