@@ -9,6 +9,10 @@
 #
 # The env file exports PGT_PG_URL, PGT_PGHOST, PGT_PGPORT, PGT_PGDATA,
 # PGT_PGBIN and one variable set per other service.
+#
+# Adding a service X: write start_X (start it on 127.0.0.1, wait until it is
+# ready, add_env its address) and stop_X (idempotent: a no-op when X is not
+# running), then list X in tests/services/default-services.
 set -euo pipefail
 
 DIR=${RELAY_SERVICES_DIR:-/tmp/pgtrickle-relay-services}
@@ -55,7 +59,8 @@ case "$cmd" in
         [ $# -gt 0 ] || set -- pg
         for s in "$@"; do "start_$s"; done ;;
     stop)
-        stop_pg
+        # every stop_<service> defined above, whether it was started or not
+        for f in $(declare -F | awk '{print $3}' | grep '^stop_'); do "$f" || true; done
         rm -rf "$DIR" ;;
     env) cat "$ENVF" ;;
     *) echo "usage: $0 start [pg ...] | stop | env" >&2; exit 2 ;;
