@@ -61,6 +61,8 @@ typedef struct relay_msg {
     /* CDC extras: pre-rendered JSON objects, NULL when absent. */
     const char *old_json;
     const char *source_json;
+    uint32_t relation_id;    /* CDC: pgoutput relation OID, 0 otherwise */
+    const char *lsn;         /* CDC: the change's LSN as text ("0/16B3748"), NULL otherwise */
     /* Reverse extras (inbox column mapping). */
     const char *source_name;
     const char *aggregate_id;

@@ -65,6 +65,20 @@ int worker_wait(relay_worker *w, int fd, short events, int timeout_ms)
     return 0;
 }
 
+/* Give the source a chance to keep its connection alive (at most once a
+ * second) while the worker is not polling it. */
+static void source_idle(relay_worker *w)
+{
+    static _Thread_local int64_t last;
+    if (!w->source || !w->source->ops->idle)
+        return;
+    int64_t now = now_mono_ms();
+    if (now - last < 1000)
+        return;
+    last = now;
+    w->source->ops->idle(w->source);
+}
+
 /* Sleep for `ms`; a stop request cuts the sleep short unless `through_stop`
  * (used while finishing the in-flight batch), in which case only the
  * shutdown deadline does. */
@@ -86,6 +100,7 @@ static void pause_ms(relay_worker *w, int64_t ms, int through_stop)
             poll(NULL, 0, (int)(left > 50 ? 50 : left));
         else
             worker_wait(w, -1, 0, (int)(left > 1000 ? 1000 : left));
+        source_idle(w);
     }
 }
 
@@ -246,6 +261,7 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
             int rc = sink_open ? 0 : w->sink->ops->open(w->sink, err, sizeof err);
             if (rc == 0)
                 rc = w->sink->ops->publish(w->sink, todo, n, err, sizeof err);
+            source_idle(w);
             if (rc < 0) {
                 sink_open = 0;
                 for (size_t i = 0; i < n; i++)

@@ -69,6 +69,12 @@ typedef struct relay_source_ops {
      * Release it for prompt redelivery where the broker supports that. */
     void (*release)(relay_source *s, relay_batch *b);
 
+    /* Optional: called by the worker at least once a second while it is
+     * not in poll() (publishing, retrying, backing off), so a source can keep
+     * its connection alive, e.g. send replication standby status. Must not
+     * block for long and must not acknowledge anything unconfirmed. */
+    void (*idle)(relay_source *s);
+
     /* Append the current position as a JSON object for /status. */
     void (*position)(relay_source *s, relay_buf *out);
 

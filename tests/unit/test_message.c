@@ -10,7 +10,9 @@
 #include <jansson.h>
 #include <string.h>
 
+#include "encode.h"
 #include "message.h"
+#include <msgpack.h>
 
 static relay_msg *outbox_msg(relay_batch *b)
 {
@@ -165,6 +167,77 @@ static void json_string_escaping(void **state)
     buf_free(&b);
 }
 
+static const msgpack_object *map_get(const msgpack_object *o, const char *key)
+{
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+        const msgpack_object_kv *kv = &o->via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(key) &&
+            memcmp(kv->key.via.str.ptr, key, kv->key.via.str.size) == 0)
+            return &kv->val;
+    }
+    return NULL;
+}
+
+static void msgpack_matches_seed_shape(void **state)
+{
+    (void)state;
+    relay_batch b = {0};
+    relay_msg *m = batch_add(&b);
+    m->dedup_key = "0/25CB3C8:0";
+    m->table = "users";
+    m->op = OP_INSERT;
+    m->relation_id = 16384;
+    m->lsn = "0/25CB3C8";
+    m->payload = "{\"id\":1,\"name\":\"Alice\",\"score\":1.5,\"ok\":true,\"tags\":[\"a\"],\"n\":null}";
+    m->payload_len = strlen(m->payload);
+    relay_buf out = {0};
+    relay_encode(RELAY_FORMAT_MSGPACK, m, &out);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.len, &off), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(off, out.len);
+    const msgpack_object *o = &u.data;
+    assert_int_equal(o->type, MSGPACK_OBJECT_MAP);
+    const msgpack_object *op = map_get(o, "operation");
+    assert_non_null(op);
+    assert_memory_equal(op->via.str.ptr, "INSERT", 6);
+    assert_int_equal(map_get(o, "relation_id")->via.u64, 16384);
+    assert_memory_equal(map_get(o, "lsn")->via.str.ptr, "0/25CB3C8", 9);
+    assert_memory_equal(map_get(o, "table")->via.str.ptr, "users", 5);
+    const msgpack_object *cols = map_get(o, "columns");
+    assert_int_equal(cols->type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(cols->via.array.size, 6);
+    const msgpack_object *c0 = &cols->via.array.ptr[0];
+    assert_memory_equal(map_get(c0, "name")->via.str.ptr, "id", 2);
+    assert_int_equal(map_get(c0, "value")->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    assert_int_equal(map_get(&cols->via.array.ptr[2], "value")->type, MSGPACK_OBJECT_FLOAT64);
+    assert_int_equal(map_get(&cols->via.array.ptr[3], "value")->type, MSGPACK_OBJECT_BOOLEAN);
+    assert_int_equal(map_get(&cols->via.array.ptr[4], "value")->type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(map_get(&cols->via.array.ptr[5], "value")->type, MSGPACK_OBJECT_NIL);
+    msgpack_unpacked_destroy(&u);
+    buf_free(&out);
+    batch_free(&b);
+}
+
+static void format_config(void **state)
+{
+    (void)state;
+    char err[256];
+    relay_format f;
+    json_t *c = json_loads("{\"format\":\"msgpack\"}", 0, NULL);
+    assert_int_equal(relay_format_from_cfg(c, "sink", &f, err, sizeof err), 0);
+    assert_int_equal(f, RELAY_FORMAT_MSGPACK);
+    json_object_set_new(c, "format", json_string("avro"));
+    assert_int_equal(relay_format_from_cfg(c, "sink", &f, err, sizeof err), -1);
+    assert_non_null(strstr(err, "sink.format"));
+    json_object_del(c, "format");
+    assert_int_equal(relay_format_from_cfg(c, "sink", &f, err, sizeof err), 0);
+    assert_int_equal(f, RELAY_FORMAT_NATIVE);
+    assert_string_equal(relay_format_content_type(f), "application/json");
+    json_decref(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -176,6 +249,8 @@ int main(void)
         cmocka_unit_test(arena_handles_large_and_many),
         cmocka_unit_test(op_names),
         cmocka_unit_test(json_string_escaping),
+        cmocka_unit_test(msgpack_matches_seed_shape),
+        cmocka_unit_test(format_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,38 @@
+/*
+ * encode.h - wire formats of a message body, chosen per sink with the
+ * "format" key (SPEC section 5):
+ *   native   (default) the JSON envelope of msg_encode_native()
+ *   msgpack  seed 003's CDC event shape in MessagePack:
+ *            {"table","operation","relation_id","lsn","columns":[{"name","value"}],
+ *             "dedup_key"}
+ * Sinks call relay_encode(); they never format bodies themselves.
+ */
+#ifndef RELAY_ENCODE_H
+#define RELAY_ENCODE_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "buf.h"
+#include "message.h"
+
+typedef enum { RELAY_FORMAT_NATIVE = 0, RELAY_FORMAT_MSGPACK } relay_format;
+
+/* Read `<path>.format` from a sink config: "native" (default) or "msgpack".
+ * Returns 0, or -1 with err naming the key. */
+int relay_format_from_cfg(const json_t *cfg, const char *path, relay_format *out, char *err,
+                          size_t errlen);
+
+/* Append the body of `m` in format `f` to `out`. */
+void relay_encode(relay_format f, const relay_msg *m, relay_buf *out);
+
+/* MIME type of a format: "application/json" or "application/msgpack". */
+const char *relay_format_content_type(relay_format f);
+
+/* Encode `m` in seed 003's MessagePack shape (appended to `out`).
+ * operation is the upper-case op ("INSERT", "SNAPSHOT", ...); columns are
+ * the payload object's keys in order (a non-object payload becomes one
+ * column named "value"); relation_id is 0 and lsn nil outside CDC. */
+void msg_encode_msgpack(const relay_msg *m, relay_buf *out);
+
+#endif
