@@ -328,6 +328,33 @@ REVOKE ALL ON FUNCTION pgtrickle.relay_clip_ident(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle.relay_get_offset(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle.relay_commit_offset(text, text, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle.relay_outbox_source(text) FROM PUBLIC;
+-- The event's op ("insert", "event", ...), so a replayed dead letter is
+-- re-published as what it was. The 6-argument form is what the daemon calls.
+ALTER TABLE pgtrickle.relay_dlq ADD COLUMN IF NOT EXISTS op text;
+
+CREATE OR REPLACE FUNCTION pgtrickle.relay_dead_letter(
+    p_pipeline  text,
+    p_dedup_key text,
+    p_subject   text,
+    p_payload   jsonb,
+    p_error     text,
+    p_op        text
+) RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtrickle, pg_temp
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    v_id := pgtrickle.relay_dead_letter(p_pipeline, p_dedup_key, p_subject, p_payload, p_error);
+    UPDATE pgtrickle.relay_dlq SET op = p_op WHERE id = v_id;
+    RETURN v_id;
+END;
+$$;
+REVOKE ALL ON FUNCTION pgtrickle.relay_dead_letter(text, text, text, jsonb, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgtrickle.relay_dead_letter(text, text, text, jsonb, text, text) TO pgtrickle_relay;
+
 REVOKE ALL ON FUNCTION pgtrickle.relay_dead_letter(text, text, text, jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle.relay_dlq_list(text, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle.relay_dlq_replay(text, bigint[]) FROM PUBLIC;

@@ -131,7 +131,19 @@ relay_msg *batch_add(relay_batch *b)
     memset(m, 0, sizeof *m);
     m->outbox_id = -1;
     m->payload_is_json = 1;
+    m->arena = &b->arena;
     return m;
+}
+
+void msg_set_error(relay_msg *m, relay_msg_state state, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    m->state = state;
+    m->error = m->arena ? arena_strdup(m->arena, tmp) : "error text unavailable";
 }
 
 void batch_reset(relay_batch *b)
@@ -159,6 +171,14 @@ const char *relay_op_name(relay_op op)
     case OP_EVENT: return "event";
     }
     return "event";
+}
+
+relay_op relay_op_parse(const char *name)
+{
+    for (int op = OP_INSERT; name && op <= OP_EVENT; op++)
+        if (strcmp(name, relay_op_name((relay_op)op)) == 0)
+            return (relay_op)op;
+    return OP_EVENT;
 }
 
 /* ---- subject templates ------------------------------------------------ */

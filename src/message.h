@@ -34,6 +34,8 @@ typedef enum {
 
 /* Lower-case name of an op ("insert", ...); static storage. */
 const char *relay_op_name(relay_op op);
+/* Parse a lower-case op name; unknown or NULL names give OP_EVENT. */
+relay_op relay_op_parse(const char *name);
 
 /* Delivery state of one message inside the worker loop. */
 typedef enum {
@@ -71,10 +73,12 @@ typedef struct relay_msg {
     relay_msg_state state;
     const char *error;       /* set with MSG_RETRY / MSG_REJECTED; arena or static storage */
     void *ack;               /* source-private per-message ack handle */
+    struct relay_arena *arena; /* the batch's arena (set by batch_add) */
 } relay_msg;
 
 /* A simple bump allocator: blocks are freed together by arena_reset(). */
 typedef struct relay_arena_block relay_arena_block;
+struct relay_arena;
 typedef struct relay_arena {
     relay_arena_block *head;
 } relay_arena;
@@ -95,6 +99,11 @@ typedef struct relay_batch {
     size_t cap;
     relay_arena arena;
 } relay_batch;
+
+/* Set m->state = `state` and m->error to a printf-formatted text copied
+ * into the batch's arena (sinks use this for MSG_RETRY / MSG_REJECTED). */
+void msg_set_error(relay_msg *m, relay_msg_state state, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Append a zeroed message (outbox_id = -1, state PENDING) and return it. */
 relay_msg *batch_add(relay_batch *b);

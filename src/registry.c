@@ -11,6 +11,9 @@
 #include "relay_features.h"
 
 extern const relay_source_ops relay_source_outbox_ops;
+extern const relay_source_ops relay_source_stdin_ops;
+extern const relay_source_ops relay_source_jsonl_file_ops;
+extern const relay_sink_ops relay_sink_pg_inbox_ops;
 #if HAVE_SINK_FILE
 extern const relay_sink_ops relay_sink_file_ops;
 extern const relay_sink_ops relay_sink_stdout_ops;
@@ -18,10 +21,13 @@ extern const relay_sink_ops relay_sink_stdout_ops;
 
 static const relay_source_ops *const sources[] = {
     &relay_source_outbox_ops,
+    &relay_source_stdin_ops,
+    &relay_source_jsonl_file_ops,
     NULL,
 };
 
 static const relay_sink_ops *const sinks[] = {
+    &relay_sink_pg_inbox_ops,
 #if HAVE_SINK_FILE
     &relay_sink_file_ops,
     &relay_sink_stdout_ops,

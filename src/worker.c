@@ -192,19 +192,26 @@ int worker_dead_letter(relay_worker *w, const relay_msg *m, const char *error, c
         }
         p = payload.data;
     }
-    const char *params[5] = {w->cfg.name, m->dedup_key, m->subject, p, error};
-    int rc = pg_exec(w->pg,
-                     "SELECT pgtrickle.relay_dead_letter($1, $2, $3, $4::jsonb, $5)", 5, params,
-                     err, errlen);
+    const char *params[6] = {w->cfg.name, m->dedup_key, m->subject, p, error,
+                             relay_op_name(m->op)};
+    static const char sql[] = "SELECT pgtrickle.relay_dead_letter($1, $2, $3, $4::jsonb, $5, $6)";
+    int rc = pg_exec(w->pg, sql, 6, params, err, errlen);
     if (rc < 0 && p && m->payload_is_json) {
         /* The payload is not valid JSON after all: keep it as a string. */
         buf_clear(&payload);
         buf_put_json_str(&payload, m->payload, m->payload_len);
         params[3] = payload.data;
         if (!pg_broken(w->pg))
-            rc = pg_exec(w->pg,
-                         "SELECT pgtrickle.relay_dead_letter($1, $2, $3, $4::jsonb, $5)", 5,
-                         params, err, errlen);
+            rc = pg_exec(w->pg, sql, 6, params, err, errlen);
+    }
+    if (rc < 0 && p && !pg_broken(w->pg)) {
+        /* Not storable at all (e.g. invalid UTF-8): keep the record without
+         * the body rather than retrying forever. */
+        char why[1024];
+        snprintf(why, sizeof why, "%s (payload not storable: %s)", error, err);
+        params[3] = NULL;
+        params[4] = why;
+        rc = pg_exec(w->pg, sql, 6, params, err, errlen);
     }
     buf_free(&payload);
     return rc;
@@ -238,7 +245,6 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
 {
     char err[ERRLEN];
     relay_msg **todo = xmalloc(b->n * sizeof *todo);
-    int sink_open = 1;
     int result = -1;
     uint64_t t0 = now_mono_us();
     for (;;) {
@@ -258,12 +264,14 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
         if (n > 0) {
             for (size_t i = 0; i < n; i++)
                 todo[i]->state = MSG_PENDING;
-            int rc = sink_open ? 0 : w->sink->ops->open(w->sink, err, sizeof err);
-            if (rc == 0)
+            int rc = w->sink_open ? 0 : w->sink->ops->open(w->sink, err, sizeof err);
+            if (rc == 0) {
+                w->sink_open = 1;
                 rc = w->sink->ops->publish(w->sink, todo, n, err, sizeof err);
+            }
             source_idle(w);
             if (rc < 0) {
-                sink_open = 0;
+                w->sink_open = 0;
                 for (size_t i = 0; i < n; i++)
                     todo[i]->state = MSG_RETRY;
                 if (atomic_exchange(&w->stats->sink_up, 0))
@@ -319,6 +327,9 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
         if (pg_broken(w->pg))
             goto out;
         int64_t d = backoff_next(bo);
+        if (w->sink->retry_after_ms > d)
+            d = w->sink->retry_after_ms; /* the sink was asked to wait (Retry-After) */
+        w->sink->retry_after_ms = 0;
         log_debug(w->cfg.name, "retrying %zu messages in %lld ms", n, (long long)d);
         pause_ms(w, d, 1);
         if (past_deadline(w))
@@ -328,6 +339,57 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
 out:
     free(todo);
     return result;
+}
+
+/* ---- dead-letter replay ---------------------------------------------------- */
+
+/* Re-publish the dead letters an operator asked to replay with
+ * pgtrickle.relay_dlq_replay(). The rows are claimed in a transaction that
+ * commits only after the sink confirmed them (the same rules as any batch:
+ * a message rejected again is dead-lettered again), so a crash or a sink
+ * failure leaves them requested. Checked at most once a second, between
+ * batches. Returns 0, or -1 when the PostgreSQL connection failed. */
+static int replay_dead_letters(relay_worker *w, relay_backoff *bo, int64_t *last_check)
+{
+    char err[ERRLEN];
+    int64_t now = now_mono_ms();
+    if (now - *last_check < 1000 || PQtransactionStatus(w->pg) != PQTRANS_IDLE)
+        return 0;
+    *last_check = now;
+    if (pg_exec(w->pg, "BEGIN", 0, NULL, err, sizeof err) < 0)
+        return -1;
+    const char *p[1] = {w->cfg.name};
+    PGresult *r = pg_query(w->pg,
+                           "SELECT dedup_key, subject, payload::text, op"
+                           " FROM pgtrickle.relay_dlq_take_replays($1, 500)",
+                           1, p, err, sizeof err);
+    if (!r || PQntuples(r) == 0) {
+        PQclear(r);
+        PQclear(PQexec(w->pg, "ROLLBACK"));
+        return pg_broken(w->pg) ? -1 : 0;
+    }
+    relay_batch b = {0};
+    for (int i = 0; i < PQntuples(r); i++) {
+        relay_msg *m = batch_add(&b);
+        m->dedup_key = arena_strdup(&b.arena, PQgetvalue(r, i, 0));
+        m->subject = PQgetisnull(r, i, 1) ? NULL : arena_strdup(&b.arena, PQgetvalue(r, i, 1));
+        if (!PQgetisnull(r, i, 2)) {
+            m->payload = arena_strdup(&b.arena, PQgetvalue(r, i, 2));
+            m->payload_len = (size_t)PQgetlength(r, i, 2);
+        }
+        m->op = relay_op_parse(PQgetisnull(r, i, 3) ? NULL : PQgetvalue(r, i, 3));
+    }
+    PQclear(r);
+    log_info(w->cfg.name, "replaying %zu dead letters", b.n);
+    int rc = deliver(w, &b, bo);
+    if (rc == 0 && pg_exec(w->pg, "COMMIT", 0, NULL, err, sizeof err) == 0) {
+        log_info(w->cfg.name, "%zu dead letters replayed", b.n);
+    } else {
+        PQclear(PQexec(w->pg, "ROLLBACK"));
+        log_warn(w->cfg.name, "dead-letter replay not completed; the rows stay requested");
+    }
+    batch_free(&b);
+    return pg_broken(w->pg) ? -1 : 0;
 }
 
 /* ---- the loop ----------------------------------------------------------- */
@@ -353,7 +415,8 @@ static void run(relay_worker *w)
     backoff_init(&bo);
     relay_batch batch = {0};
     int source_open = 0;
-    int64_t max_batch = 500;
+    int64_t last_replay_check = 0;
+    int64_t max_batch = 100000; /* sources apply their own batch size below this */
 
     int own = ensure_owned(w, &bo);
     if (own <= 0) {
@@ -380,7 +443,10 @@ static void run(relay_worker *w)
             log_info(w->cfg.name, "PostgreSQL connection restored; pipeline resumed");
             atomic_store(&w->stats->pg_up, 1);
             source_open = 0;
+            w->sink_open = 0;
         }
+        if (replay_dead_letters(w, &bo, &last_replay_check) < 0)
+            continue;
         if (!source_open) {
             if (w->source->ops->open(w->source, err, sizeof err) < 0) {
                 stats_error(w->stats, pg_broken(w->pg) ? ERR_POSTGRES : ERR_SOURCE, "source: %s", err);

@@ -40,6 +40,7 @@ typedef struct relay_worker {
     PGconn *pg;                  /* own connection; holds the advisory lock */
     relay_source *source;
     relay_sink *sink;
+    int sink_open;               /* sink->open succeeded and no publish failed since */
     relay_stats *stats;          /* referenced */
 
     pthread_t thread;

@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "buf.h"
 #include "message.h"
@@ -53,6 +54,11 @@ struct relay_sink {
      * "topic_template"/"routing_key_template"/"stream_key" where the backend
      * names it so); NULL means the source's default. Owned. */
     char *subject_template;
+    /* Set by publish() when the endpoint asked for a minimum delay before
+     * the next attempt (e.g. HTTP Retry-After), in ms; 0 means none. The
+     * worker waits at least this long before republishing MSG_RETRY
+     * messages, then resets it to 0. */
+    int64_t retry_after_ms;
 };
 
 #endif

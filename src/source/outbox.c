@@ -6,6 +6,11 @@
  *   batch_size        outbox rows per poll (500)
  *   poll_interval_ms  fallback poll when no NOTIFY arrives (1000)
  *   group             consumer group name (null: simple mode)
+ *   consumer_id       group mode: this pipeline's consumer id (the pipeline
+ *                     name; every relay running the pipeline uses the same id)
+ *   visibility_seconds group mode: lease length of a polled batch (30)
+ *   auto_offset_reset group mode: where a new group starts, "earliest" (default)
+ *                     or "latest"
  *   retention_hours   stored by set_relay_outbox; not used by the relay
  *
  * Reading.  The outbox table is pgt_outbox_config.outbox_table_name, else
@@ -32,6 +37,17 @@
  * confirmed, outbox_rows_consumed() and the offset commit run in that same
  * transaction and it commits. A crash mid-way re-sends the row's events with
  * the same dedup keys.
+ *
+ * Group mode reads through pg_trickle's consumer-group API instead: the
+ * group is created when missing (an "already exists" answer is fine),
+ * poll_outbox(group, consumer, batch_size, visibility_seconds) returns the
+ * rows after the consumer's committed offset, commit_offset() records
+ * progress after the sink confirmed it (only ever increasing, since
+ * pg_trickle's commit_offset would move backwards too), extend_lease() runs
+ * while a batch is being published (from the worker's idle hook) and
+ * consumer_heartbeat() while idle. pg_trickle keeps one offset per consumer,
+ * so one consumer id per pipeline is what makes a takeover by another relay
+ * resume where the previous owner stopped.
  *
  * Out-of-order commits.  BIGSERIAL ids are taken when a transaction inserts,
  * not when it commits, so id N+1 can be visible while N is still in flight.
@@ -67,6 +83,12 @@ typedef struct outbox_source {
     char *outbox;
     int64_t batch_size;
     int64_t poll_interval_ms;
+    char *group;          /* NULL: simple mode */
+    char *consumer_id;
+    int64_t visibility_seconds;
+    char *auto_offset_reset;
+    int64_t last_heartbeat_ms;
+    int64_t last_lease_ms;
     /* resolved by open() */
     char *outbox_table;   /* unquoted, e.g. outbox_orders */
     char *stream_table;   /* unqualified stream table name */
@@ -99,21 +121,30 @@ static void ob_destroy(relay_source *base);
 static relay_source *ob_create(const json_t *cfg, relay_worker *w, char *err, size_t errlen)
 {
     static const char *const keys[] = {"type", "outbox", "group", "batch_size", "poll_interval_ms",
-                                       "retention_hours", NULL};
-    const char *outbox, *group;
-    int64_t batch, interval;
+                                       "retention_hours", "consumer_id", "visibility_seconds",
+                                       "auto_offset_reset", NULL};
+    const char *outbox, *group, *consumer, *reset;
+    int64_t batch, interval, visibility;
     if (cfg_known_keys(cfg, "source", keys, err, errlen) < 0 ||
         cfg_str_required(cfg, "source", "outbox", &outbox, err, errlen) < 0 ||
         cfg_str(cfg, "source", "group", NULL, &group, err, errlen) < 0 ||
+        cfg_str(cfg, "source", "consumer_id", NULL, &consumer, err, errlen) < 0 ||
+        cfg_str(cfg, "source", "auto_offset_reset", "earliest", &reset, err, errlen) < 0 ||
         cfg_int(cfg, "source", "batch_size", 500, 1, 100000, &batch, err, errlen) < 0 ||
-        cfg_int(cfg, "source", "poll_interval_ms", 1000, 10, 3600000, &interval, err, errlen) < 0)
+        cfg_int(cfg, "source", "poll_interval_ms", 1000, 10, 3600000, &interval, err, errlen) < 0 ||
+        cfg_int(cfg, "source", "visibility_seconds", 30, 2, 86400, &visibility, err, errlen) < 0)
         return NULL;
-    if (group && *group) {
-        snprintf(err, errlen, "source.group: consumer-group mode is not available in this "
-                 "build; remove \"group\" to use simple mode");
+    if (strcmp(reset, "earliest") != 0 && strcmp(reset, "latest") != 0) {
+        snprintf(err, errlen, "source.auto_offset_reset: expected \"earliest\" or \"latest\", got \"%s\"", reset);
         return NULL;
     }
     outbox_source *s = xcalloc(1, sizeof *s);
+    if (group && *group) {
+        s->group = xstrdup(group);
+        s->consumer_id = xstrdup(consumer && *consumer ? consumer : w->cfg.name);
+        s->visibility_seconds = visibility;
+        s->auto_offset_reset = xstrdup(reset);
+    }
     s->base.w = w;
     s->base.default_subject = RELAY_DEFAULT_OUTBOX_SUBJECT;
     s->outbox = xstrdup(outbox);
@@ -137,11 +168,44 @@ static void reset_position(outbox_source *s)
 
 static void publish_position(outbox_source *s)
 {
-    char pos[160];
-    snprintf(pos, sizeof pos, "{\"outbox_table\":\"%s\",\"last_outbox_id\":%" PRId64 "}",
-             s->outbox_table ? s->outbox_table : "", s->offset);
+    char pos[512];
+    if (s->group)
+        snprintf(pos, sizeof pos, "{\"outbox_table\":\"%s\",\"last_outbox_id\":%" PRId64
+                 ",\"group\":\"%s\",\"consumer_id\":\"%s\"}",
+                 s->outbox_table ? s->outbox_table : "", s->offset, s->group, s->consumer_id);
+    else
+        snprintf(pos, sizeof pos, "{\"outbox_table\":\"%s\",\"last_outbox_id\":%" PRId64 "}",
+                 s->outbox_table ? s->outbox_table : "", s->offset);
     if (s->base.w->stats)
         stats_set_position(s->base.w->stats, pos);
+}
+
+/* Group mode: make sure the group exists, register the consumer and read
+ * its committed offset (consumer_lag is readable by the relay role). */
+static int group_open(outbox_source *s, char *err, size_t errlen)
+{
+    PGconn *c = s->base.w->pg;
+    char inner[512];
+    const char *pc[3] = {s->group, s->outbox_table, s->auto_offset_reset};
+    if (pg_exec(c, "SELECT pgtrickle.create_consumer_group($1, $2, $3)", 3, pc, inner,
+                sizeof inner) < 0) {
+        if (pg_broken(c) || !strstr(inner, "already exists")) {
+            snprintf(err, errlen, "create_consumer_group(%s): %s", s->group, inner);
+            return -1;
+        }
+    }
+    /* A zero-row poll registers the consumer at the group's reset position. */
+    const char *pr[2] = {s->group, s->consumer_id};
+    if (pg_exec(c, "SELECT count(*) FROM pgtrickle.poll_outbox($1, $2, 0, 1)", 2, pr, err,
+                errlen) < 0)
+        return -1;
+    PGresult *r = pg_query(c, "SELECT committed_offset FROM pgtrickle.consumer_lag($1)"
+                              " WHERE consumer_id = $2", 2, pr, err, errlen);
+    if (!r)
+        return -1;
+    s->offset = PQntuples(r) ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : 0;
+    PQclear(r);
+    return 0;
 }
 
 static int ob_open(relay_source *base, char *err, size_t errlen)
@@ -209,12 +273,17 @@ static int ob_open(relay_source *base, char *err, size_t errlen)
     free(qt);
     free(qd);
 
-    const char *p3[2] = {w->opts->group_id, w->cfg.name};
-    r = pg_query(c, "SELECT pgtrickle.relay_get_offset($1, $2)", 2, p3, err, errlen);
-    if (!r)
-        return -1;
-    s->offset = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
+    if (s->group) {
+        if (group_open(s, err, errlen) < 0)
+            return -1;
+    } else {
+        const char *p3[2] = {w->opts->group_id, w->cfg.name};
+        r = pg_query(c, "SELECT pgtrickle.relay_get_offset($1, $2)", 2, p3, err, errlen);
+        if (!r)
+            return -1;
+        s->offset = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        PQclear(r);
+    }
     if (pg_exec(c, "LISTEN pgtrickle_outbox_new", 0, NULL, err, errlen) < 0)
         return -1;
     publish_position(s);
@@ -456,6 +525,32 @@ static int cc_begin(outbox_source *s, int64_t id, int full, char *err, size_t er
     return 0;
 }
 
+static int commit_offset(outbox_source *s, int64_t id, char *err, size_t errlen);
+
+/* Every row of the claim-check stream is confirmed: consume the delta rows,
+ * commit the offset and end the transaction, all at once. */
+static int cc_finish(outbox_source *s, char *err, size_t errlen)
+{
+    PGconn *c = s->base.w->pg;
+    char idtxt[24];
+    snprintf(idtxt, sizeof idtxt, "%" PRId64, s->cc_id);
+    const char *p[2] = {s->stream_table, idtxt};
+    s->cc_active = 0;
+    if (pg_exec(c, "CLOSE relay_claim_check", 0, NULL, err, errlen) < 0 ||
+        pg_exec(c, "SELECT pgtrickle.outbox_rows_consumed($1, $2)", 2, p, err, errlen) < 0 ||
+        commit_offset(s, s->cc_id, err, errlen) < 0 ||
+        pg_exec(c, "COMMIT", 0, NULL, err, errlen) < 0) {
+        PQclear(PQexec(c, "ROLLBACK"));
+        return -1;
+    }
+    s->offset = s->cc_id;
+    s->full_last_poll = 1;
+    publish_position(s);
+    log_debug(s->base.w->cfg.name, "claim-check rows of outbox id %" PRId64 " relayed and consumed",
+              s->cc_id);
+    return 0;
+}
+
 static int cc_fetch(outbox_source *s, relay_batch *b, char *err, size_t errlen)
 {
     PGconn *c = s->base.w->pg;
@@ -489,7 +584,66 @@ static int cc_fetch(outbox_source *s, relay_batch *b, char *err, size_t errlen)
     }
     s->batch_last = s->cc_done ? s->cc_id : 0;
     s->full_last_poll = 1;
+    if (b->n == 0 && s->cc_done) {
+        /* The previous chunk held the last rows and was confirmed: nothing
+         * is left to publish, so the row is finished here. */
+        if (cc_finish(s, err, errlen) < 0)
+            return -1;
+        return 0;
+    }
     return (int)b->n;
+}
+
+/* Read the next rows after the offset, as (id, inserted_count,
+ * deleted_count, is_claim_check, payload, refresh_id, created_at ms). */
+static PGresult *fetch_rows(outbox_source *s, char *err, size_t errlen)
+{
+    char off[24], lim[24], vis[24];
+    snprintf(off, sizeof off, "%" PRId64, s->offset);
+    snprintf(lim, sizeof lim, "%" PRId64, s->batch_size);
+    if (!s->group) {
+        const char *p[2] = {off, lim};
+        return pg_query(s->base.w->pg, s->select_sql, 2, p, err, errlen);
+    }
+    snprintf(vis, sizeof vis, "%" PRId64, s->visibility_seconds);
+    const char *p[4] = {s->group, s->consumer_id, lim, vis};
+    s->last_lease_ms = now_mono_ms();
+    return pg_query(s->base.w->pg,
+                    "SELECT outbox_id, inserted_count, deleted_count, is_claim_check, payload::text,"
+                    " NULL::text, (extract(epoch from created_at) * 1000)::bigint"
+                    " FROM pgtrickle.poll_outbox($1, $2, $3::int, $4::int)",
+                    4, p, err, errlen);
+}
+
+/* Group mode, idle: tell pg_trickle the consumer is alive. */
+static void group_heartbeat(outbox_source *s)
+{
+    char err[256];
+    int64_t now = now_mono_ms();
+    if (!s->group || now - s->last_heartbeat_ms < 10000)
+        return;
+    s->last_heartbeat_ms = now;
+    const char *p[2] = {s->group, s->consumer_id};
+    if (pg_exec(s->base.w->pg, "SELECT pgtrickle.consumer_heartbeat($1, $2)", 2, p, err,
+                sizeof err) < 0)
+        log_debug(s->base.w->cfg.name, "consumer_heartbeat failed: %s", err);
+}
+
+/* Group mode, publishing: keep the polled batch's lease from expiring. */
+static void ob_idle(relay_source *base)
+{
+    outbox_source *s = (outbox_source *)base;
+    char err[256];
+    int64_t now = now_mono_ms();
+    if (!s->group || pg_broken(base->w->pg) || now - s->last_lease_ms < s->visibility_seconds * 500)
+        return;
+    s->last_lease_ms = now;
+    char ext[24];
+    snprintf(ext, sizeof ext, "%" PRId64, s->visibility_seconds);
+    const char *p[3] = {s->group, s->consumer_id, ext};
+    if (pg_exec(base->w->pg, "SELECT pgtrickle.extend_lease($1, $2, $3::int)", 3, p, err,
+                sizeof err) < 0)
+        log_debug(base->w->cfg.name, "extend_lease failed: %s", err);
 }
 
 /* ---- poll ------------------------------------------------------------------------- */
@@ -497,7 +651,6 @@ static int cc_fetch(outbox_source *s, relay_batch *b, char *err, size_t errlen)
 static int ob_poll(relay_source *base, relay_batch *b, size_t max, char *err, size_t errlen)
 {
     outbox_source *s = (outbox_source *)base;
-    PGconn *c = base->w->pg;
     s->batch_last = 0;
     if (s->cc_active)
         return cc_fetch(s, b, err, errlen);
@@ -525,11 +678,7 @@ static int ob_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
         if (gap_skippable < 0)
             return -1;
     }
-    char off[24], lim[24];
-    snprintf(off, sizeof off, "%" PRId64, s->offset);
-    snprintf(lim, sizeof lim, "%" PRId64, s->batch_size);
-    const char *p[2] = {off, lim};
-    PGresult *r = pg_query(c, s->select_sql, 2, p, err, errlen);
+    PGresult *r = fetch_rows(s, err, errlen);
     if (!r)
         return -1;
     int rows = PQntuples(r);
@@ -591,6 +740,8 @@ static int ob_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
         expected = id + 1;
     }
     PQclear(r);
+    if (rows == 0)
+        group_heartbeat(s);
     if (stopped_at_gap)
         s->full_last_poll = 0;
     else if (b->n >= max)
@@ -607,6 +758,10 @@ static int commit_offset(outbox_source *s, int64_t id, char *err, size_t errlen)
     relay_worker *w = s->base.w;
     char idtxt[24];
     snprintf(idtxt, sizeof idtxt, "%" PRId64, id);
+    if (s->group) {
+        const char *g[3] = {s->group, s->consumer_id, idtxt};
+        return pg_exec(w->pg, "SELECT pgtrickle.commit_offset($1, $2, $3)", 3, g, err, errlen);
+    }
     const char *p[4] = {w->opts->group_id, w->cfg.name, idtxt, w->worker_id};
     return pg_exec(w->pg, "SELECT pgtrickle.relay_commit_offset($1, $2, $3, $4)", 4, p, err, errlen);
 }
@@ -614,27 +769,11 @@ static int commit_offset(outbox_source *s, int64_t id, char *err, size_t errlen)
 static int ob_ack(relay_source *base, relay_batch *b, char *err, size_t errlen)
 {
     outbox_source *s = (outbox_source *)base;
-    PGconn *c = base->w->pg;
     (void)b;
     if (s->cc_active) {
         if (!s->cc_done)
             return 0; /* more chunks of this row follow; the row is acked as a whole */
-        char idtxt[24];
-        snprintf(idtxt, sizeof idtxt, "%" PRId64, s->cc_id);
-        const char *p[2] = {s->stream_table, idtxt};
-        if (pg_exec(c, "CLOSE relay_claim_check", 0, NULL, err, errlen) < 0 ||
-            pg_exec(c, "SELECT pgtrickle.outbox_rows_consumed($1, $2)", 2, p, err, errlen) < 0 ||
-            commit_offset(s, s->cc_id, err, errlen) < 0 ||
-            pg_exec(c, "COMMIT", 0, NULL, err, errlen) < 0) {
-            PQclear(PQexec(c, "ROLLBACK"));
-            s->cc_active = 0;
-            return -1;
-        }
-        s->cc_active = 0;
-        s->offset = s->cc_id;
-        s->full_last_poll = 1;
-        publish_position(s);
-        return 0;
+        return cc_finish(s, err, errlen);
     }
     if (s->batch_last <= s->offset)
         return 0;
@@ -673,6 +812,9 @@ static void ob_destroy(relay_source *base)
     free(s->select_sql);
     free(s->cursor_sql);
     free(s->gap_holders);
+    free(s->group);
+    free(s->consumer_id);
+    free(s->auto_offset_reset);
     free(s);
 }
 
@@ -683,6 +825,7 @@ const relay_source_ops relay_source_outbox_ops = {
     .poll = ob_poll,
     .ack = ob_ack,
     .release = ob_release,
+    .idle = ob_idle,
     .position = ob_position,
     .destroy = ob_destroy,
 };

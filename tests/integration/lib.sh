@@ -76,14 +76,15 @@ PY
 }
 
 # start_relay <id> [extra flags...]: runs the daemon in the background;
-# log in $TEST_TMP/<id>.log, metrics port in RELAY_PORT_<id>.
+# log in $TEST_TMP/<id>.log, metrics port in RELAY_PORT_<id>, stdin from
+# $RELAY_STDIN (default /dev/null).
 start_relay() {
     local id=$1; shift
     local port; port=$(free_port)
     eval "RELAY_PORT_$id=$port"
     "$RELAY_BIN" --postgres-url "${RELAY_URL:-$DB_URL}" --metrics-addr "127.0.0.1:$port" \
         --discovery-interval "${DISCOVERY:-1s}" --log-level "${RELAY_LOG_LEVEL:-debug}" "$@" \
-        >>"$TEST_TMP/$id.log" 2>&1 &
+        <"${RELAY_STDIN:-/dev/null}" >>"$TEST_TMP/$id.log" 2>&1 &
     RELAY_PIDS[$id]=$!
     wait_until 10 curl -sf -o /dev/null "http://127.0.0.1:$port/metrics" \
         || { diag "relay $id did not start:"; tail -20 "$TEST_TMP/$id.log" | sed 's/^/#   /'; }
