@@ -22,6 +22,11 @@
  * back to it and closed; the next open() (or publish()) reopens it. The
  * worker then retries the same batch with the same dedup keys.
  *
+ * A crash (kill -9, power loss) in the middle of a write can leave part of a
+ * record at the end of the file. Every record ends with a newline, so
+ * open() cuts the file back to its last newline: the cut batch was never
+ * acknowledged and is delivered again, whole.
+ *
  * Rotation happens before a batch, never inside one: when the file is
  * non-empty and the batch would push it past rotate_bytes, the file is
  * renamed to "<output>.N" (N = 1 + the highest existing suffix, so ".1" is
@@ -374,6 +379,40 @@ static int sync_parent_dir(const char *path, char *err, size_t errlen)
     return rc;
 }
 
+/* Cut a partial last record (left by a crash mid-write) back to the last
+ * newline. Returns 0, or -1 with err. */
+static int drop_partial_record(file_sink *fs, int fd, off_t size, char *err, size_t errlen)
+{
+    char tail[4096];
+    off_t end = size;
+    while (end > 0) {
+        off_t start = end > (off_t)sizeof tail ? end - (off_t)sizeof tail : 0;
+        ssize_t n = pread(fd, tail, (size_t)(end - start), start);
+        if (n <= 0) {
+            snprintf(err, errlen, "read %s: %s", fs->output, n < 0 ? strerror(errno) : "short read");
+            return -1;
+        }
+        if (end == size && tail[n - 1] == '\n')
+            return 0; /* complete: the common case */
+        for (ssize_t i = n - 1; i >= 0; i--) {
+            if (tail[i] == '\n') {
+                end = start + i + 1;
+                goto cut;
+            }
+        }
+        end = start;
+    }
+cut:
+    if (ftruncate(fd, end) < 0) {
+        snprintf(err, errlen, "truncate %s: %s", fs->output, strerror(errno));
+        return -1;
+    }
+    log_warn(pipeline_name(fs), "%s ended with a partial record (%lld bytes, from an interrupted "
+             "write): removed; that batch is delivered again", fs->output,
+             (long long)(size - end));
+    return 0;
+}
+
 static int open_output(file_sink *fs, char *err, size_t errlen)
 {
     if (!fs->output) {
@@ -381,7 +420,7 @@ static int open_output(file_sink *fs, char *err, size_t errlen)
         fs->is_regular = 0;
         return 0;
     }
-    int fd = open(fs->output, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int fd = open(fs->output, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
         snprintf(err, errlen, "open %s: %s", fs->output, strerror(errno));
         return -1;
@@ -389,6 +428,11 @@ static int open_output(file_sink *fs, char *err, size_t errlen)
     struct stat st;
     if (fstat(fd, &st) < 0) {
         snprintf(err, errlen, "stat %s: %s", fs->output, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (S_ISREG(st.st_mode) && st.st_size > 0 &&
+        drop_partial_record(fs, fd, st.st_size, err, errlen) < 0) {
         close(fd);
         return -1;
     }

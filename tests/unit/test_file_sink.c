@@ -281,6 +281,34 @@ static void test_jsonl(void **state)
     s->ops->destroy(s);
 }
 
+/* A partial record left by a crash mid-write is cut back to the last
+ * newline on open, so the redelivered batch starts on a clean line. */
+static void test_partial_record_repaired(void **state)
+{
+    fixture *f = *state;
+    add_orders(f);
+    FILE *fp = fopen(f->path, "w");
+    assert_non_null(fp);
+    fputs("{\"dedup_key\":\"old\"}\n{\"dedup_key\":\"outbox_ord", fp);
+    fclose(fp);
+    relay_sink *s = create_file(f, NULL);
+    publish_ok(s, ptrs(f, 0, 2), 2);
+    char *got = slurp(f->path);
+    char want[1024];
+    snprintf(want, sizeof want, "{\"dedup_key\":\"old\"}\n%s", ORDERS_JSONL);
+    assert_string_equal(got, want);
+    free(got);
+    s->ops->destroy(s);
+
+    /* A file without any newline is cut to empty. */
+    fp = fopen(f->path, "w");
+    fputs("{\"partial", fp);
+    fclose(fp);
+    s = create_file(f, NULL);
+    assert_int_equal(file_size(f->path), 0);
+    s->ops->destroy(s);
+}
+
 /* Whitespace inside a payload's text never splits a JSONL line. */
 static void test_jsonl_payload_whitespace(void **state)
 {
@@ -664,6 +692,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_write_is_truncated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stdout_csv, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stdout_epipe, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_partial_record_repaired, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
