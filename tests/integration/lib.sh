@@ -44,6 +44,13 @@ like() { # like <got> <extended regex> <description>
 }
 diag() { printf '# %s\n' "$*" | head -c 4000; echo; }
 done_testing() {
+    # A sanitizer build reports into the relay logs: any report fails the test.
+    local reports
+    reports=$(grep -l -E "AddressSanitizer|LeakSanitizer|runtime error:" "$TEST_TMP"/*.log 2>/dev/null)
+    if [ -n "$reports" ]; then
+        fail "no sanitizer reports in the relay logs"
+        grep -h -A12 -E "AddressSanitizer|LeakSanitizer|runtime error:" $reports | head -60 | sed 's/^/#   /'
+    fi
     echo "1..$_tap_n"
     [ "$_tap_fail" = 0 ]
 }
