@@ -235,9 +235,11 @@ void stats_set_position(relay_stats *s, const char *json)
 
 /*
  * Health checks, in the order they are reported: the first failing one is
- * the reason. A check returns its reason or NULL. A "no progress" check
- * (last_progress_ms too old for the pipeline's poll interval) belongs in
- * this table once the worker publishes the interval it expects to keep.
+ * the reason. A check returns its reason or NULL. The worker stamps
+ * last_progress_ms on every acknowledged batch and every empty poll, and
+ * sets stall_after_ms from the source's poll interval: a pipeline whose
+ * loop has not come round for longer than that is stuck (e.g. a sink call
+ * that hangs) even though nothing reported an error.
  */
 typedef const char *(*health_check)(relay_stats *s, int64_t now_ms);
 
@@ -259,7 +261,17 @@ static const char *check_sink(relay_stats *s, int64_t now_ms)
     return atomic_load_explicit(&s->sink_up, memory_order_relaxed) ? NULL : "sink unavailable";
 }
 
-static const health_check health_checks[] = {check_postgres, check_source, check_sink};
+static const char *check_progress(relay_stats *s, int64_t now_ms)
+{
+    int64_t stall = atomic_load_explicit(&s->stall_after_ms, memory_order_relaxed);
+    int64_t last = atomic_load_explicit(&s->last_progress_ms, memory_order_relaxed);
+    if (stall <= 0 || last <= 0 || now_ms - last <= stall)
+        return NULL;
+    return "no progress: the relay loop has not completed a poll or a batch in time";
+}
+
+static const health_check health_checks[] = {check_postgres, check_source, check_sink,
+                                             check_progress};
 
 const char *stats_degraded_reason(relay_stats *s, int64_t now_ms)
 {

@@ -54,6 +54,7 @@ typedef struct relay_stats {
     _Atomic int sink_up;       /* sink reachable */
     _Atomic int64_t started_ms;        /* wall clock ms when the worker took ownership */
     _Atomic int64_t last_progress_ms;  /* wall clock ms of the last ack, or of the last empty poll */
+    _Atomic int64_t stall_after_ms;    /* degraded when last_progress_ms is older than this (0: never) */
     _Atomic int64_t lag_ms;            /* age of the newest acked event when acked, ms */
     _Atomic int64_t replication_lag_bytes; /* CDC only; -1 when not applicable */
 

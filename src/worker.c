@@ -405,6 +405,13 @@ static void become_owner(relay_worker *w)
     }
     atomic_store(&w->stats->pg_up, 1);
     atomic_store(&w->stats->running, 1);
+    /* A loop that has not come round in 60 s (or three poll intervals, if
+     * longer) is stuck: /health reports it. */
+    int64_t stall = 60000;
+    json_t *pi = json_object_get(w->cfg.source, "poll_interval_ms");
+    if (json_is_integer(pi) && 3 * json_integer_value(pi) > stall)
+        stall = 3 * (int64_t)json_integer_value(pi);
+    atomic_store(&w->stats->stall_after_ms, stall);
     atomic_store(&w->state, WORKER_RUNNING);
 }
 

@@ -131,6 +131,17 @@ static void test_stats_degraded_reasons(void **state)
     atomic_store(&s->running, 0); /* not owned: never degraded */
     assert_null(stats_degraded_reason(s, now));
     stats_unregister(s);
+
+    /* A loop that has not come round within stall_after_ms is stuck. */
+    s = running_entry("q");
+    atomic_store(&s->stall_after_ms, 60000);
+    atomic_store(&s->last_progress_ms, now - 59000);
+    assert_null(stats_degraded_reason(s, now));
+    atomic_store(&s->last_progress_ms, now - 61000);
+    assert_non_null(strstr(stats_degraded_reason(s, now), "no progress"));
+    atomic_store(&s->stall_after_ms, 0); /* 0: never */
+    assert_null(stats_degraded_reason(s, now));
+    stats_unregister(s);
 }
 
 static void test_stats_refcount_outlives_registry(void **state)
