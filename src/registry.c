@@ -11,6 +11,7 @@
 #include "relay_features.h"
 
 extern const relay_source_ops relay_source_outbox_ops;
+extern const relay_source_ops relay_source_cdc_ops;
 extern const relay_source_ops relay_source_stdin_ops;
 extern const relay_source_ops relay_source_jsonl_file_ops;
 extern const relay_sink_ops relay_sink_pg_inbox_ops;
@@ -21,6 +22,7 @@ extern const relay_sink_ops relay_sink_stdout_ops;
 
 static const relay_source_ops *const sources[] = {
     &relay_source_outbox_ops,
+    &relay_source_cdc_ops,
     &relay_source_stdin_ops,
     &relay_source_jsonl_file_ops,
     NULL,

@@ -437,6 +437,8 @@ static void run(relay_worker *w)
     json_t *bs = json_object_get(w->cfg.source, "batch_size");
     if (json_is_integer(bs) && json_integer_value(bs) > 0)
         max_batch = (int64_t)json_integer_value(bs);
+    else if (w->source->default_batch)
+        max_batch = (int64_t)w->source->default_batch;
 
     while (!worker_stopping(w)) {
         own = ensure_owned(w, &bo);

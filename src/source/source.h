@@ -87,6 +87,9 @@ struct relay_source {
     struct relay_worker *w;
     /* Default subject template for events of this source (outbox or cdc). */
     const char *default_subject;
+    /* Events per batch when the config has no source.batch_size; 0 lets the
+     * source decide within its own limits (the worker passes 100000). */
+    size_t default_batch;
 };
 
 #endif

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# bench/bench_cdc.sh - CDC throughput: the relay (pgoutput -> decode -> JSON
+# envelope -> file sink, fsync per batch) against pg_recvlogical draining the
+# same WAL from its own slot to /dev/null, in the same run.
+#
+# Workloads (table ev(id bigserial pk, k int, v text, ts timestamptz)):
+#   batch1000   1 000 transactions x 1 000 rows  (1 000 000 events)
+#   single      100 000 single-row transactions  (100 000 events)
+#   bigtxn      one transaction of 1 000 000 rows (peak RSS must stay bounded)
+# Both slots are created before the load, so both drain the same WAL from
+# the server's cache (catch-up). Reported: seconds, events/s, relay/reference
+# ratio, the relay's peak RSS (VmHWM). Run: bench/run.sh cdc
+# (BENCH_CDC_CASES="batch1000 single" to pick cases, BENCH_CDC_BATCH=N to set
+# source.batch_size; default 5000, the cdc source's default).
+. "$(dirname "$0")/lib.sh"
+bench_services pg
+bench_db bench_cdc
+CASES=${BENCH_CDC_CASES:-batch1000 single bigtxn}
+BATCH=${BENCH_CDC_BATCH:-5000}
+PUB=bench_cdc_pub
+RESULTS=()
+
+bsql "CREATE TABLE ev (id bigserial PRIMARY KEY, k int NOT NULL, v text NOT NULL, ts timestamptz NOT NULL DEFAULT now());
+      CREATE PUBLICATION $PUB FOR TABLE ev;" >/dev/null
+
+drop_slots() { bsql "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN ('bench_cdc_relay', 'bench_cdc_ref') AND NOT active" >/dev/null; }
+
+load() {
+    case $1 in
+    batch1000)
+        echo "INSERT INTO ev(k, v) SELECT g, 'payload-' || g FROM generate_series(1, 1000) g;" > "$BENCH_TMP/b.sql"
+        "$PGT_PGBIN/pgbench" -h "$PGT_PGHOST" -p "$PGT_PGPORT" -U postgres -n -f "$BENCH_TMP/b.sql" -c 2 -j 2 -t 500 "$BENCH_DB" >/dev/null
+        echo 1000000 ;;
+    single)
+        echo "INSERT INTO ev(k, v) VALUES (1, 'payload-x');" > "$BENCH_TMP/s.sql"
+        "$PGT_PGBIN/pgbench" -h "$PGT_PGHOST" -p "$PGT_PGPORT" -U postgres -n -f "$BENCH_TMP/s.sql" -c 4 -j 2 -t 25000 "$BENCH_DB" >/dev/null
+        echo 100000 ;;
+    bigtxn)
+        bsql "INSERT INTO ev(k, v) SELECT g, 'payload-' || g FROM generate_series(1, 1000000) g" >/dev/null
+        echo 1000000 ;;
+    esac
+}
+
+run_case() {
+    local name=$1
+    drop_slots
+    bsql "TRUNCATE ev" >/dev/null
+    bsql "SELECT pg_create_logical_replication_slot('bench_cdc_relay', 'pgoutput')" >/dev/null
+    bsql "SELECT pg_create_logical_replication_slot('bench_cdc_ref', 'pgoutput')" >/dev/null
+    local n; n=$(load "$name")
+    local end; end=$(bsql "SELECT pg_current_wal_lsn()")
+
+    # reference: pg_recvlogical to /dev/null
+    local t0 t1 ref_ms
+    t0=$(now_ms)
+    "$PGT_PGBIN/pg_recvlogical" -h "$PGT_PGHOST" -p "$PGT_PGPORT" -U postgres -d "$BENCH_DB" \
+        --slot bench_cdc_ref --start --endpos "$end" --no-loop -s 1 -f /dev/null \
+        -o proto_version=1 -o publication_names=$PUB -o messages=true
+    t1=$(now_ms); ref_ms=$((t1 - t0))
+
+    # the relay
+    local out=$BENCH_TMP/out.jsonl port=$((30000 + RANDOM % 20000))
+    rm -f "$out"
+    bsql "SELECT pgtrickle.set_relay_cdc('bench-cdc', '{\"source\":{\"publication\":\"$PUB\",\"slot\":\"bench_cdc_relay\",\"batch_size\":$BATCH,\"create_slot\":false},\"sink\":{\"type\":\"file\",\"output\":\"$out\",\"rotate_bytes\":0}}')" >/dev/null
+    t0=$(now_ms)
+    "$RELAY_BIN" --postgres-url "$BENCH_DB_URL" --metrics-addr "127.0.0.1:$port" --log-level warn \
+        >"$BENCH_TMP/relay.log" 2>&1 &
+    local pid=$!
+    local got=0
+    while :; do
+        got=$(curl -s "http://127.0.0.1:$port/metrics" 2>/dev/null |
+              awk '$1 == "pgtrickle_relay_messages_published_total{pipeline=\"bench-cdc\",sink=\"file\"}" { print $2 }')
+        [ "${got:-0}" -ge "$n" ] && break
+        kill -0 "$pid" 2>/dev/null || { echo "relay died:"; cat "$BENCH_TMP/relay.log"; exit 1; }
+        sleep 0.05
+    done
+    t1=$(now_ms)
+    local relay_ms=$((t1 - t0)) rss; rss=$(peak_rss_kb "$pid")
+    kill -TERM "$pid"; wait "$pid" || true
+    local lines_out; lines_out=$(wc -l < "$out" | tr -d ' ')
+    rm -f "$out"
+    bsql "SELECT pgtrickle.delete_relay('bench-cdc')" >/dev/null
+    drop_slots
+    local ref_eps=$((n * 1000 / ref_ms)) relay_eps=$((n * 1000 / relay_ms))
+    local ratio; ratio=$(awk -v a="$relay_eps" -v b="$ref_eps" 'BEGIN { printf "%.2f", a / b }')
+    printf '%-10s %9d %10.2f %12d %10.2f %12d %6s %9d\n' "$name" "$n" "$(awk -v m=$ref_ms 'BEGIN{print m/1000}')" \
+        "$ref_eps" "$(awk -v m=$relay_ms 'BEGIN{print m/1000}')" "$relay_eps" "$ratio" "$rss"
+    [ "$lines_out" = "$n" ] || echo "  WARNING: the relay wrote $lines_out events, expected $n"
+    RESULTS+=("{\"case\":\"$name\",\"events\":$n,\"reference_s\":$(awk -v m=$ref_ms 'BEGIN{print m/1000}'),\"reference_eps\":$ref_eps,\"relay_s\":$(awk -v m=$relay_ms 'BEGIN{print m/1000}'),\"relay_eps\":$relay_eps,\"ratio\":$ratio,\"relay_peak_rss_kb\":$rss,\"batch_size\":$BATCH}")
+}
+
+printf '%-10s %9s %10s %12s %10s %12s %6s %9s\n' case events ref_s ref_ev/s relay_s relay_ev/s ratio rss_kb
+for c in $CASES; do run_case "$c"; done
+write_json "$BENCH_RESULTS/cdc.json" "{\"benchmark\":\"cdc\",\"machine\":\"$(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')\",\"results\":[$(IFS=,; echo "${RESULTS[*]}")]}"
+echo "results: $BENCH_RESULTS/cdc.json"

@@ -1,0 +1,151 @@
+/*
+ * cdc_ext.h - the cdc source's state, shared by cdc.c and its optional
+ * extensions (cdc_nats.c: table schemas in the NATS KV bucket "schemas" and
+ * on-demand snapshots over NATS, built only with HAVE_NATS).
+ *
+ * The extension hooks are called by cdc.c:
+ *   cdc_ext_create    config validated, nothing connected (may fail: config)
+ *   cdc_ext_open      the source (re)opened: publish every table's schema
+ *   cdc_ext_relation  a Relation message announced a new or changed table
+ *   cdc_ext_poll      at every poll: serve pending on-demand snapshot work
+ *   cdc_ext_destroy   free
+ * They are compiled in only when RELAY_CDC_NATS is set (cdc_nats.c, built
+ * with HAVE_NATS once it exists); otherwise, and when the pipeline's sink is
+ * not NATS, they do nothing.
+ */
+#ifndef RELAY_CDC_EXT_H
+#define RELAY_CDC_EXT_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pgoutput.h"
+#include "source.h"
+
+typedef enum { PHASE_STREAM = 0, PHASE_SNAPSHOT } cdc_phase;
+
+/* A table of the publication (from pg_publication_tables). */
+typedef struct pub_table {
+    uint32_t oid;
+    char *schema;
+    char *name;
+    char relkind;      /* 'r' table, 'p' partitioned */
+    char replident;    /* 'd' 'n' 'f' 'i' */
+    int has_key;       /* primary key or replica identity index */
+    int is_partition;
+} pub_table;
+
+/* Progress of one table of the initial snapshot. */
+typedef struct snap_table {
+    uint32_t oid;
+    char *schema, *name;
+    int ncols;          /* payload columns (the key columns follow in the result) */
+    uint32_t *col_types;
+    int npk;            /* 0: read through a cursor */
+    char *sql_first, *sql_next;
+    char **last_key;    /* keyset position (text), NULL before the first page */
+    int cursor_open;
+    uint64_t rows;
+} snap_table;
+
+#define CDC_OPS 6 /* insert update delete truncate snapshot event */
+
+typedef struct cdc_ext cdc_ext;
+
+typedef struct cdc_source {
+    relay_source base;
+    /* config */
+    char *publication;
+    char *slot;
+    char **tables;
+    size_t ntables;
+    int create_slot;
+    int snapshot_initial;
+    int64_t heartbeat_ms;
+    int64_t status_cfg_ms;
+    char marker_id[96];      /* relay_consumer_offsets.pipeline_id: "cdc_slot:<slot>" */
+    /* publication */
+    int via_root;
+    pub_table *pub;
+    size_t npub;
+    /* connections */
+    PGconn *repl;
+    PGconn *snap;
+    cdc_phase phase;
+    int streaming;
+    /* positions */
+    uint64_t confirmed;       /* commit end LSN whose events are all confirmed */
+    uint64_t status_sent;
+    int64_t status_at_ms;
+    int64_t status_ms;        /* effective interval (clamped to wal_sender_timeout / 3) */
+    uint64_t received;        /* end LSN of the last Commit received */
+    uint64_t server_wal_end;
+    uint64_t last_commit_end; /* last Commit read */
+    uint64_t ack_target;      /* confirmed once the last polled batch is acked */
+    uint64_t offset_lsn;
+    int64_t offset_at_ms;
+    int64_t last_data_ms;
+    int64_t heartbeat_at_ms;
+    int64_t lag_at_ms;
+    /* transaction */
+    int in_txn;
+    uint64_t txn_lsn;
+    char txn_lsn_text[24];
+    char txn_time_text[40];
+    uint32_t txn_xid;
+    uint32_t txn_index;
+    char *origin;
+    /* decoding */
+    pgo_decoder dec;
+    pgo_relcache rels;
+    relay_buf tmp, tmp2, toast, src;
+    /* initial snapshot */
+    char *tmp_slot;
+    uint64_t snap_lsn;
+    snap_table *snaps;
+    size_t nsnap, snap_cur;
+    uint64_t snap_rows;
+    /* counters for /status */
+    uint64_t ops[CDC_OPS];
+    cdc_ext *ext;
+} cdc_source;
+
+extern const relay_source_ops relay_source_cdc_ops;
+
+/* Does schema.name pass the source's `tables` filter? */
+int cdc_table_selected(const cdc_source *s, const char *schema, const char *name);
+
+#ifdef RELAY_CDC_NATS
+int cdc_ext_create(cdc_source *s, char *err, size_t errlen);
+int cdc_ext_open(cdc_source *s, char *err, size_t errlen);
+void cdc_ext_relation(cdc_source *s, const pgo_rel *rel);
+int cdc_ext_poll(cdc_source *s, char *err, size_t errlen);
+void cdc_ext_destroy(cdc_source *s);
+#else
+static inline int cdc_ext_create(cdc_source *s, char *err, size_t errlen)
+{
+    (void)s; (void)err; (void)errlen;
+    return 0;
+}
+static inline int cdc_ext_open(cdc_source *s, char *err, size_t errlen)
+{
+    (void)s; (void)err; (void)errlen;
+    return 0;
+}
+static inline void cdc_ext_relation(cdc_source *s, const pgo_rel *rel)
+{
+    (void)s; (void)rel;
+}
+static inline int cdc_ext_poll(cdc_source *s, char *err, size_t errlen)
+{
+    (void)s; (void)err; (void)errlen;
+    return 0;
+}
+static inline void cdc_ext_destroy(cdc_source *s)
+{
+    (void)s;
+}
+#endif
+
+#endif
