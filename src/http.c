@@ -201,6 +201,22 @@ static void put_health_family(relay_buf *out, const snapshot *snap, int64_t now_
     }
 }
 
+static void put_op_family(relay_buf *out, const snapshot *snap)
+{
+    const char *name = "pgtrickle_relay_events_total";
+    put_family(out, name, "counter", "Events confirmed by the sink, by operation.");
+    for (size_t i = 0; i < snap->n; i++) {
+        for (int op = 0; op < RELAY_OP_COUNT; op++) {
+            uint64_t v = load_u64(&snap->e[i]->published_by_op[op]);
+            if (!v)
+                continue;
+            put_sample_start(out, name, snap->e[i]);
+            buf_printf(out, ",op=\"%s\"}", relay_op_name((relay_op)op));
+            put_u64_line(out, v);
+        }
+    }
+}
+
 static void put_lag_families(relay_buf *out, const snapshot *snap)
 {
     const char *name = "pgtrickle_relay_lag_seconds";
@@ -210,6 +226,16 @@ static void put_lag_families(relay_buf *out, const snapshot *snap)
         buf_puts(out, "} ");
         put_fixed(out, load_i64(&snap->e[i]->lag_ms), 3, 1000);
         buf_putc(out, '\n');
+    }
+
+    name = "pgtrickle_relay_confirmed_lsn";
+    put_family(out, name, "gauge", "CDC: the last LSN acknowledged to the server (as a number).");
+    for (size_t i = 0; i < snap->n; i++) {
+        int64_t lsn = load_i64(&snap->e[i]->confirmed_lsn);
+        if (lsn < 0)
+            continue;
+        put_sample_start(out, name, snap->e[i]);
+        buf_printf(out, "} %" PRId64 "\n", lsn);
     }
 
     name = "pgtrickle_relay_replication_lag_bytes";
@@ -287,6 +313,7 @@ void http_render_metrics(relay_buf *out)
                        "Messages written to the dead-letter table.", NULL, NULL, dead_of);
     put_counter_family(out, &snap, "pgtrickle_relay_batches_total",
                        "Batches acknowledged to the source.", NULL, NULL, batches_of);
+    put_op_family(out, &snap);
     put_health_family(out, &snap, now);
     put_lag_families(out, &snap);
     put_latency_family(out, &snap);

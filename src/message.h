@@ -31,6 +31,7 @@ typedef enum {
     OP_REFRESH,  /* an outbox header without rows (payload IS NULL): carries the counts */
     OP_EVENT,    /* reverse direction: a message received from a broker */
 } relay_op;
+#define RELAY_OP_COUNT (OP_EVENT + 1)
 
 /* Lower-case name of an op ("insert", ...); static storage. */
 const char *relay_op_name(relay_op op);

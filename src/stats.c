@@ -165,6 +165,7 @@ relay_stats *stats_register(const char *name, const char *direction, const char 
     atomic_init(&s->source_up, 1);
     atomic_init(&s->sink_up, 1);
     atomic_init(&s->replication_lag_bytes, -1);
+    atomic_init(&s->confirmed_lsn, -1);
     atomic_init(&s->refs, 1);
     pthread_mutex_init(&s->mu, NULL);
     buf_puts(&s->position, "{}");

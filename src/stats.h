@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "message.h"
 
 /* Error kinds for pgtrickle_relay_publish_errors_total{kind}. */
 typedef enum {
@@ -57,6 +58,8 @@ typedef struct relay_stats {
     _Atomic int64_t stall_after_ms;    /* degraded when last_progress_ms is older than this (0: never) */
     _Atomic int64_t lag_ms;            /* age of the newest acked event when acked, ms */
     _Atomic int64_t replication_lag_bytes; /* CDC only; -1 when not applicable */
+    _Atomic int64_t confirmed_lsn;     /* CDC only: last LSN acknowledged to the server; -1 n/a */
+    _Atomic uint64_t published_by_op[RELAY_OP_COUNT]; /* confirmed events per relay_op */
 
     /* Publish latency (poll -> sink confirmation), cumulative buckets. */
     _Atomic uint64_t latency_buckets[RELAY_LATENCY_BUCKETS];

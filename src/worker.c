@@ -286,6 +286,8 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
                     relay_msg *m = todo[i];
                     if (m->state == MSG_CONFIRMED) {
                         confirmed++;
+                        atomic_fetch_add_explicit(&w->stats->published_by_op[m->op], 1,
+                                                  memory_order_relaxed);
                     } else if (m->state == MSG_PENDING) {
                         m->state = MSG_RETRY; /* the sink did not say: treat as transient */
                         m->error = "sink gave no confirmation";

@@ -335,6 +335,8 @@ static int send_status(cdc_source *s, int force)
         return -1;
     s->status_sent = s->confirmed;
     s->status_at_ms = now;
+    if (s->base.w->stats && s->confirmed)
+        atomic_store(&s->base.w->stats->confirmed_lsn, (int64_t)s->confirmed);
     return 0;
 }
 

@@ -140,6 +140,12 @@ like "${lag:-none}" '^[0-9]+$' "replication lag bytes metric is exported ($lag)"
 total=$(lines "$OUT")
 is "$(metric r1 'pgtrickle_relay_messages_published_total{pipeline="users-cdc",sink="file"}')" "$total" "published counter matches the file"
 is "$(distinct_keys "$OUT")" "$total" "no duplicate events in a clean run"
+like "$(metric r1 'pgtrickle_relay_events_total{pipeline="users-cdc",op="truncate"}')" '^[1-9][0-9]*$' "events per op: truncate counted"
+like "$(metric r1 'pgtrickle_relay_events_total{pipeline="users-cdc",op="insert"}')" '^[1-9][0-9]*$' "events per op: insert counted"
+confirmed=$(metric r1 'pgtrickle_relay_confirmed_lsn{pipeline="users-cdc"}')
+slot_lsn=$(sql "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint FROM pg_replication_slots WHERE slot_name = '$SLOT'")
+diff=$(( ${confirmed:-0} - ${slot_lsn:-0} )); diff=${diff#-}
+ok "$([ "${confirmed:-0}" -gt 0 ] && [ "$diff" -lt 1048576 ] && echo 0 || echo 1)" "confirmed LSN metric ($confirmed) tracks the slot's confirmed_flush_lsn ($slot_lsn)"
 stop_relay r1
 is "$?" 0 "SIGTERM exits 0"
 done_testing

@@ -185,10 +185,16 @@ static void test_metrics_counters(void **state)
     atomic_store(&a->dedup_skipped, 5);
     atomic_store(&a->dead_lettered, 6);
     atomic_store(&a->batches, 7);
+    atomic_store(&a->published_by_op[OP_INSERT], 2);
+    atomic_store(&a->published_by_op[OP_TRUNCATE], 1);
+    atomic_store(&a->confirmed_lsn, 23456);
     stats_error(a, ERR_DECODE, "bad payload");
     stats_error(a, ERR_DECODE, "bad payload");
 
     char *m = render_metrics();
+    assert_has_line(m, "pgtrickle_relay_events_total{pipeline=\"a\",op=\"insert\"} 2");
+    assert_has_line(m, "pgtrickle_relay_events_total{pipeline=\"a\",op=\"truncate\"} 1");
+    assert_has_line(m, "pgtrickle_relay_confirmed_lsn{pipeline=\"a\"} 23456");
     assert_has_line(m, "# HELP pgtrickle_relay_messages_published_total Messages confirmed durably by the sink.");
     assert_has_line(m, "# TYPE pgtrickle_relay_messages_published_total counter");
     assert_has_line(m, "pgtrickle_relay_messages_published_total{pipeline=\"a\",sink=\"file\"} 3");
