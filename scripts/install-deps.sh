@@ -19,6 +19,7 @@ PACKAGES=(
     libjansson-dev libmicrohttpd-dev libcmocka-dev libcurl4-openssl-dev libmsgpack-dev
     libnats-dev nats-server librdkafka-dev libhiredis-dev librabbitmq-dev
     jq curl valgrind python3
+    libssl-dev openssl
 )
 PACKAGES+=("$@")
 if [ -n "${EXTRA_PACKAGES:-}" ]; then

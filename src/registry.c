@@ -19,12 +19,22 @@ extern const relay_sink_ops relay_sink_pg_inbox_ops;
 extern const relay_sink_ops relay_sink_file_ops;
 extern const relay_sink_ops relay_sink_stdout_ops;
 #endif
+#if HAVE_WEBHOOK
+extern const relay_source_ops relay_source_webhook_ops;
+extern const relay_source_ops relay_source_http_ops;
+extern const relay_sink_ops relay_sink_webhook_ops;
+extern const relay_sink_ops relay_sink_http_ops;
+#endif
 
 static const relay_source_ops *const sources[] = {
     &relay_source_outbox_ops,
     &relay_source_cdc_ops,
     &relay_source_stdin_ops,
     &relay_source_jsonl_file_ops,
+#if HAVE_WEBHOOK
+    &relay_source_webhook_ops,
+    &relay_source_http_ops,
+#endif
     NULL,
 };
 
@@ -33,6 +43,10 @@ static const relay_sink_ops *const sinks[] = {
 #if HAVE_SINK_FILE
     &relay_sink_file_ops,
     &relay_sink_stdout_ops,
+#endif
+#if HAVE_WEBHOOK
+    &relay_sink_webhook_ops,
+    &relay_sink_http_ops,
 #endif
     NULL,
 };

@@ -1,0 +1,1327 @@
+/*
+ * webhook.c - the HTTP webhook receiver: a reverse source (SPEC section 8,
+ * row webhook). Senders POST events; they are written to the inbox and the
+ * sender gets 200 only after that transaction committed.
+ *
+ * Config (pipeline "source" object):
+ *   listen_addr         "host:port" or "[v6]:port" ("127.0.0.1:8080")
+ *   path                accepted path ("/inbox"); sub-paths "/inbox/..." too
+ *   auth_token          require "Authorization: Bearer <token>"
+ *   auth_header, auth_value
+ *                       require header <auth_header> to equal <auth_value>
+ *   signing_secret      require a valid X-Pgtrickle-Signature (webhook_sign.h)
+ *   signature_tolerance_s  accepted age / clock skew of X-Pgtrickle-Timestamp (300)
+ *   max_body_bytes      larger bodies get 413 (10 MiB)
+ *   batch_size          events per inbox transaction (500)
+ *   element_key_field   array elements (and objects without Idempotency-Key)
+ *                       that carry this string field use it as their dedup
+ *                       key ("dedup_key"; "" turns that off)
+ *   busy_timeout_ms     answer 503 when the pipeline has not taken requests
+ *                       for this long (5000)
+ *   max_pending_bytes   answer 503 while this many body bytes wait (64 MiB)
+ *   max_connections     simultaneous connections (1024)
+ *   type                "webhook" (or "http")
+ *
+ * Threads.  libmicrohttpd runs the server on its own thread (epoll). A
+ * request is read into memory, checked, split into events and queued; its
+ * connection is then suspended (MHD_suspend_connection), so it holds no
+ * thread while it waits. The worker thread's poll() takes whole requests off
+ * the queue (up to batch_size events, or one larger request) into a batch;
+ * after the inbox COMMIT the worker calls ack(), which sets 200 on each
+ * request of the batch and resumes its connection; release() (the batch will
+ * not be committed) sets 503. A resumed connection re-enters the access
+ * handler, which queues the prepared response. One mutex guards the queue
+ * and the request states; it is never held while calling libmicrohttpd
+ * (answered connections are collected, then resumed after unlocking). An
+ * eventfd wakes poll().
+ *
+ * A request is owned by two parties, each holding a reference: libmicrohttpd
+ * (until its completion callback) and the queue/batch (until it is
+ * answered). Event payloads point into the request's body, which therefore
+ * lives until the batch is acked or released.
+ *
+ * Answers:
+ *   200  the events are committed in the inbox (or dead-lettered there);
+ *        body {"status":"accepted","events":N,"event_ids":[...],"dead_lettered":K}
+ *   400  empty body, invalid JSON sent as JSON, empty array, bad Idempotency-Key,
+ *        a body that is neither JSON nor UTF-8 text
+ *   401  missing or wrong token / auth header, missing, stale or bad signature
+ *   404  another path; 405 another method (Allow: POST)
+ *   413  body larger than max_body_bytes (from Content-Length when sent,
+ *        before the body is read), or an array of more than 100 000 elements
+ *   503  (with Retry-After) PostgreSQL is unavailable, the pipeline has not
+ *        taken requests for busy_timeout_ms, the queue is full, the batch
+ *        could not be committed, or the relay is shutting down
+ *
+ * Events: a JSON object is one event; a JSON array one event per element; a
+ * body that is not JSON (and not declared as JSON) is one event stored as a
+ * JSON string. Each event: op "event", subject = the request path (the
+ * event_type fallback), source_name "webhook", trace_id = traceparent.
+ * Dedup key (inbox event_id): for an object, Idempotency-Key, else its
+ * element_key_field, else a UUID; for element i of an array, its
+ * element_key_field, else "<Idempotency-Key>:<i>", else a UUID. Payload bytes
+ * are stored as sent: never re-serialised, so numbers keep their spelling.
+ *
+ * PostgreSQL unavailable.  The worker stops polling while its connection is
+ * down, so the receiver answers new requests with 503 whenever the worker's
+ * stats say PostgreSQL is down or poll() has not run for busy_timeout_ms;
+ * queued requests get 503 from idle() then. While it waits in poll() the
+ * source also watches the worker's connection, so a server shutdown is seen
+ * at once rather than at the next INSERT.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../buf.h"
+#include "../config.h"
+#include "../log.h"
+#include "../stats.h"
+#include "../webhook_sign.h"
+#include "../worker.h"
+#include "source.h"
+
+#define DEFAULT_LISTEN "127.0.0.1:8080"
+#define DEFAULT_PATH "/inbox"
+#define DEFAULT_MAX_BODY ((int64_t)10 * 1024 * 1024)
+#define DEFAULT_MAX_PENDING ((int64_t)64 * 1024 * 1024)
+#define POLL_INTERVAL_MS 1000
+#define MAX_KEY_LEN 512
+#define MAX_EVENTS_PER_REQUEST 100000
+#define STOP_DRAIN_MS 2000
+
+typedef enum {
+    REQ_READING = 0, /* headers/body being received */
+    REQ_QUEUED,      /* waiting for poll() */
+    REQ_IN_BATCH,    /* handed to the worker */
+    REQ_ANSWERED,    /* status set, connection resumed */
+} req_state;
+
+typedef struct wh_event {
+    const char *payload; /* NUL-terminated, inside body */
+    size_t len;
+    int is_json;
+    char *key;           /* dedup key (owned) */
+} wh_event;
+
+typedef struct wh_req {
+    struct wh_req *next;
+    struct MHD_Connection *conn;
+    int refs;                 /* guarded by the source mutex */
+    req_state state;
+    int suspended;
+    int resumed;              /* answered after a suspension (counted in answering) */
+    relay_buf body;
+    int too_large;
+    char *path;               /* the subject of its events */
+    char *trace_id;
+    wh_event *events;
+    size_t nevents;
+    size_t dead;              /* events dead-lettered (set by ack) */
+    unsigned status;          /* the answer, once ANSWERED */
+    char *answer;             /* JSON body of the answer */
+} wh_req;
+
+/* Requests answered, by status, for /status. */
+enum { CNT_200, CNT_400, CNT_401, CNT_404, CNT_405, CNT_413, CNT_503, CNT_N };
+static const char *const count_names[CNT_N] = {"200", "400", "401", "404", "405", "413", "503"};
+
+typedef struct webhook_source {
+    relay_source base;
+    /* config */
+    char *listen_addr;
+    char *path;
+    char *auth_token;
+    char *auth_header;
+    char *auth_value;
+    char *secret;
+    int64_t tolerance_s;
+    int64_t max_body;
+    int64_t batch_size;
+    char *element_key_field;  /* NULL: off */
+    int64_t busy_timeout_ms;
+    int64_t max_pending_bytes;
+    int64_t max_connections;
+    /* server */
+    struct MHD_Daemon *mhd;
+    int evfd;
+    /* shared state, guarded by mu */
+    pthread_mutex_t mu;
+    wh_req *q_head, *q_tail;  /* queued requests */
+    wh_req *b_head;           /* requests of the batch the worker holds */
+    size_t queued_requests;
+    int64_t queued_bytes;
+    size_t answering;         /* answered, resumed, response not yet sent */
+    struct MHD_Connection **to_resume; /* answered, to resume outside the lock */
+    size_t n_resume, cap_resume;
+    int closing;
+    int pg_lost;              /* poll() saw the worker's connection drop */
+    /* liveness, written by the worker thread, read by the server thread */
+    atomic_int in_poll;
+    _Atomic int64_t last_poll_ms;
+    _Atomic uint64_t counts[CNT_N];
+} webhook_source;
+
+extern const relay_source_ops relay_source_webhook_ops;
+extern const relay_source_ops relay_source_http_ops;
+
+/* ---- configuration ----------------------------------------------------- */
+
+static char *dup_or_null(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+static int parse_secret_key(const json_t *cfg, const char *key, char **out, char *err,
+                            size_t errlen)
+{
+    const char *v;
+    if (cfg_str(cfg, "source", key, NULL, &v, err, errlen) < 0)
+        return -1;
+    if (v && !*v) {
+        snprintf(err, errlen, "source.%s: must not be empty (remove the key to turn it off)", key);
+        return -1;
+    }
+    *out = dup_or_null(v);
+    return 0;
+}
+
+static int parse_path(webhook_source *s, const json_t *cfg, char *err, size_t errlen)
+{
+    const char *p;
+    if (cfg_str(cfg, "source", "path", DEFAULT_PATH, &p, err, errlen) < 0)
+        return -1;
+    size_t n = strlen(p);
+    if (n == 0 || p[0] != '/' || strpbrk(p, "?# \t\r\n")) {
+        snprintf(err, errlen, "source.path: expected an absolute path such as \"/inbox\"");
+        return -1;
+    }
+    while (n > 1 && p[n - 1] == '/')
+        n--; /* "/inbox/" matches like "/inbox" */
+    s->path = xstrndup(p, n);
+    return 0;
+}
+
+static int parse_auth(webhook_source *s, const json_t *cfg, char *err, size_t errlen)
+{
+    const char *hdr;
+    if (parse_secret_key(cfg, "auth_token", &s->auth_token, err, errlen) < 0 ||
+        parse_secret_key(cfg, "signing_secret", &s->secret, err, errlen) < 0 ||
+        parse_secret_key(cfg, "auth_value", &s->auth_value, err, errlen) < 0 ||
+        cfg_str(cfg, "source", "auth_header", NULL, &hdr, err, errlen) < 0)
+        return -1;
+    if (hdr && !*hdr)
+        hdr = NULL;
+    if ((hdr != NULL) != (s->auth_value != NULL)) {
+        snprintf(err, errlen, "source.%s: auth_header and auth_value go together",
+                 hdr ? "auth_value" : "auth_header");
+        return -1;
+    }
+    s->auth_header = dup_or_null(hdr);
+    return 0;
+}
+
+static int parse_element_key(webhook_source *s, const json_t *cfg, char *err, size_t errlen)
+{
+    const char *f;
+    if (cfg_str(cfg, "source", "element_key_field", "dedup_key", &f, err, errlen) < 0)
+        return -1;
+    s->element_key_field = f && *f ? xstrdup(f) : NULL;
+    return 0;
+}
+
+static int split_addr(const char *addr, char *host, size_t hostlen, char *port, size_t portlen);
+
+static void wh_destroy(relay_source *base);
+
+static relay_source *create_source(const json_t *cfg, relay_worker *w, const relay_source_ops *ops,
+                                   char *err, size_t errlen)
+{
+    static const char *const keys[] = {
+        "type", "listen_addr", "path", "auth_token", "auth_header", "auth_value",
+        "signing_secret", "signature_tolerance_s", "max_body_bytes", "batch_size",
+        "element_key_field", "busy_timeout_ms", "max_pending_bytes", "max_connections", NULL};
+    const char *listen;
+    char host[256], port[16];
+    webhook_source *s = xcalloc(1, sizeof *s);
+    s->base.ops = ops;
+    s->base.w = w;
+    s->evfd = -1;
+    pthread_mutex_init(&s->mu, NULL);
+    if (cfg_known_keys(cfg, "source", keys, err, errlen) < 0 ||
+        cfg_str(cfg, "source", "listen_addr", DEFAULT_LISTEN, &listen, err, errlen) < 0)
+        goto fail;
+    if (split_addr(listen, host, sizeof host, port, sizeof port) < 0) {
+        snprintf(err, errlen, "source.listen_addr: expected host:port or [ipv6]:port");
+        goto fail;
+    }
+    s->listen_addr = xstrdup(listen);
+    if (parse_path(s, cfg, err, errlen) < 0 || parse_auth(s, cfg, err, errlen) < 0 ||
+        parse_element_key(s, cfg, err, errlen) < 0 ||
+        cfg_int(cfg, "source", "signature_tolerance_s", 300, 1, 86400, &s->tolerance_s, err,
+                errlen) < 0 ||
+        cfg_int(cfg, "source", "max_body_bytes", DEFAULT_MAX_BODY, 1, (int64_t)1 << 30,
+                &s->max_body, err, errlen) < 0 ||
+        cfg_int(cfg, "source", "batch_size", 500, 1, 100000, &s->batch_size, err, errlen) < 0 ||
+        cfg_int(cfg, "source", "busy_timeout_ms", 5000, 100, 3600000, &s->busy_timeout_ms, err,
+                errlen) < 0 ||
+        cfg_int(cfg, "source", "max_pending_bytes", DEFAULT_MAX_PENDING, 1024, (int64_t)1 << 40,
+                &s->max_pending_bytes, err, errlen) < 0 ||
+        cfg_int(cfg, "source", "max_connections", 1024, 1, 65536, &s->max_connections, err,
+                errlen) < 0)
+        goto fail;
+    return &s->base;
+fail:
+    wh_destroy(&s->base);
+    return NULL;
+}
+
+static relay_source *wh_create(const json_t *cfg, relay_worker *w, char *err, size_t errlen)
+{
+    return create_source(cfg, w, &relay_source_webhook_ops, err, errlen);
+}
+
+static relay_source *http_create(const json_t *cfg, relay_worker *w, char *err, size_t errlen)
+{
+    return create_source(cfg, w, &relay_source_http_ops, err, errlen);
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+static void req_free(wh_req *r)
+{
+    for (size_t i = 0; i < r->nevents; i++)
+        free(r->events[i].key);
+    free(r->events);
+    buf_free(&r->body);
+    free(r->path);
+    free(r->trace_id);
+    free(r->answer);
+    free(r);
+}
+
+/* Drop one reference; the caller holds s->mu. */
+static void req_unref_locked(wh_req *r)
+{
+    if (--r->refs == 0)
+        req_free(r);
+}
+
+static void count(webhook_source *s, unsigned status)
+{
+    int k;
+    switch (status) {
+    case 200: k = CNT_200; break;
+    case 400: k = CNT_400; break;
+    case 401: k = CNT_401; break;
+    case 404: k = CNT_404; break;
+    case 405: k = CNT_405; break;
+    case 413: k = CNT_413; break;
+    default: k = CNT_503; break;
+    }
+    atomic_fetch_add(&s->counts[k], 1);
+}
+
+/* A JSON error body {"error": "..."}; bytes outside printable ASCII (a
+ * parser message may quote the client's bytes) become '?'. */
+static char *error_body(const char *why)
+{
+    char *text = xstrdup(why);
+    for (char *c = text; *c; c++)
+        if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f)
+            *c = '?';
+    relay_buf b = {0};
+    buf_puts(&b, "{\"error\":");
+    buf_put_json_str(&b, text, strlen(text));
+    buf_puts(&b, "}\n");
+    free(text);
+    return buf_steal(&b);
+}
+
+/* Queue a response now (from the access handler). `body` is taken over. */
+static enum MHD_Result respond(webhook_source *s, struct MHD_Connection *conn, unsigned status,
+                               char *body)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    if (status == MHD_HTTP_SERVICE_UNAVAILABLE)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    else if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "POST");
+    else if (status == MHD_HTTP_UNAUTHORIZED && s->auth_token)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    enum MHD_Result ret = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    count(s, status);
+    return ret;
+}
+
+static enum MHD_Result reject(webhook_source *s, struct MHD_Connection *conn, unsigned status,
+                              const char *why)
+{
+    log_trace(s->base.w ? s->base.w->cfg.name : NULL, "webhook receiver: %u %s", status, why);
+    return respond(s, conn, status, error_body(why));
+}
+
+/* Why the pipeline is not taking requests now (shutting down, PostgreSQL
+ * down, not polled for busy_timeout_ms), or NULL. Caller holds s->mu. */
+static const char *not_taking_locked(webhook_source *s)
+{
+    relay_worker *w = s->base.w;
+    if (s->closing)
+        return "the relay is shutting down";
+    if (s->pg_lost || (w && w->stats && !atomic_load(&w->stats->pg_up)))
+        return "PostgreSQL is unavailable";
+    if (!atomic_load(&s->in_poll) &&
+        now_mono_ms() - atomic_load(&s->last_poll_ms) > s->busy_timeout_ms)
+        return "the inbox is not accepting events right now";
+    return NULL;
+}
+
+/* Why a new request of `incoming_bytes` cannot be queued now, or NULL: the
+ * pipeline is not taking requests, or the queue is full (one request is
+ * always admitted). Caller holds s->mu. */
+static const char *unavailable_locked(webhook_source *s, size_t incoming_bytes)
+{
+    const char *why = not_taking_locked(s);
+    if (why)
+        return why;
+    if (s->queued_requests > 0 &&
+        s->queued_bytes + (int64_t)incoming_bytes > s->max_pending_bytes)
+        return "too many requests are waiting";
+    return NULL;
+}
+
+static const char *unavailable(webhook_source *s, size_t incoming_bytes)
+{
+    pthread_mutex_lock(&s->mu);
+    const char *why = unavailable_locked(s, incoming_bytes);
+    pthread_mutex_unlock(&s->mu);
+    return why;
+}
+
+/* "/inbox" matches "/inbox", "/inbox/" and "/inbox/anything". */
+static int path_matches(const webhook_source *s, const char *url)
+{
+    size_t n = strlen(s->path);
+    if (strcmp(s->path, "/") == 0)
+        return url[0] == '/';
+    return strncmp(url, s->path, n) == 0 && (url[n] == '\0' || url[n] == '/');
+}
+
+static int check_auth(webhook_source *s, struct MHD_Connection *conn, const char **why)
+{
+    if (s->auth_token) {
+        const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_AUTHORIZATION);
+        if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
+            *why = "missing bearer token";
+            return -1;
+        }
+        h += 7;
+        while (*h == ' ')
+            h++;
+        if (!webhook_secret_equal(h, strlen(h), s->auth_token, strlen(s->auth_token))) {
+            *why = "wrong bearer token";
+            return -1;
+        }
+    }
+    if (s->auth_header) {
+        const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, s->auth_header);
+        if (!h || !webhook_secret_equal(h, strlen(h), s->auth_value, strlen(s->auth_value))) {
+            *why = "missing or wrong authentication header";
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Checks that need only the request line and headers. Returns 0, or the
+ * status to answer with (and *why). */
+static unsigned check_headers(webhook_source *s, struct MHD_Connection *conn, const char *url,
+                              const char *method, const char **why)
+{
+    if (!path_matches(s, url)) {
+        *why = "not found";
+        return MHD_HTTP_NOT_FOUND;
+    }
+    if (strcmp(method, MHD_HTTP_METHOD_POST) != 0) {
+        *why = "method not allowed: use POST";
+        return MHD_HTTP_METHOD_NOT_ALLOWED;
+    }
+    if (check_auth(s, conn, why) < 0)
+        return MHD_HTTP_UNAUTHORIZED;
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && strspn(cl, "0123456789") == strlen(cl) &&
+        (strlen(cl) > 15 || strtoll(cl, NULL, 10) > s->max_body)) {
+        *why = "request body too large";
+        return MHD_HTTP_CONTENT_TOO_LARGE;
+    }
+    if ((*why = unavailable(s, 0)) != NULL)
+        return MHD_HTTP_SERVICE_UNAVAILABLE;
+    return 0;
+}
+
+/* ---- bodies -------------------------------------------------------------- */
+
+/* Strict UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF, no NUL). */
+static int valid_utf8(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = p[i];
+        size_t extra;
+        unsigned min;
+        if (c == 0)
+            return 0;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            extra = 1, min = 0x80, c &= 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            extra = 2, min = 0x800, c &= 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            extra = 3, min = 0x10000, c &= 0x07;
+        } else {
+            return 0;
+        }
+        if (i + extra >= n)
+            return 0;
+        for (size_t k = 1; k <= extra; k++) {
+            if ((p[i + k] & 0xc0) != 0x80)
+                return 0;
+            c = (c << 6) | (p[i + k] & 0x3f);
+        }
+        if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+            return 0;
+        i += extra + 1;
+    }
+    return 1;
+}
+
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* Index just past the JSON value starting at s[i] (already validated). */
+static size_t skip_value(const char *s, size_t n, size_t i)
+{
+    int depth = 0;
+    while (i < n) {
+        char c = s[i];
+        if (c == '"') {
+            for (i++; i < n && s[i] != '"'; i++)
+                if (s[i] == '\\')
+                    i++;
+            i++;
+            if (depth == 0)
+                return i;
+            continue;
+        }
+        if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (--depth == 0)
+                return i + 1;
+            if (depth < 0)
+                return i; /* end of the enclosing array */
+        } else if (depth == 0 && (c == ',' || is_space(c))) {
+            return i; /* end of a scalar */
+        }
+        i++;
+    }
+    return i;
+}
+
+/* Top-level elements of the array text s[0..n) (s[0] == '['), counted
+ * before the parser builds a tree for them; an upper bound is enough. */
+static size_t count_elements(const char *s, size_t n)
+{
+    size_t count = 0;
+    int depth = 0, seen_value = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '"') {
+            for (i++; i < n && s[i] != '"'; i++)
+                if (s[i] == '\\')
+                    i++;
+        } else if (c == '[' || c == '{') {
+            depth++;
+        } else if (c == ']' || c == '}') {
+            depth--;
+        } else if (c == ',' && depth == 1) {
+            count++;
+        }
+        if (depth >= 1 && !is_space(c) && !(depth == 1 && (c == '[' || c == ',')))
+            seen_value = 1;
+    }
+    return count + (size_t)seen_value;
+}
+
+static void uuid_v4(char out[37])
+{
+    unsigned char b[16];
+    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
+        /* getrandom cannot fail for 16 bytes once the pool is seeded;
+         * fall back to the clock and a counter rather than abort. */
+        static _Atomic uint64_t ctr;
+        uint64_t t = now_mono_us() ^ ((uint64_t)now_wall_ms() << 20), c = atomic_fetch_add(&ctr, 1);
+        memcpy(b, &t, 8);
+        memcpy(b + 8, &c, 8);
+    }
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+             b[13], b[14], b[15]);
+}
+
+/* The element's own key field, when it has a usable one. */
+static const char *element_key(const webhook_source *s, json_t *el)
+{
+    if (!s->element_key_field || !json_is_object(el))
+        return NULL;
+    json_t *k = json_object_get(el, s->element_key_field);
+    const char *v = json_string_value(k);
+    if (!v || !*v || json_string_length(k) > MAX_KEY_LEN)
+        return NULL;
+    return v;
+}
+
+static char *event_key(const webhook_source *s, json_t *el, const char *idem, ssize_t index)
+{
+    const char *own = element_key(s, el);
+    if (index < 0 && idem)
+        return xstrdup(idem);
+    if (own)
+        return xstrdup(own);
+    if (idem) {
+        relay_buf b = {0};
+        buf_printf(&b, "%s:%zd", idem, index);
+        return buf_steal(&b);
+    }
+    char u[37];
+    uuid_v4(u);
+    return xstrdup(u);
+}
+
+static int content_type_is_json(struct MHD_Connection *conn)
+{
+    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!ct)
+        return 0;
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && is_space(ct[n - 1]))
+        n--;
+    return (n == 16 && strncasecmp(ct, "application/json", 16) == 0) ||
+           (n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0);
+}
+
+/* Split the body into events. Returns 0, or the status to answer (and *why). */
+static unsigned parse_body(webhook_source *s, struct MHD_Connection *conn, wh_req *r,
+                           const char *idem, char *why, size_t whylen)
+{
+    char *p = r->body.data;
+    size_t n = r->body.len;
+    while (n > 0 && is_space(p[n - 1]))
+        n--;
+    size_t start = 0;
+    while (start < n && is_space(p[start]))
+        start++;
+    if (start == n) {
+        snprintf(why, whylen, "empty body");
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (p[start] == '[' && count_elements(p + start, n - start) > MAX_EVENTS_PER_REQUEST) {
+        snprintf(why, whylen, "more than %d events in one request", MAX_EVENTS_PER_REQUEST);
+        return MHD_HTTP_CONTENT_TOO_LARGE;
+    }
+    json_error_t jerr;
+    json_t *root = NULL;
+    if (p[start] == '{' || p[start] == '[')
+        root = json_loadb(p + start, n - start, JSON_DECODE_INT_AS_REAL, &jerr);
+    if (!root) {
+        if (content_type_is_json(conn)) {
+            if (p[start] == '{' || p[start] == '[')
+                snprintf(why, whylen, "invalid JSON: %s (line %d, column %d)", jerr.text,
+                         jerr.line, jerr.column);
+            else
+                snprintf(why, whylen, "expected a JSON object or array");
+            return MHD_HTTP_BAD_REQUEST;
+        }
+        if (!valid_utf8((const unsigned char *)p, r->body.len)) {
+            snprintf(why, whylen, "body is neither JSON nor UTF-8 text");
+            return MHD_HTTP_BAD_REQUEST;
+        }
+        r->events = xcalloc(1, sizeof *r->events);
+        r->nevents = 1;
+        r->events[0] = (wh_event){.payload = p, .len = r->body.len, .is_json = 0,
+                                  .key = event_key(s, NULL, idem, -1)};
+        return 0;
+    }
+    if (json_is_object(root)) {
+        p[n] = '\0';
+        r->events = xcalloc(1, sizeof *r->events);
+        r->nevents = 1;
+        r->events[0] = (wh_event){.payload = p + start, .len = n - start, .is_json = 1,
+                                  .key = event_key(s, root, idem, -1)};
+        json_decref(root);
+        return 0;
+    }
+    size_t count = json_array_size(root);
+    if (count == 0) {
+        json_decref(root);
+        snprintf(why, whylen, "empty JSON array");
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    r->events = xcalloc(count, sizeof *r->events);
+    size_t i = start + 1;
+    for (size_t k = 0; k < count; k++) {
+        while (i < n && (is_space(p[i]) || p[i] == ','))
+            i++;
+        size_t end = skip_value(p, n, i);
+        r->events[k] = (wh_event){.payload = p + i, .len = end - i, .is_json = 1,
+                                  .key = event_key(s, json_array_get(root, k), idem, (ssize_t)k)};
+        r->nevents++;
+        i = end;
+    }
+    /* NUL-terminate each element in place (the byte after it is a
+     * separator, whitespace or the closing bracket). */
+    for (size_t k = 0; k < count; k++)
+        ((char *)r->events[k].payload)[r->events[k].len] = '\0';
+    json_decref(root);
+    return 0;
+}
+
+static unsigned check_idempotency_key(struct MHD_Connection *conn, const char **key,
+                                      char *why, size_t whylen)
+{
+    const char *k = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Idempotency-Key");
+    *key = NULL;
+    if (!k)
+        return 0;
+    size_t n = strlen(k);
+    if (n == 0 || n > MAX_KEY_LEN) {
+        snprintf(why, whylen, "Idempotency-Key must be 1 to %d bytes", MAX_KEY_LEN);
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (!valid_utf8((const unsigned char *)k, n)) {
+        snprintf(why, whylen, "Idempotency-Key is not valid UTF-8");
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    *key = k;
+    return 0;
+}
+
+static char *trace_header(struct MHD_Connection *conn)
+{
+    const char *t = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent");
+    if (!t || !*t || strlen(t) > 256 || !valid_utf8((const unsigned char *)t, strlen(t)))
+        return NULL;
+    return xstrdup(t);
+}
+
+/* ---- the access handler -------------------------------------------------- */
+
+static void answer_locked(webhook_source *s, wh_req *r, unsigned status, char *body);
+static void resume_answered(webhook_source *s);
+static void publish_position(webhook_source *s);
+
+static void wake_poll(webhook_source *s)
+{
+    uint64_t one = 1;
+    ssize_t rc = write(s->evfd, &one, sizeof one);
+    (void)rc;
+}
+
+/* The whole request is in: check it, split it, queue it and suspend. */
+static enum MHD_Result request_complete(webhook_source *s, struct MHD_Connection *conn,
+                                        wh_req *r, const char *url)
+{
+    char why[512];
+    const char *idem, *reason;
+    if (r->too_large)
+        return reject(s, conn, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large");
+    if (s->secret) {
+        const char *ts = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     WEBHOOK_TIMESTAMP_HEADER);
+        const char *sig = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                      WEBHOOK_SIGNATURE_HEADER);
+        if (webhook_verify(s->secret, strlen(s->secret), ts, sig, r->body.data, r->body.len,
+                           (int64_t)time(NULL), s->tolerance_s, &reason) < 0)
+            return reject(s, conn, MHD_HTTP_UNAUTHORIZED, reason);
+    }
+    unsigned st = check_idempotency_key(conn, &idem, why, sizeof why);
+    if (st == 0)
+        st = parse_body(s, conn, r, idem, why, sizeof why);
+    if (st != 0)
+        return reject(s, conn, st, why);
+    r->path = xstrdup(url);
+    r->trace_id = trace_header(conn);
+
+    reason = unavailable(s, r->body.len);
+    if (reason)
+        return reject(s, conn, MHD_HTTP_SERVICE_UNAVAILABLE, reason);
+    /* Suspend before the worker can see it, so a resume always follows it;
+     * never call into libmicrohttpd with s->mu held. */
+    MHD_suspend_connection(conn);
+    pthread_mutex_lock(&s->mu);
+    r->suspended = 1;
+    r->state = REQ_QUEUED;
+    r->refs++; /* the queue's reference */
+    if (s->closing) { /* stop_server() already emptied the queue */
+        answer_locked(s, r, MHD_HTTP_SERVICE_UNAVAILABLE, error_body("the relay is shutting down"));
+        pthread_mutex_unlock(&s->mu);
+        resume_answered(s);
+        return MHD_YES;
+    }
+    if (s->q_tail)
+        s->q_tail->next = r;
+    else
+        s->q_head = r;
+    s->q_tail = r;
+    s->queued_requests++;
+    s->queued_bytes += (int64_t)r->body.len;
+    pthread_mutex_unlock(&s->mu);
+    wake_poll(s);
+    publish_position(s);
+    return MHD_YES;
+}
+
+static enum MHD_Result send_answer(webhook_source *s, struct MHD_Connection *conn, wh_req *r)
+{
+    pthread_mutex_lock(&s->mu);
+    unsigned status = r->status;
+    char *body = r->answer;
+    r->answer = NULL;
+    pthread_mutex_unlock(&s->mu);
+    return respond(s, conn, status, body ? body : error_body("no answer"));
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    webhook_source *s = cls;
+    wh_req *r = *con_cls;
+    if (!r) {
+        const char *why = NULL;
+        unsigned st = check_headers(s, conn, url, method, &why);
+        if (st != 0)
+            return reject(s, conn, st, why); /* the body, if any, is discarded */
+        r = xcalloc(1, sizeof *r);
+        r->conn = conn;
+        r->refs = 1; /* libmicrohttpd's reference, dropped in on_completed */
+        *con_cls = r;
+        return MHD_YES;
+    }
+    if (r->state == REQ_ANSWERED)
+        return send_answer(s, conn, r);
+    if (r->state != REQ_READING)
+        return MHD_YES; /* queued: nothing to do until it is answered */
+    if (*upload_data_size > 0) {
+        size_t n = *upload_data_size;
+        if (!r->too_large && r->body.len + n > (size_t)s->max_body) {
+            r->too_large = 1; /* chunked body: keep reading, then answer 413 */
+            buf_free(&r->body);
+        }
+        if (!r->too_large)
+            buf_append(&r->body, upload_data, n);
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    (void)upload_data;
+    return request_complete(s, conn, r, url);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    (void)toe;
+    webhook_source *s = cls;
+    wh_req *r = *con_cls;
+    if (!r)
+        return;
+    *con_cls = NULL;
+    pthread_mutex_lock(&s->mu);
+    if (r->state == REQ_ANSWERED && r->resumed)
+        s->answering--;
+    r->conn = NULL;
+    req_unref_locked(r);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    webhook_source *s = cls;
+    relay_buf line = {0};
+    buf_vprintf(&line, fmt, ap);
+    while (line.len && (line.data[line.len - 1] == '\n' || line.data[line.len - 1] == '\r'))
+        line.data[--line.len] = '\0';
+    log_warn(s->base.w ? s->base.w->cfg.name : NULL, "webhook receiver: %s",
+             line.data ? line.data : "");
+    buf_free(&line);
+}
+
+/* ---- answering ------------------------------------------------------------- */
+
+/* Set the answer of a queued or batched request and note its connection
+ * for resume_answered(). Drops the queue's reference (libmicrohttpd's keeps
+ * it alive: a suspended connection never completes). Caller holds s->mu. */
+static void answer_locked(webhook_source *s, wh_req *r, unsigned status, char *body)
+{
+    free(r->answer);
+    r->answer = body;
+    r->status = status;
+    r->state = REQ_ANSWERED;
+    if (r->suspended && r->conn) {
+        r->suspended = 0;
+        r->resumed = 1;
+        s->answering++;
+        if (s->n_resume == s->cap_resume) {
+            s->cap_resume = s->cap_resume ? 2 * s->cap_resume : 64;
+            s->to_resume = xrealloc(s->to_resume, s->cap_resume * sizeof *s->to_resume);
+        }
+        s->to_resume[s->n_resume++] = r->conn;
+    }
+    req_unref_locked(r);
+}
+
+/* Resume the connections answered so far, without holding s->mu: the
+ * access handler then sends each prepared answer. */
+static void resume_answered(webhook_source *s)
+{
+    pthread_mutex_lock(&s->mu);
+    struct MHD_Connection **list = s->to_resume;
+    size_t n = s->n_resume;
+    s->to_resume = NULL;
+    s->n_resume = s->cap_resume = 0;
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < n; i++)
+        MHD_resume_connection(list[i]);
+    free(list);
+}
+
+static char *accepted_body(const wh_req *r)
+{
+    relay_buf b = {0};
+    buf_printf(&b, "{\"status\":\"accepted\",\"events\":%zu,\"dead_lettered\":%zu,\"event_ids\":[",
+               r->nevents, r->dead);
+    for (size_t i = 0; i < r->nevents; i++) {
+        if (i)
+            buf_putc(&b, ',');
+        buf_put_json_str(&b, r->events[i].key, strlen(r->events[i].key));
+    }
+    buf_puts(&b, "]}\n");
+    return buf_steal(&b);
+}
+
+/* Answer every queued request with 503. Caller holds s->mu. */
+static void fail_queue_locked(webhook_source *s, const char *why)
+{
+    wh_req *r = s->q_head;
+    s->q_head = s->q_tail = NULL;
+    s->queued_requests = 0;
+    s->queued_bytes = 0;
+    while (r) {
+        wh_req *next = r->next;
+        r->next = NULL;
+        answer_locked(s, r, MHD_HTTP_SERVICE_UNAVAILABLE, error_body(why));
+        r = next;
+    }
+}
+
+static void fail_batch_locked(webhook_source *s, const char *why)
+{
+    wh_req *r = s->b_head;
+    s->b_head = NULL;
+    while (r) {
+        wh_req *next = r->next;
+        r->next = NULL;
+        answer_locked(s, r, MHD_HTTP_SERVICE_UNAVAILABLE, error_body(why));
+        r = next;
+    }
+}
+
+/* ---- listening socket ---------------------------------------------------- */
+
+static int split_addr(const char *addr, char *host, size_t hostlen, char *port, size_t portlen)
+{
+    const char *h = addr, *colon;
+    size_t hlen;
+    if (addr[0] == '[') {
+        const char *close = strchr(addr, ']');
+        if (!close || close[1] != ':')
+            return -1;
+        h = addr + 1;
+        hlen = (size_t)(close - h);
+        colon = close + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon || memchr(addr, ':', (size_t)(colon - addr)))
+            return -1;
+        hlen = (size_t)(colon - addr);
+    }
+    const char *p = colon + 1;
+    size_t plen = strlen(p);
+    if (hlen >= hostlen || plen == 0 || plen >= portlen || strspn(p, "0123456789") != plen)
+        return -1;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    memcpy(port, p, plen + 1);
+    return 0;
+}
+
+static int open_listener(const webhook_source *s, int *family, char *err, size_t errlen)
+{
+    char host[256], port[16];
+    split_addr(s->listen_addr, host, sizeof host, port, sizeof port); /* checked in create */
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "source.listen_addr %s: %s", s->listen_addr, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                    res->ai_protocol);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+        snprintf(err, errlen, "source.listen_addr %s: %s", s->listen_addr, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    *family = res->ai_family;
+    freeaddrinfo(res);
+    return fd;
+}
+
+/* ---- source operations ---------------------------------------------------- */
+
+static void publish_position(webhook_source *s)
+{
+    relay_worker *w = s->base.w;
+    if (!w || !w->stats)
+        return;
+    relay_buf b = {0};
+    buf_puts(&b, "{\"listen_addr\":");
+    buf_put_json_str(&b, s->listen_addr, strlen(s->listen_addr));
+    buf_puts(&b, ",\"path\":");
+    buf_put_json_str(&b, s->path, strlen(s->path));
+    pthread_mutex_lock(&s->mu);
+    size_t queued = s->queued_requests, in_batch = 0;
+    for (wh_req *r = s->b_head; r; r = r->next)
+        in_batch++;
+    pthread_mutex_unlock(&s->mu);
+    buf_printf(&b, ",\"queued_requests\":%zu,\"batch_requests\":%zu,\"responses\":{", queued,
+               in_batch);
+    for (int k = 0; k < CNT_N; k++)
+        buf_printf(&b, "%s\"%s\":%" PRIu64, k ? "," : "", count_names[k],
+                   atomic_load(&s->counts[k]));
+    buf_puts(&b, "}}");
+    stats_set_position(w->stats, b.data);
+    buf_free(&b);
+}
+
+static int wh_open(relay_source *base, char *err, size_t errlen)
+{
+    webhook_source *s = (webhook_source *)base;
+    atomic_store(&s->last_poll_ms, now_mono_ms());
+    pthread_mutex_lock(&s->mu);
+    s->pg_lost = 0;
+    pthread_mutex_unlock(&s->mu);
+    if (s->mhd)
+        return 0;
+    if (s->evfd < 0) {
+        s->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (s->evfd < 0) {
+            snprintf(err, errlen, "eventfd: %s", strerror(errno));
+            return -1;
+        }
+    }
+    int family = AF_INET;
+    int fd = open_listener(s, &family, err, errlen);
+    if (fd < 0)
+        return -1;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
+    if (family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
+                              MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+                              MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->max_connections,
+                              MHD_OPTION_END);
+    if (!s->mhd) {
+        close(fd);
+        snprintf(err, errlen, "source.listen_addr %s: cannot start the HTTP server",
+                 s->listen_addr);
+        return -1;
+    }
+    log_info(base->w ? base->w->cfg.name : NULL, "webhook receiver listening on %s, path %s",
+             s->listen_addr, s->path);
+    publish_position(s);
+    return 0;
+}
+
+/* Move whole requests from the queue into the batch. Caller holds s->mu. */
+static void take_requests_locked(webhook_source *s, size_t max, wh_req **taken)
+{
+    size_t events = 0;
+    wh_req **tail = taken;
+    while (s->q_head && (events == 0 || events + s->q_head->nevents <= max)) {
+        wh_req *r = s->q_head;
+        s->q_head = r->next;
+        if (!s->q_head)
+            s->q_tail = NULL;
+        s->queued_requests--;
+        s->queued_bytes -= (int64_t)r->body.len;
+        r->next = NULL;
+        r->state = REQ_IN_BATCH;
+        events += r->nevents;
+        *tail = r;
+        tail = &r->next;
+    }
+}
+
+static void fill_batch(wh_req *list, relay_batch *b)
+{
+    for (wh_req *r = list; r; r = r->next) {
+        for (size_t i = 0; i < r->nevents; i++) {
+            relay_msg *m = batch_add(b);
+            m->dedup_key = r->events[i].key;
+            m->subject = r->path;
+            m->op = OP_EVENT;
+            m->payload = r->events[i].payload;
+            m->payload_len = r->events[i].len;
+            m->payload_is_json = r->events[i].is_json;
+            m->source_name = "webhook";
+            m->trace_id = r->trace_id;
+            m->ack = r;
+        }
+    }
+}
+
+/* Notice at once when the worker's PostgreSQL connection is closed by the
+ * server. Returns -1 (err set) when it is gone. */
+static int check_pg(relay_worker *w, char *err, size_t errlen)
+{
+    if (!w->pg)
+        return 0;
+    if (!PQconsumeInput(w->pg) || PQstatus(w->pg) != CONNECTION_OK) {
+        const char *m = PQerrorMessage(w->pg);
+        snprintf(err, errlen, "PostgreSQL connection lost: %.*s", (int)strcspn(m, "\n"), m);
+        return -1;
+    }
+    PGnotify *n;
+    while ((n = PQnotifies(w->pg)) != NULL)
+        PQfreemem(n);
+    return 0;
+}
+
+static int wh_poll(relay_source *base, relay_batch *b, size_t max, char *err, size_t errlen)
+{
+    webhook_source *s = (webhook_source *)base;
+    relay_worker *w = base->w;
+    if ((int64_t)max > s->batch_size)
+        max = (size_t)s->batch_size;
+    atomic_store(&s->in_poll, 1);
+    int64_t deadline = now_mono_ms() + POLL_INTERVAL_MS;
+    int rc = 0;
+    for (;;) {
+        wh_req *taken = NULL;
+        pthread_mutex_lock(&s->mu);
+        take_requests_locked(s, max, &taken);
+        if (taken)
+            s->b_head = taken;
+        pthread_mutex_unlock(&s->mu);
+        if (taken) {
+            fill_batch(taken, b);
+            rc = (int)b->n;
+            break;
+        }
+        int64_t left = deadline - now_mono_ms();
+        if (left <= 0 || worker_stopping(w))
+            break;
+        struct pollfd p[3] = {{.fd = w->wake[0], .events = POLLIN},
+                              {.fd = s->evfd, .events = POLLIN},
+                              {.fd = w->pg ? PQsocket(w->pg) : -1, .events = POLLIN}};
+        int n = poll(p, 3, (int)left);
+        if (n > 0 && (p[1].revents & POLLIN)) {
+            uint64_t v;
+            ssize_t r = read(s->evfd, &v, sizeof v);
+            (void)r;
+        }
+        if (n > 0 && p[2].revents && check_pg(w, err, errlen) < 0) {
+            pthread_mutex_lock(&s->mu);
+            s->pg_lost = 1; /* until open() runs on the new connection */
+            pthread_mutex_unlock(&s->mu);
+            rc = -1;
+            break;
+        }
+    }
+    atomic_store(&s->last_poll_ms, now_mono_ms());
+    atomic_store(&s->in_poll, 0);
+    publish_position(s);
+    return rc;
+}
+
+static int wh_ack(relay_source *base, relay_batch *b, char *err, size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    webhook_source *s = (webhook_source *)base;
+    for (size_t i = 0; i < b->n; i++)
+        if (b->msgs[i].state == MSG_DEAD)
+            ((wh_req *)b->msgs[i].ack)->dead++;
+    pthread_mutex_lock(&s->mu);
+    wh_req *r = s->b_head;
+    s->b_head = NULL;
+    while (r) {
+        wh_req *next = r->next;
+        r->next = NULL;
+        answer_locked(s, r, MHD_HTTP_OK, accepted_body(r));
+        r = next;
+    }
+    pthread_mutex_unlock(&s->mu);
+    resume_answered(s);
+    publish_position(s);
+    return 0;
+}
+
+static void wh_release(relay_source *base, relay_batch *b)
+{
+    (void)b;
+    webhook_source *s = (webhook_source *)base;
+    pthread_mutex_lock(&s->mu);
+    fail_batch_locked(s, "the events could not be written to the inbox; retry later");
+    /* The worker will not poll again soon: do not keep the others waiting. */
+    fail_queue_locked(s, "the inbox is not accepting events right now");
+    pthread_mutex_unlock(&s->mu);
+    resume_answered(s);
+    publish_position(s);
+}
+
+/* Called about once a second while the worker is not polling. */
+static void wh_idle(relay_source *base)
+{
+    webhook_source *s = (webhook_source *)base;
+    pthread_mutex_lock(&s->mu);
+    const char *why = s->q_head ? not_taking_locked(s) : NULL;
+    if (why)
+        fail_queue_locked(s, why);
+    pthread_mutex_unlock(&s->mu);
+    if (why)
+        resume_answered(s);
+}
+
+static void wh_position(relay_source *base, relay_buf *out)
+{
+    webhook_source *s = (webhook_source *)base;
+    buf_puts(out, "{\"listen_addr\":");
+    buf_put_json_str(out, s->listen_addr, strlen(s->listen_addr));
+    buf_puts(out, ",\"path\":");
+    buf_put_json_str(out, s->path, strlen(s->path));
+    buf_putc(out, '}');
+}
+
+/* Answer everything still waiting with 503, let libmicrohttpd send those
+ * answers (bounded), then stop the server. */
+static void stop_server(webhook_source *s)
+{
+    if (!s->mhd)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->closing = 1;
+    fail_batch_locked(s, "the relay is shutting down");
+    fail_queue_locked(s, "the relay is shutting down");
+    pthread_mutex_unlock(&s->mu);
+    resume_answered(s);
+    int64_t end = now_mono_ms() + STOP_DRAIN_MS;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        size_t pending = s->answering;
+        pthread_mutex_unlock(&s->mu);
+        if (pending == 0 || now_mono_ms() >= end)
+            break;
+        poll(NULL, 0, 20);
+    }
+    MHD_stop_daemon(s->mhd);
+    s->mhd = NULL;
+}
+
+static void wh_destroy(relay_source *base)
+{
+    if (!base)
+        return;
+    webhook_source *s = (webhook_source *)base;
+    stop_server(s);
+    if (s->evfd >= 0)
+        close(s->evfd);
+    pthread_mutex_destroy(&s->mu);
+    free(s->listen_addr);
+    free(s->path);
+    free(s->auth_token);
+    free(s->auth_header);
+    free(s->auth_value);
+    free(s->secret);
+    free(s->element_key_field);
+    free(s->to_resume);
+    free(s);
+}
+
+const relay_source_ops relay_source_webhook_ops = {
+    .type = "webhook",
+    .create = wh_create,
+    .open = wh_open,
+    .poll = wh_poll,
+    .ack = wh_ack,
+    .release = wh_release,
+    .idle = wh_idle,
+    .position = wh_position,
+    .destroy = wh_destroy,
+};
+
+/* "http" is the name pg_trickle's SQL API uses in its examples. */
+const relay_source_ops relay_source_http_ops = {
+    .type = "http",
+    .create = http_create,
+    .open = wh_open,
+    .poll = wh_poll,
+    .ack = wh_ack,
+    .release = wh_release,
+    .idle = wh_idle,
+    .position = wh_position,
+    .destroy = wh_destroy,
+};
