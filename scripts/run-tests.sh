@@ -65,7 +65,7 @@ trap 'exit 143' TERM
 # Every backend's test server is listed in tests/services/default-services
 # (one name per line); RELAY_TEST_SERVICES overrides the list.
 if [ -z "${RELAY_TEST_SERVICES+set}" ] && [ -f "$ROOT/tests/services/default-services" ]; then
-    RELAY_TEST_SERVICES=$(grep -v '^#' "$ROOT/tests/services/default-services" | tr '\n' ' ')
+    RELAY_TEST_SERVICES=$( (grep -v -e '^#' -e '^[[:space:]]*$' "$ROOT/tests/services/default-services" || true) | tr '\n' ' ')
 fi
 read -r -a extra_services <<<"${RELAY_TEST_SERVICES:-}"
 echo "run-tests: starting services: pg${RELAY_TEST_SERVICES:+ $RELAY_TEST_SERVICES}"
