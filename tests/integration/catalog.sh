@@ -77,7 +77,7 @@ is "$(cols pgtrickle pgt_inbox_config)" \
 is "$(cols pgtrickle pgt_inbox_ordering_config)" "inbox_name text NO,aggregate_id_col text NO,sequence_num_col text NO,created_at timestamp with time zone NO" "pgt_inbox_ordering_config columns"
 is "$(cols pgtrickle pgt_inbox_priority_config)" "inbox_name text NO,priority_col text NO,tiers jsonb YES,created_at timestamp with time zone NO" "pgt_inbox_priority_config columns"
 is "$(cols pgtrickle relay_dlq)" \
-   "id bigint NO,pipeline text NO,dedup_key text NO,subject text YES,payload jsonb YES,error text NO,failed_at timestamp with time zone NO,replayed_at timestamp with time zone YES,replay_count integer NO,replay_requested_at timestamp with time zone YES" \
+   "id bigint NO,pipeline text NO,dedup_key text NO,subject text YES,payload jsonb YES,error text NO,failed_at timestamp with time zone NO,replayed_at timestamp with time zone YES,replay_count integer NO,replay_requested_at timestamp with time zone YES,op text YES" \
    "relay_dlq columns"
 
 # --- security model ----------------------------------------------------------
