@@ -53,6 +53,52 @@ stop_pg() {
     as_pg "$PGBIN/pg_ctl" -D "$d/data" -m immediate -w stop >/dev/null 2>&1 || true
 }
 
+# Kafka: librdkafka's mock cluster (research/test-services.md section 5) in a
+# process of its own, tests/services/kmock.c, compiled here on first use. Its
+# ports are random, so the bootstrap list is read from its first stdout line.
+# Shared by the tests (each uses topics and groups of its own); tests that
+# take brokers down start a private kmock ($PGT_KMOCK). Reused while it answers;
+# restarted when kmock.c changed.
+kafka_answers() {  # kafka_answers host:port[,...]: the first broker accepts connections
+    local hp=${1%%,*}
+    [ -n "$hp" ] && (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null
+}
+start_kafka() {
+    local d=$DIR/kafka src; src=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kmock.c
+    mkdir -p "$d"
+    if [ ! -x "$d/kmock" ] || [ "$src" -nt "$d/kmock" ]; then
+        # shellcheck disable=SC2046  # pkg-config output is a list of flags
+        cc -std=c11 -O2 -Wall -Wextra -o "$d/kmock.tmp" "$src" $(pkg-config --cflags --libs rdkafka) \
+            || { echo "kmock: build failed (librdkafka-dev installed?)" >&2; return 1; }
+        mv "$d/kmock.tmp" "$d/kmock"
+    fi
+    if ! { [ -f "$d/kmock.pid" ] && kill -0 "$(cat "$d/kmock.pid")" 2>/dev/null \
+           && [ "$d/kmock.out" -nt "$d/kmock" ] && kafka_answers "$(head -1 "$d/kmock.out")"; }; then
+        stop_kafka
+        rm -f "$d/kmock.out"
+        # setsid: the cluster must outlive the shell that started it
+        setsid "$d/kmock" </dev/null >"$d/kmock.out" 2>"$d/kmock.log" &
+        echo $! > "$d/kmock.pid"
+        local i
+        for i in $(seq 1 100); do [ -s "$d/kmock.out" ] && break; sleep 0.05; done
+        [ -s "$d/kmock.out" ] || { echo "kmock did not start (log: $d/kmock.log)" >&2; return 1; }
+    fi
+    add_env PGT_KAFKA_BROKERS "$(head -1 "$d/kmock.out")"
+    add_env PGT_KMOCK "$d/kmock"
+    echo "kafka (mock cluster) ready on $(head -1 "$d/kmock.out")"
+}
+
+stop_kafka() {
+    local f=$DIR/kafka/kmock.pid
+    [ -f "$f" ] || return 0
+    local pid; pid=$(cat "$f")
+    rm -f "$f"
+    kill -TERM "$pid" 2>/dev/null || return 0
+    local i
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
 cmd=${1:-}; shift || true
 case "$cmd" in
     start)
