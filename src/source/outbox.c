@@ -70,6 +70,7 @@
 #include <jansson.h>
 
 #include "../config.h"
+#include "../json_scan.h"
 #include "../log.h"
 #include "../pg.h"
 #include "../worker.h"
@@ -391,18 +392,15 @@ static relay_msg *new_event(row_ctx *rc, relay_op op, int full_refresh)
     return m;
 }
 
-static void set_payload_json(relay_batch *b, relay_msg *m, const json_t *v)
+/* The JSON value s[0..n) as the message's payload: a compact copy in the
+ * batch arena (payloads arrive as jsonb::text, already valid JSON). */
+static void set_payload_slice(relay_batch *b, relay_msg *m, const char *s, size_t n)
 {
-    char *txt = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!txt) {
-        m->payload = "null";
-        m->payload_len = 4;
-        return;
-    }
-    size_t n = strlen(txt);
-    m->payload = arena_strndup(&b->arena, txt, n);
-    m->payload_len = n;
-    free(txt);
+    char *dst = arena_alloc(&b->arena, n + 1);
+    size_t len = json_compact_into(dst, s, n);
+    dst[len] = '\0';
+    m->payload = dst;
+    m->payload_len = len;
 }
 
 static void reject(row_ctx *rc, const char *raw, const char *why)
@@ -416,89 +414,107 @@ static void reject(row_ctx *rc, const char *raw, const char *why)
     m->error = arena_strdup(&rc->b->arena, why);
 }
 
-static void emit_rows(row_ctx *rc, const json_t *rows, relay_op op, int full_refresh)
+/* One event per element of the array s[0..n). -1 when it is malformed. */
+static int emit_rows(row_ctx *rc, const char *s, size_t n, relay_op op, int full_refresh)
 {
-    size_t i;
-    const json_t *row;
-    json_array_foreach(rows, i, row) {
+    size_t pos = 0, off, len;
+    int rc2;
+    while ((rc2 = json_array_next(s, n, &pos, &off, &len)) == 1) {
         relay_msg *m = new_event(rc, op, full_refresh);
-        set_payload_json(rc->b, m, row);
+        set_payload_slice(rc->b, m, s + off, len);
     }
+    return rc2;
 }
 
-/* Decode one inline outbox row into events. Returns 1 when the row is a
- * claim-check row (nothing emitted), 0 otherwise. */
-static int decode_row(row_ctx *rc, const char *payload, int64_t ins, int64_t del, int claim_check,
-                      int *full_refresh_out)
+static void refresh_event(row_ctx *rc, int full, int64_t ins, int64_t del)
+{
+    relay_msg *m = new_event(rc, OP_REFRESH, full);
+    m->payload = arena_printf(&rc->b->arena,
+                              "{\"inserted_count\":%" PRId64 ",\"deleted_count\":%" PRId64 "}",
+                              ins, del);
+    m->payload_len = strlen(m->payload);
+}
+
+static int key_is(const char *k, size_t kl, const char *name)
+{
+    return kl == strlen(name) && memcmp(k, name, kl) == 0;
+}
+
+/* Decode one inline outbox row (payload = jsonb::text) into events.
+ * Returns 1 when the row is a claim-check row (nothing emitted), 0 otherwise.
+ * An undecodable payload becomes one REJECTED event (dead-lettered). */
+static int decode_row(row_ctx *rc, const char *payload, size_t plen, int64_t ins, int64_t del,
+                      int claim_check, int *full_refresh_out)
 {
     *full_refresh_out = 0;
     if (!payload) {
         if (claim_check)
             return 1;
-        relay_msg *m = new_event(rc, OP_REFRESH, 0);
-        m->payload = arena_printf(&rc->b->arena,
-                                  "{\"inserted_count\":%" PRId64 ",\"deleted_count\":%" PRId64 "}",
-                                  ins, del);
-        m->payload_len = strlen(m->payload);
+        refresh_event(rc, 0, ins, del);
         return 0;
     }
-    json_error_t jerr;
-    json_t *v = json_loads(payload, JSON_DECODE_ANY, &jerr);
-    if (!v) {
-        reject(rc, payload, "undecodable outbox payload: not JSON");
-        return 0;
-    }
-    if (json_is_array(v)) {
-        if (claim_check) {
-            json_decref(v);
-            return 1;
-        }
-        emit_rows(rc, v, OP_SNAPSHOT, 1);
-        json_decref(v);
-        return 0;
-    }
-    json_t *ver = json_is_object(v) ? json_object_get(v, "v") : NULL;
-    if (!json_is_integer(ver) || json_integer_value(ver) != 1) {
-        reject(rc, payload, json_is_object(v) ? "undecodable outbox payload: unsupported version "
-                                                "(expected \"v\": 1)"
-                                              : "undecodable outbox payload: expected an array "
-                                                "or an object");
-        json_decref(v);
-        return 0;
-    }
-    int full = json_is_true(json_object_get(v, "full_refresh"));
-    *full_refresh_out = full;
-    if (claim_check || json_is_true(json_object_get(v, "claim_check"))) {
-        json_decref(v);
-        return 1;
-    }
-    json_t *inserted = json_object_get(v, "inserted");
-    json_t *deleted = json_object_get(v, "deleted");
-    if ((inserted && !json_is_array(inserted)) || (deleted && !json_is_array(deleted))) {
-        reject(rc, payload, "undecodable outbox payload: \"inserted\"/\"deleted\" must be arrays");
-        json_decref(v);
-        return 0;
-    }
-    if (!rc->refresh_id) {
-        const char *rid = json_string_value(json_object_get(v, "refresh_id"));
-        if (rid)
-            rc->refresh_id = arena_strdup(&rc->b->arena, rid);
-    }
+    size_t start = json_skip_ws(payload, plen, 0);
+    const char *p = payload + start;
+    size_t n = plen - start;
+    while (n && (p[n - 1] == ' ' || p[n - 1] == '\n' || p[n - 1] == '\t' || p[n - 1] == '\r'))
+        n--;
     size_t before = rc->b->n;
-    if (inserted)
-        emit_rows(rc, inserted, full ? OP_SNAPSHOT : OP_INSERT, full);
-    if (deleted)
-        emit_rows(rc, deleted, OP_DELETE, full);
-    if (rc->b->n == before) {
-        /* An empty delta still reaches the sink as a header event, so the
-         * offset always has an event to move with. */
-        relay_msg *m = new_event(rc, OP_REFRESH, full);
-        m->payload = arena_printf(&rc->b->arena,
-                                  "{\"inserted_count\":%" PRId64 ",\"deleted_count\":%" PRId64 "}",
-                                  ins, del);
-        m->payload_len = strlen(m->payload);
+    if (n && p[0] == '[') {
+        if (claim_check)
+            return 1;
+        if (json_span(p, n) != n || emit_rows(rc, p, n, OP_SNAPSHOT, 1) < 0) {
+            rc->b->n = before;
+            reject(rc, payload, "undecodable outbox payload: malformed JSON array");
+        }
+        return 0;
     }
-    json_decref(v);
+    if (!n || p[0] != '{' || json_span(p, n) != n) {
+        reject(rc, payload, "undecodable outbox payload: expected an array or an object");
+        return 0;
+    }
+    /* {"v":1,"inserted":[..],"deleted":[..],"full_refresh"?,"claim_check"?,"refresh_id"?} */
+    const char *k;
+    size_t kl, off, len, pos = 0;
+    size_t ins_off = 0, ins_len = 0, del_off = 0, del_len = 0;
+    int version_ok = 0, full = 0, cc = claim_check, r;
+    while ((r = json_object_next(p, n, &pos, &k, &kl, &off, &len)) == 1) {
+        const char *v = p + off;
+        if (key_is(k, kl, "v"))
+            version_ok = len == 1 && v[0] == '1';
+        else if (key_is(k, kl, "inserted"))
+            ins_off = off, ins_len = len;
+        else if (key_is(k, kl, "deleted"))
+            del_off = off, del_len = len;
+        else if (key_is(k, kl, "full_refresh"))
+            full = len == 4 && memcmp(v, "true", 4) == 0;
+        else if (key_is(k, kl, "claim_check"))
+            cc |= len == 4 && memcmp(v, "true", 4) == 0;
+        else if (key_is(k, kl, "refresh_id") && !rc->refresh_id && v[0] == '"' && len >= 2)
+            rc->refresh_id = arena_strndup(&rc->b->arena, v + 1, len - 2);
+    }
+    if (r < 0) {
+        reject(rc, payload, "undecodable outbox payload: malformed JSON object");
+        return 0;
+    }
+    if (!version_ok) {
+        reject(rc, payload, "undecodable outbox payload: unsupported version (expected \"v\": 1)");
+        return 0;
+    }
+    *full_refresh_out = full;
+    if (cc)
+        return 1;
+    if ((ins_len && p[ins_off] != '[') || (del_len && p[del_off] != '[')) {
+        reject(rc, payload, "undecodable outbox payload: \"inserted\"/\"deleted\" must be arrays");
+        return 0;
+    }
+    if ((ins_len && emit_rows(rc, p + ins_off, ins_len, full ? OP_SNAPSHOT : OP_INSERT, full) < 0) ||
+        (del_len && emit_rows(rc, p + del_off, del_len, OP_DELETE, full) < 0)) {
+        rc->b->n = before;
+        reject(rc, payload, "undecodable outbox payload: malformed row array");
+        return 0;
+    }
+    if (rc->b->n == before)
+        refresh_event(rc, full, ins, del); /* an empty delta still reaches the sink */
     return 0;
 }
 
@@ -568,8 +584,7 @@ static int cc_fetch(outbox_source *s, relay_batch *b, char *err, size_t errlen)
         int is_delete = strcmp(PQgetvalue(r, i, 0), "DELETE") == 0;
         relay_op op = is_delete ? OP_DELETE : (s->cc_full_refresh ? OP_SNAPSHOT : OP_INSERT);
         relay_msg *m = new_event(&rc, op, s->cc_full_refresh);
-        m->payload = arena_strndup(&b->arena, PQgetvalue(r, i, 1), (size_t)PQgetlength(r, i, 1));
-        m->payload_len = (size_t)PQgetlength(r, i, 1);
+        set_payload_slice(b, m, PQgetvalue(r, i, 1), (size_t)PQgetlength(r, i, 1));
     }
     PQclear(r);
     s->cc_next_index = rc.index;
@@ -723,7 +738,8 @@ static int ob_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
                                                          : arena_strdup(&b->arena, PQgetvalue(r, i, 5))};
         size_t before = b->n;
         int full = 0;
-        int is_cc = decode_row(&rc, payload, strtoll(PQgetvalue(r, i, 1), NULL, 10),
+        int is_cc = decode_row(&rc, payload, payload ? (size_t)PQgetlength(r, i, 4) : 0,
+                               strtoll(PQgetvalue(r, i, 1), NULL, 10),
                                strtoll(PQgetvalue(r, i, 2), NULL, 10), claim, &full);
         if (is_cc) {
             b->n = before;

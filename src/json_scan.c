@@ -1,0 +1,182 @@
+/*
+ * json_scan.c - JSON value boundaries without a tree (see json_scan.h).
+ *
+ * json_span() walks one value with an explicit depth counter instead of
+ * recursion: it tracks whether it is inside a string (where brackets do
+ * not count and a backslash skips the next byte) and stops when the
+ * bracket that opened the value closes. Scalars end at the first byte that
+ * cannot continue them. Nesting is checked with a small stack of the
+ * opening brackets, so "[}" is rejected; depth is limited to 256, far
+ * beyond anything PostgreSQL's jsonb produces for rows.
+ */
+#include "json_scan.h"
+
+#include <string.h>
+
+#define MAX_DEPTH 256
+
+static int is_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+size_t json_skip_ws(const char *s, size_t n, size_t i)
+{
+    while (i < n && is_ws(s[i]))
+        i++;
+    return i;
+}
+
+/* End of the string starting at s[i] == '"': index after the closing quote, 0 if unterminated. */
+static size_t string_end(const char *s, size_t n, size_t i)
+{
+    for (i++; i < n; i++) {
+        if (s[i] == '\\') {
+            i++;
+            continue;
+        }
+        if (s[i] == '"')
+            return i + 1;
+    }
+    return 0;
+}
+
+static int is_scalar_byte(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || c == '-' || c == '+' || c == '.' ||
+           c == 'E';
+}
+
+size_t json_span(const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (s[0] == '"')
+        return string_end(s, n, 0);
+    if (s[0] != '[' && s[0] != '{') {
+        size_t i = 0;
+        while (i < n && is_scalar_byte(s[i]))
+            i++;
+        return i;
+    }
+    char stack[MAX_DEPTH];
+    int depth = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '"') {
+            size_t e = string_end(s, n, i);
+            if (!e)
+                return 0;
+            i = e - 1;
+        } else if (c == '[' || c == '{') {
+            if (depth == MAX_DEPTH)
+                return 0;
+            stack[depth++] = c;
+        } else if (c == ']' || c == '}') {
+            if (depth == 0 || stack[depth - 1] != (c == ']' ? '[' : '{'))
+                return 0;
+            if (--depth == 0)
+                return i + 1;
+        }
+    }
+    return 0;
+}
+
+int json_array_next(const char *s, size_t n, size_t *pos, size_t *off, size_t *len)
+{
+    size_t i = *pos;
+    if (i > n)
+        return 0; /* already closed */
+    if (i == 0) {
+        if (n == 0 || s[0] != '[')
+            return -1;
+        i = json_skip_ws(s, n, 1);
+        if (i < n && s[i] == ']') {
+            *pos = n + 1;
+            return 0;
+        }
+    } else {
+        i = json_skip_ws(s, n, i);
+        if (i < n && s[i] == ']') {
+            *pos = n + 1;
+            return 0;
+        }
+        if (i >= n || s[i] != ',')
+            return -1;
+        i = json_skip_ws(s, n, i + 1);
+    }
+    size_t l = i < n ? json_span(s + i, n - i) : 0;
+    if (!l)
+        return -1;
+    *off = i;
+    *len = l;
+    *pos = i + l;
+    return 1;
+}
+
+int json_object_next(const char *s, size_t n, size_t *pos, const char **key, size_t *keylen,
+                     size_t *off, size_t *len)
+{
+    size_t i = *pos;
+    if (i > n)
+        return 0; /* already closed */
+    if (i == 0) {
+        if (n == 0 || s[0] != '{')
+            return -1;
+        i = json_skip_ws(s, n, 1);
+    } else {
+        i = json_skip_ws(s, n, i);
+        if (i < n && s[i] == ',')
+            i = json_skip_ws(s, n, i + 1);
+        else if (!(i < n && s[i] == '}'))
+            return -1;
+    }
+    if (i < n && s[i] == '}') {
+        *pos = n + 1;
+        return 0;
+    }
+    if (i >= n || s[i] != '"')
+        return -1;
+    size_t ke = string_end(s, n, i);
+    if (!ke)
+        return -1;
+    *key = s + i + 1;
+    *keylen = ke - i - 2;
+    i = json_skip_ws(s, n, ke);
+    if (i >= n || s[i] != ':')
+        return -1;
+    i = json_skip_ws(s, n, i + 1);
+    size_t l = i < n ? json_span(s + i, n - i) : 0;
+    if (!l)
+        return -1;
+    *off = i;
+    *len = l;
+    *pos = i + l;
+    return 1;
+}
+
+size_t json_compact_into(char *dst, const char *s, size_t n)
+{
+    size_t w = 0, run = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"') {
+            size_t e = string_end(s, n, i);
+            i = (e ? e : n) - 1;
+            continue;
+        }
+        if (is_ws(s[i])) {
+            memcpy(dst + w, s + run, i - run);
+            w += i - run;
+            run = i + 1;
+        }
+    }
+    memcpy(dst + w, s + run, n - run);
+    return w + n - run;
+}
+
+void json_append_compact(relay_buf *out, const char *s, size_t n)
+{
+    buf_reserve(out, n);
+    out->len += json_compact_into(out->data + out->len, s, n);
+    out->data[out->len] = '\0';
+}

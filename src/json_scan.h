@@ -1,0 +1,47 @@
+/*
+ * json_scan.h - find the boundaries of JSON values in text without building
+ * a tree.
+ *
+ * The outbox source receives payloads as jsonb::text (valid JSON that
+ * PostgreSQL produced) and only needs to cut them into rows: slicing the
+ * text is several times cheaper than parsing each row into a tree and
+ * serialising it again, and it never alters a value (a tree round trip
+ * turns 1.10 into 1.1000000000000001). Every function is bounds-checked and
+ * rejects malformed input instead of reading past the end.
+ */
+#ifndef RELAY_JSON_SCAN_H
+#define RELAY_JSON_SCAN_H
+
+#include <stddef.h>
+
+#include "buf.h"
+
+/* Length of the JSON value starting at s[0] (after no whitespace), or 0
+ * when s[0..n) does not start with a complete, well-nested value. Strings
+ * are scanned for their end only (escapes are skipped, not decoded). */
+size_t json_span(const char *s, size_t n);
+
+/* Index of the first non-whitespace byte at or after i (n if none). */
+size_t json_skip_ws(const char *s, size_t n, size_t i);
+
+/* Iterate the elements of the array s[0..n) (s[0] must be '['): on each
+ * call stores the next element's offset and length and returns 1; returns
+ * 0 after the closing bracket, -1 on malformed or unterminated input.
+ * *pos starts at 0. */
+int json_array_next(const char *s, size_t n, size_t *pos, size_t *off, size_t *len);
+
+/* Iterate the members of the object s[0..n) (s[0] must be '{'): stores the
+ * key (raw, without quotes, escapes not decoded) and the value's offset and
+ * length. Returns 1, 0 at the end, -1 on malformed input. */
+int json_object_next(const char *s, size_t n, size_t *pos, const char **key, size_t *keylen,
+                     size_t *off, size_t *len);
+
+/* Copy s[0..n) to dst without the whitespace outside strings (a compact
+ * copy of a value json_span accepted). dst needs n bytes; returns the
+ * number written (no NUL is added). */
+size_t json_compact_into(char *dst, const char *s, size_t n);
+
+/* The same, appended to a buffer. */
+void json_append_compact(relay_buf *out, const char *s, size_t n);
+
+#endif
