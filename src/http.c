@@ -397,7 +397,8 @@ static json_t *json_time(int64_t ms)
     return json_string(text);
 }
 
-/* The source position is stored as JSON object text; embed it as JSON. */
+/* The source position and the sink details are stored as JSON object
+ * text; embed them as JSON. */
 static json_t *parse_position(const char *text)
 {
     json_t *pos = json_loads(text, 0, NULL);
@@ -431,17 +432,19 @@ static json_t *status_pipeline(relay_stats *s, int64_t now_ms)
     memcpy(last_error, s->last_error, sizeof last_error);
     last_error_ms = s->last_error_ms;
     json_t *position = parse_position(s->position.data ? s->position.data : "{}");
+    json_t *sink = parse_position(s->sink_info.data ? s->sink_info.data : "{}");
     pthread_mutex_unlock(&s->mu);
+    json_object_set_new(sink, "type", json_text(s->sink_type));
     last_error[sizeof last_error - 1] = '\0';
 
     const char *why = stats_degraded_reason(s, now_ms);
     int64_t repl = load_i64(&s->replication_lag_bytes);
-    return json_pack("{s:o, s:o, s:{s:o, s:o}, s:{s:o}, s:b, s:b, s:o, s:o, s:f, s:o, s:o, s:o,"
+    return json_pack("{s:o, s:o, s:{s:o, s:o}, s:o, s:b, s:b, s:o, s:o, s:f, s:o, s:o, s:o,"
                      " s:o, s:o}",
                      "name", json_text(s->name),
                      "direction", json_text(s->direction),
                      "source", "type", json_text(s->source_type), "position", position,
-                     "sink", "type", json_text(s->sink_type),
+                     "sink", sink,
                      "running", is_running(s),
                      "healthy", why == NULL,
                      "degraded_reason", json_text_or_null(why),

@@ -169,6 +169,7 @@ relay_stats *stats_register(const char *name, const char *direction, const char 
     atomic_init(&s->refs, 1);
     pthread_mutex_init(&s->mu, NULL);
     buf_puts(&s->position, "{}");
+    buf_puts(&s->sink_info, "{}");
     registry_add(s);
     return s;
 }
@@ -193,6 +194,7 @@ void stats_unref(relay_stats *s)
         return;
     pthread_mutex_destroy(&s->mu);
     buf_free(&s->position);
+    buf_free(&s->sink_info);
     free(s->name);
     free(s->direction);
     free(s->source_type);
@@ -221,6 +223,14 @@ void stats_error(relay_stats *s, relay_err_kind kind, const char *fmt, ...)
     pthread_mutex_lock(&s->mu);
     memcpy(s->last_error, text, sizeof text);
     s->last_error_ms = now;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void stats_set_sink_info(relay_stats *s, const char *json)
+{
+    pthread_mutex_lock(&s->mu);
+    buf_clear(&s->sink_info);
+    buf_puts(&s->sink_info, json && *json ? json : "{}");
     pthread_mutex_unlock(&s->mu);
 }
 

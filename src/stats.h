@@ -70,6 +70,7 @@ typedef struct relay_stats {
     char last_error[512];      /* last error text, never a secret ("" when none) */
     int64_t last_error_ms;
     relay_buf position;        /* source position as a JSON object, e.g. {"last_outbox_id":12} */
+    relay_buf sink_info;       /* the sink's describe() output, a JSON object ("{}" when none) */
 
     _Atomic int refs;
 } relay_stats;
@@ -89,6 +90,8 @@ void stats_error(relay_stats *s, relay_err_kind kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Replace the position JSON object (copied). */
 void stats_set_position(relay_stats *s, const char *json);
+/* Replace the sink details JSON object (copied). */
+void stats_set_sink_info(relay_stats *s, const char *json);
 
 /* Why a running pipeline is degraded, or NULL when it is healthy. */
 const char *stats_degraded_reason(relay_stats *s, int64_t now_ms);

@@ -343,6 +343,18 @@ out:
     return result;
 }
 
+/* The sink's own details for /status (the HTTP thread never calls into a
+ * sink): refreshed after every acknowledged batch. */
+static void publish_sink_info(relay_worker *w)
+{
+    if (!w->sink->ops->describe)
+        return;
+    relay_buf b = {0};
+    w->sink->ops->describe(w->sink, &b);
+    stats_set_sink_info(w->stats, b.data);
+    buf_free(&b);
+}
+
 /* ---- dead-letter replay ---------------------------------------------------- */
 
 /* Re-publish the dead letters an operator asked to replay with
@@ -508,6 +520,7 @@ static void run(relay_worker *w)
         backoff_reset(&bo);
         atomic_fetch_add(&w->stats->batches, 1);
         atomic_store(&w->stats->last_progress_ms, now_wall_ms());
+        publish_sink_info(w);
     }
     batch_free(&batch);
     if (atomic_load(&w->state) == WORKER_RUNNING)

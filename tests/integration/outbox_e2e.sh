@@ -21,6 +21,10 @@ is "$(jq -r 'select(.subject != "pgtrickle.orders.insert" or .op != "insert" or 
 is "$(sql "SELECT last_change_id FROM pgtrickle.relay_consumer_offsets WHERE pipeline_id = 'orders-file'")" 10000 \
    "offset committed in relay_consumer_offsets"
 is "$(metric r1 'pgtrickle_relay_messages_published_total{pipeline="orders-file",sink="file"}')" 10000 "published counter"
+st=$(http_get r1 /status)
+is "$(echo "$st" | jq -r '.pipelines[0].source.position.last_outbox_id')" 10000 "/status: the source position"
+is "$(echo "$st" | jq -r '.pipelines[0].sink.type + " " + .pipelines[0].sink.output')" "file $OUT" "/status: the sink's details"
+is "$(echo "$st" | jq -r '.pipelines[0].sink.bytes_written')" "$(stat -c %s "$OUT")" "/status: bytes written by the sink"
 
 # --- kill -9 mid-stream ---------------------------------------------------------
 write_rows orders 10001 30000 &
