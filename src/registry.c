@@ -19,6 +19,10 @@ extern const relay_sink_ops relay_sink_pg_inbox_ops;
 extern const relay_sink_ops relay_sink_file_ops;
 extern const relay_sink_ops relay_sink_stdout_ops;
 #endif
+#if HAVE_NATS
+extern const relay_sink_ops relay_sink_nats_ops;
+extern const relay_source_ops relay_source_nats_ops;
+#endif
 #if HAVE_KAFKA
 extern const relay_sink_ops relay_sink_kafka_ops;
 extern const relay_source_ops relay_source_kafka_ops;
@@ -35,6 +39,9 @@ static const relay_source_ops *const sources[] = {
     &relay_source_cdc_ops,
     &relay_source_stdin_ops,
     &relay_source_jsonl_file_ops,
+#if HAVE_NATS
+    &relay_source_nats_ops,
+#endif
 #if HAVE_KAFKA
     &relay_source_kafka_ops,
 #endif
@@ -50,6 +57,9 @@ static const relay_sink_ops *const sinks[] = {
 #if HAVE_SINK_FILE
     &relay_sink_file_ops,
     &relay_sink_stdout_ops,
+#endif
+#if HAVE_NATS
+    &relay_sink_nats_ops,
 #endif
 #if HAVE_KAFKA
     &relay_sink_kafka_ops,

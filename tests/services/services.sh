@@ -53,6 +53,43 @@ stop_pg() {
     as_pg "$PGBIN/pg_ctl" -D "$d/data" -m immediate -w stop >/dev/null 2>&1 || true
 }
 
+# NATS with JetStream (research/test-services.md section 2). Shared by the
+# tests: each test uses streams of its own; tests that stop the server start
+# a private one. A server that is already running (and healthy) is reused.
+NATS_PORT=${PGT_NATS_PORT:-14222}
+NATS_MON_PORT=${PGT_NATS_MON_PORT:-18222}
+start_nats() {
+    local d=$DIR/nats
+    mkdir -p "$d"
+    local mon="http://127.0.0.1:$NATS_MON_PORT"
+    if ! { [ -f "$d/nats.pid" ] && kill -0 "$(cat "$d/nats.pid")" 2>/dev/null \
+           && curl -sf "$mon/healthz?js-enabled-only=true" >/dev/null 2>&1; }; then
+        # setsid: the server must outlive the shell that started it
+        setsid nats-server -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON_PORT" -js -sd "$d/js" \
+            -n pgtrickle-relay-tests -l "$d/nats.log" -P "$d/nats.pid" </dev/null >/dev/null 2>&1 &
+        local i
+        for i in $(seq 1 100); do
+            curl -sf "$mon/healthz?js-enabled-only=true" >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        curl -sf "$mon/healthz?js-enabled-only=true" >/dev/null \
+            || { echo "nats-server did not start (log: $d/nats.log)" >&2; return 1; }
+    fi
+    add_env PGT_NATS_URL "nats://127.0.0.1:$NATS_PORT"
+    add_env PGT_NATS_MONITOR "$mon"
+    echo "nats ready on 127.0.0.1:$NATS_PORT (monitoring $mon)"
+}
+
+stop_nats() {
+    local f=$DIR/nats/nats.pid
+    [ -f "$f" ] || return 0
+    local pid; pid=$(cat "$f")
+    kill -INT "$pid" 2>/dev/null || return 0
+    local i
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
 # Kafka: librdkafka's mock cluster (research/test-services.md section 5) in a
 # process of its own, tests/services/kmock.c, compiled here on first use. Its
 # ports are random, so the bootstrap list is read from its first stdout line.

@@ -1,0 +1,852 @@
+/*
+ * nats.c - the NATS JetStream sink (SPEC sections 5 and 7, row nats).
+ *
+ * Config (pipeline "sink" object), besides the connection keys of
+ * nats_common.h:
+ *   stream                    JetStream stream the events must land in (required)
+ *   subject_template          SPEC section 5 template (the source's default:
+ *                             pgtrickle.{stream_table}.{op} / cdc.{table}.{op})
+ *   format                    body: "native" JSON envelope (default) or "msgpack"
+ *   max_in_flight             PubAcks outstanding at most (4096)
+ *   ack_timeout_ms            how long one PubAck may take (5000)
+ *   create_stream             create `stream` when it does not exist (false)
+ *   subjects                  its subjects (default: the template with every
+ *                             token holding a variable replaced by "*")
+ *   duplicate_window_seconds  its dedup window (120)
+ *   storage                   "file" (default) or "memory"
+ *   replicas                  1
+ *   max_age_seconds           0 = keep forever
+ *
+ * Publishing.  Each message is one JetStream publish of the encoded body to
+ * the rendered subject, with the headers
+ *   Nats-Msg-Id              the dedup key (JetStream drops a repeat within
+ *                            the stream's duplicate window)
+ *   Pgtrickle-Full-Refresh   "true" on full-refresh / snapshot events
+ * through js_PublishMsgAsync: at most max_in_flight PubAcks are outstanding
+ * (jsOptions.PublishAsync.MaxPending stalls the publisher beyond that), and
+ * each publish carries MaxWait = ack_timeout_ms, so a PubAck that never
+ * comes is reported as a timeout. publish() returns once
+ * js_PublishAsyncComplete says nothing is pending any more.
+ *
+ * Confirmation without per-message bookkeeping.  nats.c calls the
+ * PublishAsync.ErrHandler (on its own thread) only for a publish that
+ * failed: an error PubAck, no responders, or a timeout. on_pub_error()
+ * records the message's Nats-Msg-Id and the kind of failure. So once
+ * nothing is pending, every message sent is CONFIRMED (stored, or a
+ * duplicate of a stored one) unless it was recorded as failed:
+ *   message larger than the stream/server max   MSG_REJECTED (dead-lettered)
+ *   anything else (timeout, no responders,
+ *   storage error)                              MSG_RETRY (same ids next time)
+ * When the wait is cut short (connection lost, PubAcks overdue, shutdown
+ * deadline), the messages still pending are taken back with
+ * js_PublishAsyncGetPendingList (nats.c then drops their late PubAcks) and
+ * stay MSG_RETRY; a second js_PublishAsyncComplete waits for error callbacks
+ * already under way, so no failure can be missed. The worker republishes
+ * MSG_RETRY messages with the same Nats-Msg-Id: a PubAck lost after the
+ * server stored the message costs nothing but a duplicate the server drops.
+ *
+ * Subjects.  open() reads the stream's subjects; a rendered subject that
+ * none of them matches is not published at all (it would land in another
+ * stream, or nowhere) but marked MSG_RETRY with an error naming the
+ * subject and the stream, so a misconfiguration is one clear error.
+ *
+ * Down.  publish() returns -1 (the worker marks the batch for retry and the
+ * pipeline degraded) when the connection is down or drops while PubAcks are
+ * outstanding, or when not a single message of the call was stored nor
+ * rejected (no stream for the subject, a full stream, no PubAck in time):
+ * each retry would fail the same way until NATS or an operator acts. A lost
+ * connection also marks the sink down at once through nats_common.c, so an
+ * idle pipeline reports it too.
+ *
+ * open() connects and checks that `stream` exists (creating it with
+ * create_stream), so a missing stream is one clear error, not a stream of
+ * "no responders".
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../config.h"
+#include "../encode.h"
+#include "../log.h"
+#include "../nats_common.h"
+#include "../worker.h"
+#include "sink.h"
+
+#define WAIT_SLICE_MS 100
+
+/* Why a message was not confirmed. */
+typedef enum {
+    FAIL_NONE = 0,
+    FAIL_TIMEOUT,
+    FAIL_NO_RESPONDERS,
+    FAIL_TOO_LARGE,
+    FAIL_OTHER,
+    FAIL_PENDING,       /* taken back without an answer */
+    FAIL_NOT_CAPTURED,  /* the stream does not listen on the subject: not sent */
+} fail_kind;
+
+typedef struct nats_sink {
+    relay_sink base;
+    relay_nats_conn conn;
+    /* config */
+    char *stream;
+    relay_format format;
+    int64_t max_in_flight;
+    int64_t ack_timeout_ms;
+    int create_stream;
+    char **subjects;          /* configured stream subjects, NULL: derived */
+    int nsubjects;
+    int64_t dup_window_s;
+    jsStorageType storage;
+    int64_t replicas;
+    int64_t max_age_s;
+    /* connection state */
+    jsCtx *js;
+    natsConnection *js_nc;    /* the connection js belongs to */
+    int stream_ok;            /* stream verified on this connection */
+    int stream_logged;        /* its settings were logged once */
+    char **filters;           /* the stream's subjects, as read at open() */
+    int nfilters;
+    char *stream_subjects;    /* the same, comma-separated, for messages */
+    char *last_subject;       /* cache of the last subject checked ... */
+    int last_captured;        /* ... and whether the stream listens on it */
+    /* failures reported by on_pub_error(); guarded by mu */
+    pthread_mutex_t mu;
+    int accepting;            /* 0: late callbacks are ignored */
+    relay_buf fail_keys;      /* Nats-Msg-Id of each failure, NUL-separated */
+    unsigned char *fail_kinds;
+    size_t nfail, fail_cap;
+    char other_error[256];    /* text of the last FAIL_OTHER */
+    /* worker thread only */
+    unsigned char *fail;      /* fail_kind per message of the call */
+    relay_buf body;
+    relay_arena errs;         /* error texts of the last call */
+    uint64_t published;
+    uint64_t failed;
+} nats_sink;
+
+/* ---- configuration ----------------------------------------------------- */
+
+static void ns_destroy(relay_sink *base);
+
+/* A template must render to a valid publish subject: no empty token, no
+ * wildcard, no whitespace in its literal text. Variables are escaped to
+ * single tokens by subject_render, so only the literal text matters. */
+static int check_subject_template(const char *t, char *err, size_t errlen)
+{
+    char why[300];
+    if (subject_template_check(t, why, sizeof why) < 0) {
+        snprintf(err, errlen, "sink.subject_template: %s", why);
+        return -1;
+    }
+    size_t toklen = 0;
+    int token_has_var = 0;
+    for (const char *p = t;; p++) {
+        if (*p == '\0' || *p == '.') {
+            if (toklen == 0 && !token_has_var) {
+                snprintf(err, errlen, "sink.subject_template: \"%s\" is not a valid NATS subject "
+                         "(empty token)", t);
+                return -1;
+            }
+            if (*p == '\0')
+                return 0;
+            toklen = 0;
+            token_has_var = 0;
+            continue;
+        }
+        if ((p[0] == '{' && p[1] == '{') || (p[0] == '}' && p[1] == '}')) {
+            p++;
+            toklen++;
+            continue;
+        }
+        if (*p == '{') {
+            p = strchr(p, '}');
+            token_has_var = 1;
+            continue;
+        }
+        if (*p == '*' || *p == '>' || *p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') {
+            snprintf(err, errlen, "sink.subject_template: \"%s\" is not a valid NATS subject "
+                     "(wildcards and whitespace cannot be published to)", t);
+            return -1;
+        }
+        toklen++;
+    }
+}
+
+/* The stream subject covering a template: tokens with a variable become "*". */
+static char *template_subject_filter(const char *t)
+{
+    relay_buf out = {0};
+    relay_buf tok = {0};
+    int has_var = 0;
+    for (const char *p = t;; p++) {
+        if (*p == '\0' || *p == '.') {
+            if (has_var)
+                buf_putc(&out, '*');
+            else
+                buf_append(&out, tok.data ? tok.data : "", tok.len);
+            if (*p == '\0')
+                break;
+            buf_putc(&out, '.');
+            buf_clear(&tok);
+            has_var = 0;
+            continue;
+        }
+        if ((p[0] == '{' && p[1] == '{') || (p[0] == '}' && p[1] == '}')) {
+            buf_putc(&tok, *p);
+            p++;
+        } else if (*p == '{') {
+            p = strchr(p, '}');
+            has_var = 1;
+        } else {
+            buf_putc(&tok, *p);
+        }
+    }
+    buf_free(&tok);
+    return buf_steal(&out);
+}
+
+static int parse_subjects(nats_sink *s, const json_t *cfg, char *err, size_t errlen)
+{
+    const json_t *v = json_object_get(cfg, "subjects");
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_string(v)) {
+        s->subjects = xcalloc(1, sizeof *s->subjects);
+        s->subjects[s->nsubjects++] = xstrdup(json_string_value(v));
+        return 0;
+    }
+    if (!json_is_array(v) || json_array_size(v) == 0) {
+        snprintf(err, errlen, "sink.subjects: expected a subject or a non-empty array of subjects");
+        return -1;
+    }
+    s->subjects = xcalloc(json_array_size(v), sizeof *s->subjects);
+    size_t i;
+    json_t *e;
+    json_array_foreach(v, i, e) {
+        if (!json_is_string(e) || !*json_string_value(e)) {
+            snprintf(err, errlen, "sink.subjects[%zu]: expected a non-empty string", i);
+            return -1;
+        }
+        s->subjects[s->nsubjects++] = xstrdup(json_string_value(e));
+    }
+    return 0;
+}
+
+static relay_sink *ns_create(const json_t *cfg, relay_worker *w, char *err, size_t errlen)
+{
+    static const char *const keys[] = {
+        "type", "stream", "subject_template", "format", "max_in_flight", "ack_timeout_ms",
+        "create_stream", "subjects", "duplicate_window_seconds", "storage", "replicas",
+        "max_age_seconds", RELAY_NATS_CONN_KEYS, NULL};
+    const char *stream, *tmpl, *storage;
+    relay_format format;
+    if (cfg_known_keys(cfg, "sink", keys, err, errlen) < 0 ||
+        cfg_str_required(cfg, "sink", "stream", &stream, err, errlen) < 0 ||
+        cfg_str(cfg, "sink", "subject_template", NULL, &tmpl, err, errlen) < 0 ||
+        relay_format_from_cfg(cfg, "sink", &format, err, errlen) < 0 ||
+        cfg_str(cfg, "sink", "storage", "file", &storage, err, errlen) < 0)
+        return NULL;
+    if (strcspn(stream, ". *>\t\r\n") != strlen(stream)) {
+        snprintf(err, errlen, "sink.stream: \"%s\" is not a valid stream name (no '.', '*', '>' "
+                 "or whitespace)", stream);
+        return NULL;
+    }
+    if (tmpl && check_subject_template(tmpl, err, errlen) < 0)
+        return NULL;
+    if (strcmp(storage, "file") != 0 && strcmp(storage, "memory") != 0) {
+        snprintf(err, errlen, "sink.storage: expected \"file\" or \"memory\", got \"%s\"", storage);
+        return NULL;
+    }
+    nats_sink *s = xcalloc(1, sizeof *s);
+    s->base.w = w;
+    pthread_mutex_init(&s->mu, NULL);
+    if (nats_conn_parse(&s->conn, cfg, "sink", w ? w->cfg.name : NULL, err, errlen) < 0 ||
+        cfg_int(cfg, "sink", "max_in_flight", 4096, 1, 65536, &s->max_in_flight, err, errlen) < 0 ||
+        cfg_int(cfg, "sink", "ack_timeout_ms", 5000, 100, 600000, &s->ack_timeout_ms, err, errlen) < 0 ||
+        cfg_bool(cfg, "sink", "create_stream", 0, &s->create_stream, err, errlen) < 0 ||
+        cfg_int(cfg, "sink", "duplicate_window_seconds", 120, 1, 7 * 86400, &s->dup_window_s, err,
+                errlen) < 0 ||
+        cfg_int(cfg, "sink", "replicas", 1, 1, 5, &s->replicas, err, errlen) < 0 ||
+        cfg_int(cfg, "sink", "max_age_seconds", 0, 0, INT64_MAX / 1000000000, &s->max_age_s, err,
+                errlen) < 0 ||
+        parse_subjects(s, cfg, err, errlen) < 0) {
+        ns_destroy(&s->base);
+        return NULL;
+    }
+    s->stream = xstrdup(stream);
+    s->format = format;
+    s->storage = strcmp(storage, "memory") == 0 ? js_MemoryStorage : js_FileStorage;
+    s->base.subject_template = tmpl ? xstrdup(tmpl) : NULL;
+    return &s->base;
+}
+
+/* ---- failed publishes (nats.c callback thread) ------------------------------- */
+
+static fail_kind classify(const jsPubAckErr *pae)
+{
+    if (pae->Err == NATS_TIMEOUT)
+        return FAIL_TIMEOUT;
+    if (pae->Err == NATS_NO_RESPONDERS)
+        return FAIL_NO_RESPONDERS;
+    if (pae->ErrCode == JSStreamMessageExceedsMaximumErr)
+        return FAIL_TOO_LARGE;
+    return FAIL_OTHER;
+}
+
+/* Record which message failed and why; the library frees the message. */
+static void on_pub_error(jsCtx *js, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    nats_sink *s = closure;
+    const char *id = NULL;
+    if (!pae->Msg || natsMsgHeader_Get(pae->Msg, "Nats-Msg-Id", &id) != NATS_OK || !id)
+        return;
+    fail_kind k = classify(pae);
+    pthread_mutex_lock(&s->mu);
+    if (s->accepting) {
+        if (s->nfail == s->fail_cap) {
+            s->fail_cap = s->fail_cap ? 2 * s->fail_cap : 64;
+            s->fail_kinds = xrealloc(s->fail_kinds, s->fail_cap);
+        }
+        s->fail_kinds[s->nfail++] = (unsigned char)k;
+        buf_append(&s->fail_keys, id, strlen(id) + 1);
+        if (k == FAIL_OTHER)
+            snprintf(s->other_error, sizeof s->other_error, "%s",
+                     pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- subjects ---------------------------------------------------------------- */
+
+/* NATS subject matching: '*' is one token, '>' one or more trailing tokens. */
+static int subject_matches(const char *filter, const char *subj)
+{
+    for (;;) {
+        const char *fe = strchr(filter, '.');
+        const char *se = strchr(subj, '.');
+        size_t fl = fe ? (size_t)(fe - filter) : strlen(filter);
+        size_t sl = se ? (size_t)(se - subj) : strlen(subj);
+        if (fl == 1 && filter[0] == '>')
+            return 1;
+        if (!(fl == 1 && filter[0] == '*') && (fl != sl || memcmp(filter, subj, fl) != 0))
+            return 0;
+        if (!fe || !se)
+            return !fe && !se;
+        filter = fe + 1;
+        subj = se + 1;
+    }
+}
+
+static int stream_captures(nats_sink *s, const char *subject)
+{
+    if (s->last_subject && strcmp(s->last_subject, subject) == 0)
+        return s->last_captured;
+    int hit = 0;
+    for (int i = 0; i < s->nfilters && !hit; i++)
+        hit = subject_matches(s->filters[i], subject);
+    free(s->last_subject);
+    s->last_subject = xstrdup(subject);
+    s->last_captured = hit;
+    return hit;
+}
+
+/* ---- open ------------------------------------------------------------------- */
+
+static const char *effective_template(nats_sink *s)
+{
+    if (s->base.subject_template)
+        return s->base.subject_template;
+    relay_worker *w = s->base.w;
+    if (w && w->source && w->source->default_subject)
+        return w->source->default_subject;
+    return RELAY_DEFAULT_OUTBOX_SUBJECT;
+}
+
+static void drop_js(nats_sink *s)
+{
+    if (s->js)
+        jsCtx_Destroy(s->js);
+    s->js = NULL;
+    s->js_nc = NULL;
+    s->stream_ok = 0;
+}
+
+static int make_js(nats_sink *s, char *err, size_t errlen)
+{
+    if (s->js && s->js_nc == s->conn.nc)
+        return 0;
+    drop_js(s);
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Wait = s->ack_timeout_ms;
+    o.PublishAsync.MaxPending = s->max_in_flight;
+    o.PublishAsync.ErrHandler = on_pub_error;
+    o.PublishAsync.ErrHandlerClosure = s;
+    o.PublishAsync.StallWait = s->ack_timeout_ms;
+    natsStatus st = natsConnection_JetStream(&s->js, s->conn.nc, &o);
+    if (st != NATS_OK) {
+        char why[300];
+        nats_status_text(st, 0, why, sizeof why);
+        snprintf(err, errlen, "JetStream context: %s", why);
+        s->js = NULL;
+        return -1;
+    }
+    s->js_nc = s->conn.nc;
+    return 0;
+}
+
+static void forget_subjects(nats_sink *s)
+{
+    for (int i = 0; i < s->nfilters; i++)
+        free(s->filters[i]);
+    free(s->filters);
+    s->filters = NULL;
+    s->nfilters = 0;
+    free(s->last_subject);
+    s->last_subject = NULL;
+}
+
+static void remember_subjects(nats_sink *s, const jsStreamConfig *c)
+{
+    relay_buf b = {0};
+    forget_subjects(s);
+    int n = c ? c->SubjectsLen : 0;
+    s->filters = xcalloc((size_t)(n ? n : 1), sizeof *s->filters);
+    for (int i = 0; i < n; i++) {
+        if (i)
+            buf_putc(&b, ',');
+        buf_puts(&b, c->Subjects[i]);
+        s->filters[s->nfilters++] = xstrdup(c->Subjects[i]);
+    }
+    free(s->stream_subjects);
+    s->stream_subjects = b.data ? buf_steal(&b) : xstrdup("(none)");
+}
+
+static int create_stream(nats_sink *s, char *err, size_t errlen)
+{
+    char *derived = NULL;
+    const char *one[1];
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = s->stream;
+    if (s->nsubjects) {
+        sc.Subjects = (const char **)s->subjects;
+        sc.SubjectsLen = s->nsubjects;
+    } else {
+        derived = template_subject_filter(effective_template(s));
+        one[0] = derived;
+        sc.Subjects = one;
+        sc.SubjectsLen = 1;
+    }
+    sc.Storage = s->storage;
+    sc.Replicas = s->replicas;
+    sc.Duplicates = s->dup_window_s * 1000000000LL;
+    sc.MaxAge = s->max_age_s * 1000000000LL;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus st = js_AddStream(&si, s->js, &sc, NULL, &jerr);
+    if (st != NATS_OK && jerr == JSStreamNameExistErr) {
+        /* created meanwhile (e.g. by another pipeline), with other settings: use it */
+        jsStreamInfo *cur = NULL;
+        st = js_GetStreamInfo(&cur, s->js, s->stream, NULL, &jerr);
+        if (st == NATS_OK) {
+            remember_subjects(s, cur->Config);
+            jsStreamInfo_Destroy(cur);
+            free(derived);
+            return 0;
+        }
+    }
+    if (st != NATS_OK) {
+        char why[300];
+        nats_status_text(st, jerr, why, sizeof why);
+        snprintf(err, errlen, "sink.create_stream: cannot create stream \"%s\" (subjects %s): %s",
+                 s->stream, sc.Subjects[0], why);
+        free(derived);
+        return -1;
+    }
+    remember_subjects(s, si->Config);
+    s->stream_logged = 1;
+    log_info(s->conn.pipeline, "created JetStream stream \"%s\" (subjects %s, %s storage, "
+             "duplicate window %llds)", s->stream, s->stream_subjects,
+             s->storage == js_MemoryStorage ? "memory" : "file", (long long)s->dup_window_s);
+    jsStreamInfo_Destroy(si);
+    free(derived);
+    return 0;
+}
+
+static int check_stream(nats_sink *s, char *err, size_t errlen)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus st = js_GetStreamInfo(&si, s->js, s->stream, NULL, &jerr);
+    if (st == NATS_OK) {
+        remember_subjects(s, si->Config);
+        if (!s->stream_logged)
+            log_info(s->conn.pipeline, "publishing to JetStream stream \"%s\" (subjects %s, "
+                     "duplicate window %llds)", s->stream, s->stream_subjects,
+                     (long long)(si->Config->Duplicates / 1000000000LL));
+        s->stream_logged = 1;
+        jsStreamInfo_Destroy(si);
+        return 0;
+    }
+    if (st == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
+        if (s->create_stream)
+            return create_stream(s, err, errlen);
+        snprintf(err, errlen, "sink.stream: JetStream stream \"%s\" does not exist (create it, or "
+                 "set sink.create_stream to true)", s->stream);
+        return -1;
+    }
+    char why[300];
+    nats_status_text(st, jerr, why, sizeof why);
+    if (st == NATS_NO_RESPONDERS || jerr == JSNotEnabledErr || jerr == JSNotEnabledForAccountErr)
+        snprintf(err, errlen, "JetStream is not enabled on the NATS server at %s (%s)",
+                 s->conn.url_display, why);
+    else
+        snprintf(err, errlen, "sink.stream: cannot look up stream \"%s\": %s", s->stream, why);
+    return -1;
+}
+
+static int ns_open(relay_sink *base, char *err, size_t errlen)
+{
+    nats_sink *s = (nats_sink *)base;
+    relay_worker *w = base->w;
+    if (w && w->stats)
+        s->conn.health_flag = &w->stats->sink_up;
+    if (nats_conn_open(&s->conn, err, errlen) < 0)
+        return -1;
+    if (make_js(s, err, errlen) < 0)
+        return -1;
+    if (!s->stream_ok) {
+        if (check_stream(s, err, errlen) < 0)
+            return -1;
+        s->stream_ok = 1;
+    }
+    return 0;
+}
+
+/* ---- publish ------------------------------------------------------------ */
+
+static int stop_deadline_passed(nats_sink *s)
+{
+    relay_worker *w = s->base.w;
+    return w && atomic_load(&w->stop) && now_mono_ms() >= atomic_load(&w->stop_deadline_ms);
+}
+
+/* Publish msgs[i]. Returns 1 sent, 0 not sent but marked (the batch goes on),
+ * or -1 when the rest of the batch cannot be sent either (err set). */
+static int send_one(nats_sink *s, relay_msg **msgs, size_t i, jsPubOptions *po, char *err,
+                    size_t errlen)
+{
+    relay_msg *m = msgs[i];
+    if (!stream_captures(s, m->subject)) {
+        m->state = MSG_RETRY;
+        s->fail[i] = FAIL_NOT_CAPTURED;
+        return 0;
+    }
+    buf_clear(&s->body);
+    relay_encode(s->format, m, &s->body);
+    natsMsg *nm = NULL;
+    natsStatus st = natsMsg_Create(&nm, m->subject, NULL, s->body.data, (int)s->body.len);
+    if (st == NATS_OK && (m->is_full_refresh || m->op == OP_SNAPSHOT))
+        st = natsMsgHeader_Set(nm, "Pgtrickle-Full-Refresh", "true");
+    if (st != NATS_OK) {
+        natsMsg_Destroy(nm);
+        m->state = MSG_REJECTED;
+        m->error = arena_printf(&s->errs, "cannot build a NATS message on subject \"%s\": %s",
+                                m->subject, natsStatus_GetText(st));
+        return 0;
+    }
+    po->MsgId = m->dedup_key;
+    m->state = MSG_PENDING;
+    st = js_PublishMsgAsync(s->js, &nm, po);
+    if (st == NATS_OK)
+        return 1;
+    natsMsg_Destroy(nm); /* not sent: still ours */
+    char why[300];
+    nats_status_text(st, 0, why, sizeof why);
+    if (st == NATS_MAX_PAYLOAD || st == NATS_INVALID_SUBJECT) {
+        m->state = MSG_REJECTED;
+        m->error = arena_printf(&s->errs, "%s (subject \"%s\", %zu bytes)", why, m->subject,
+                                s->body.len);
+        return 0;
+    }
+    m->state = MSG_RETRY;
+    m->error = arena_printf(&s->errs, "publish failed: %s", why);
+    snprintf(err, errlen, "publish to %s failed: %s", s->conn.url_display, why);
+    return -1;
+}
+
+/* Wait until nothing is pending, or the connection dropped, or time is up.
+ * Returns 0 when every PubAck (or error) arrived, -1 otherwise (err set). */
+static int wait_acks(nats_sink *s, char *err, size_t errlen)
+{
+    int64_t limit = s->ack_timeout_ms + 2000;
+    int64_t deadline = now_mono_ms() + limit;
+    jsPubOptions wo;
+    jsPubOptions_Init(&wo);
+    wo.MaxWait = WAIT_SLICE_MS;
+    for (;;) {
+        natsStatus st = js_PublishAsyncComplete(s->js, &wo);
+        if (st == NATS_OK)
+            return 0;
+        if (st != NATS_TIMEOUT) {
+            char why[300];
+            nats_status_text(st, 0, why, sizeof why);
+            snprintf(err, errlen, "waiting for PubAcks: %s", why);
+            return -1;
+        }
+        if (!nats_conn_up(&s->conn)) {
+            snprintf(err, errlen, "NATS connection to %s lost while waiting for PubAcks",
+                     s->conn.url_display);
+            return -1;
+        }
+        if (now_mono_ms() >= deadline) {
+            snprintf(err, errlen, "PubAcks still missing after %lld ms", (long long)limit);
+            return -1;
+        }
+        if (stop_deadline_passed(s)) {
+            snprintf(err, errlen, "shutdown deadline passed while waiting for PubAcks");
+            return -1;
+        }
+    }
+}
+
+/* dedup key -> position in msgs, built only when some message failed */
+typedef struct key_index {
+    size_t cap;      /* power of two */
+    uint32_t *slot;  /* index + 1, 0 = empty */
+} key_index;
+
+static uint64_t key_hash(const char *k)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *k; k++)
+        h = (h ^ (unsigned char)*k) * 1099511628211ULL;
+    return h;
+}
+
+static void key_index_build(key_index *ix, relay_msg **msgs, size_t n)
+{
+    ix->cap = 64;
+    while (ix->cap < 2 * n)
+        ix->cap <<= 1;
+    ix->slot = xcalloc(ix->cap, sizeof *ix->slot);
+    for (size_t i = 0; i < n; i++) {
+        size_t p = key_hash(msgs[i]->dedup_key) & (ix->cap - 1);
+        while (ix->slot[p])
+            p = (p + 1) & (ix->cap - 1);
+        ix->slot[p] = (uint32_t)i + 1;
+    }
+}
+
+/* The position of the sent message with this key (dedup keys are unique
+ * within a batch), or -1. */
+static long key_index_find(const key_index *ix, relay_msg **msgs, const char *key)
+{
+    for (size_t p = key_hash(key) & (ix->cap - 1); ix->slot[p]; p = (p + 1) & (ix->cap - 1)) {
+        uint32_t i = ix->slot[p] - 1;
+        if (msgs[i]->state == MSG_PENDING && strcmp(msgs[i]->dedup_key, key) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* Take back what is still pending (it stays MSG_RETRY), then wait for error
+ * callbacks already under way, so that every failure is recorded. */
+static void reclaim_pending(nats_sink *s, key_index *ix, relay_msg **msgs)
+{
+    jsPubOptions wo;
+    jsPubOptions_Init(&wo);
+    wo.MaxWait = 1000;
+    for (int round = 0; round < 10; round++) {
+        natsMsgList pending = {0};
+        if (js_PublishAsyncGetPendingList(&pending, s->js) == NATS_OK) {
+            for (int i = 0; i < pending.Count; i++) {
+                const char *id = NULL;
+                if (natsMsgHeader_Get(pending.Msgs[i], "Nats-Msg-Id", &id) != NATS_OK || !id)
+                    continue;
+                long idx = key_index_find(ix, msgs, id);
+                if (idx >= 0) {
+                    msgs[idx]->state = MSG_RETRY;
+                    s->fail[idx] = FAIL_PENDING;
+                }
+            }
+            natsMsgList_Destroy(&pending);
+        }
+        if (js_PublishAsyncComplete(s->js, &wo) == NATS_OK)
+            return;
+    }
+    log_error(s->conn.pipeline, "NATS error callbacks did not finish: the batch is retried");
+}
+
+static const char *fail_text(nats_sink *s, const relay_msg *m, fail_kind k)
+{
+    switch (k) {
+    case FAIL_TIMEOUT:
+        return arena_printf(&s->errs, "no PubAck within %lld ms", (long long)s->ack_timeout_ms);
+    case FAIL_NO_RESPONDERS:
+        return arena_printf(&s->errs, "no JetStream stream listens on subject \"%s\" (sink.stream "
+                            "\"%s\" has subjects %s)", m->subject, s->stream,
+                            s->stream_subjects ? s->stream_subjects : "?");
+    case FAIL_NOT_CAPTURED:
+        return arena_printf(&s->errs, "no JetStream stream listens on subject \"%s\": sink.stream "
+                            "\"%s\" has subjects %s", m->subject, s->stream,
+                            s->stream_subjects ? s->stream_subjects : "?");
+    case FAIL_TOO_LARGE:
+        return arena_printf(&s->errs, "message on subject \"%s\" exceeds the maximum message size "
+                            "of stream \"%s\"", m->subject, s->stream);
+    case FAIL_PENDING:
+        return "no PubAck (connection lost or timed out)";
+    case FAIL_OTHER:
+        return arena_printf(&s->errs, "PubAck error: %s", s->other_error);
+    case FAIL_NONE:
+        break;
+    }
+    return "not confirmed";
+}
+
+/* Apply the failures on_pub_error() recorded. */
+static void apply_failures(nats_sink *s, key_index *ix, relay_msg **msgs)
+{
+    const char *key = s->fail_keys.data;
+    for (size_t f = 0; f < s->nfail; f++) {
+        long idx = key_index_find(ix, msgs, key);
+        if (idx >= 0) {
+            fail_kind k = (fail_kind)s->fail_kinds[f];
+            msgs[idx]->state = k == FAIL_TOO_LARGE ? MSG_REJECTED : MSG_RETRY;
+            s->fail[idx] = (unsigned char)k;
+        }
+        key += strlen(key) + 1;
+    }
+}
+
+static int ns_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, size_t errlen)
+{
+    nats_sink *s = (nats_sink *)base;
+    for (size_t i = 0; i < n; i++)
+        msgs[i]->state = MSG_RETRY;
+    if (n == 0)
+        return 0;
+    arena_reset(&s->errs);
+    if (!nats_conn_up(&s->conn) || !s->stream_ok || s->js_nc != s->conn.nc) {
+        if (ns_open(base, err, errlen) < 0)
+            return -1;
+    }
+    s->fail = xrealloc(s->fail, n);
+    memset(s->fail, FAIL_NONE, n);
+    pthread_mutex_lock(&s->mu);
+    s->accepting = 1;
+    s->nfail = 0;
+    buf_clear(&s->fail_keys);
+    pthread_mutex_unlock(&s->mu);
+
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = s->ack_timeout_ms;
+    int down = 0;
+    size_t sent = 0;
+    for (size_t i = 0; i < n && !down; i++) {
+        int rc = send_one(s, msgs, i, &po, err, errlen);
+        down = rc < 0;
+        sent += rc > 0;
+    }
+    key_index ix = {0};
+    int complete = sent == 0 || wait_acks(s, down ? NULL : err, down ? 0 : errlen) == 0;
+    if (!complete) {
+        key_index_build(&ix, msgs, n);
+        reclaim_pending(s, &ix, msgs);
+        down = 1;
+    }
+    /* Nothing is pending now and no error callback is running. */
+    pthread_mutex_lock(&s->mu);
+    s->accepting = 0;
+    size_t nfail = s->nfail;
+    pthread_mutex_unlock(&s->mu);
+    if (nfail > 0) {
+        if (!ix.slot)
+            key_index_build(&ix, msgs, n);
+        apply_failures(s, &ix, msgs);
+    }
+    free(ix.slot);
+
+    size_t confirmed = 0, rejected = 0;
+    const char *first = NULL;
+    for (size_t i = 0; i < n; i++) {
+        relay_msg *m = msgs[i];
+        if (m->state == MSG_PENDING)
+            m->state = MSG_CONFIRMED; /* sent, answered, and not reported as failed */
+        if (m->state == MSG_CONFIRMED) {
+            confirmed++;
+            continue;
+        }
+        if (s->fail[i] != FAIL_NONE)
+            m->error = fail_text(s, m, (fail_kind)s->fail[i]);
+        if (m->state == MSG_REJECTED)
+            rejected++;
+        if (!first && m->error)
+            first = m->error;
+    }
+    s->published += confirmed;
+    s->failed += n - confirmed;
+    if (down)
+        return -1; /* err says why; the worker retries the whole call */
+    if (confirmed == 0 && rejected == 0) {
+        /* Every message failed for now (no stream for the subject, a full
+         * stream, no PubAck in time): the sink is not working. */
+        snprintf(err, errlen, "%s", first ? first : "no message confirmed");
+        s->stream_ok = 0; /* look the stream up again: it may have changed */
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- status and teardown ------------------------------------------------- */
+
+static void ns_describe(relay_sink *base, relay_buf *out)
+{
+    nats_sink *s = (nats_sink *)base;
+    buf_putc(out, '{');
+    nats_conn_describe(&s->conn, out);
+    buf_puts(out, ",\"stream\":");
+    buf_put_json_str(out, s->stream, strlen(s->stream));
+    buf_printf(out, ",\"format\":\"%s\",\"max_in_flight\":%lld,\"published\":%" PRIu64
+               ",\"failed\":%" PRIu64 "}",
+               s->format == RELAY_FORMAT_MSGPACK ? "msgpack" : "native",
+               (long long)s->max_in_flight, s->published, s->failed);
+}
+
+static void ns_destroy(relay_sink *base)
+{
+    if (!base)
+        return;
+    nats_sink *s = (nats_sink *)base;
+    drop_js(s);
+    nats_conn_free(&s->conn);
+    for (int i = 0; i < s->nsubjects; i++)
+        free(s->subjects[i]);
+    free(s->subjects);
+    free(s->stream);
+    free(s->stream_subjects);
+    forget_subjects(s);
+    free(s->fail_kinds);
+    buf_free(&s->fail_keys);
+    free(s->fail);
+    buf_free(&s->body);
+    arena_free(&s->errs);
+    pthread_mutex_destroy(&s->mu);
+    free(s->base.subject_template);
+    free(s);
+}
+
+const relay_sink_ops relay_sink_nats_ops = {
+    .type = "nats",
+    .create = ns_create,
+    .open = ns_open,
+    .publish = ns_publish,
+    .describe = ns_describe,
+    .destroy = ns_destroy,
+};
