@@ -470,6 +470,21 @@ static void run(relay_worker *w)
         }
         if (replay_dead_letters(w, &bo, &last_replay_check) < 0)
             continue;
+        /* Connect the sink before reading anything: an unreachable sink is
+         * reported (and retried) even while the pipeline is idle, and no
+         * event is read that could not be delivered. */
+        if (!w->sink_open) {
+            if (w->sink->ops->open(w->sink, err, sizeof err) < 0) {
+                stats_error(w->stats, ERR_SINK, "sink: %s", err);
+                if (atomic_exchange(&w->stats->sink_up, 0))
+                    log_warn(w->cfg.name, "sink %s unavailable: %s", w->cfg.sink_type, err);
+                pause_ms(w, backoff_next(&bo), 0);
+                continue;
+            }
+            w->sink_open = 1;
+            if (!atomic_exchange(&w->stats->sink_up, 1))
+                log_info(w->cfg.name, "sink %s available again", w->cfg.sink_type);
+        }
         if (!source_open) {
             if (w->source->ops->open(w->source, err, sizeof err) < 0) {
                 stats_error(w->stats, pg_broken(w->pg) ? ERR_POSTGRES : ERR_SOURCE, "source: %s", err);

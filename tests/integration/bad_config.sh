@@ -35,6 +35,23 @@ FIXED=$TEST_TMP/fixed.jsonl
 sql "SELECT pgtrickle.set_relay_outbox('bad-type', 'orders', NULL, '$(file_sink "$FIXED")')" >/dev/null
 wait_until 10 '[ "$(lines "$FIXED")" -ge 50 ]'
 is "$(lines "$FIXED")" 50 "a fixed config starts the pipeline"
+
+# A valid config whose sink cannot be reached: reported while the pipeline
+# is idle, retried, and healthy once the sink works.
+mkdir -p "$TEST_TMP/later"; rmdir "$TEST_TMP/later"
+sql "SELECT pgtrickle.enable_outbox('idle')" >/dev/null
+sql "SELECT pgtrickle.set_relay_outbox('sink-later', 'idle', NULL, '$(file_sink "$TEST_TMP/later/out.jsonl")')" >/dev/null
+wait_until 10 '[ "$(http_code r1 /health)" = 503 ]'
+body=$(http_get r1 /health)
+is "$(echo "$body" | jq -r '.degraded[] | .pipeline + ": " + .reason')" "sink-later: sink unavailable" \
+   "an unreachable sink is reported while the pipeline is idle"
+like "$(relay_log r1)" "\[sink-later\] sink file unavailable: open $TEST_TMP/later/out.jsonl: No such file or directory" "the log says why"
+mkdir -p "$TEST_TMP/later"
+wait_until 15 '[ "$(http_code r1 /health)" = 200 ]'
+is "$(http_code r1 /health)" 200 "healthy once the sink can be opened"
+sql "SELECT pgtrickle.outbox_write('idle', '[{\"n\":1}]')" >/dev/null
+wait_until 10 '[ "$(lines "$TEST_TMP/later/out.jsonl")" = 1 ]'
+is "$(lines "$TEST_TMP/later/out.jsonl")" 1 "and it relays"
 stop_relay r1
 is "$?" 0 "clean exit"
 done_testing
