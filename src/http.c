@@ -42,6 +42,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "net.h"
 #include "stats.h"
 
 #ifndef RELAY_VERSION
@@ -535,74 +536,6 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- listening socket -------------------------------------------------- */
 
-/* Split "host:port" or "[v6]:port" into host (may be empty) and port. */
-static int split_addr(const char *addr, char *host, size_t hostlen, char *port, size_t portlen)
-{
-    const char *h = addr, *colon;
-    size_t hlen;
-    if (addr[0] == '[') {
-        const char *close = strchr(addr, ']');
-        if (!close || close[1] != ':')
-            return -1;
-        h = addr + 1;
-        hlen = (size_t)(close - h);
-        colon = close + 1;
-    } else {
-        colon = strrchr(addr, ':');
-        if (!colon || memchr(addr, ':', (size_t)(colon - addr)))
-            return -1; /* bare IPv6 must be bracketed */
-        hlen = (size_t)(colon - addr);
-    }
-    const char *p = colon + 1;
-    size_t plen = strlen(p);
-    if (hlen >= hostlen || plen == 0 || plen >= portlen || strspn(p, "0123456789") != plen)
-        return -1;
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-    memcpy(port, p, plen + 1);
-    return 0;
-}
-
-static int listen_on(const struct addrinfo *ai, const char *addr, char *err, size_t errlen)
-{
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
-    if (fd < 0) {
-        snprintf(err, errlen, "metrics address %s: socket: %s", addr, strerror(errno));
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 64) < 0) {
-        snprintf(err, errlen, "metrics address %s: %s", addr, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/* Resolve and bind `addr`; returns the listening fd and its family, or -1. */
-static int open_listener(const char *addr, int *family, char *err, size_t errlen)
-{
-    char host[256], port[16];
-    if (split_addr(addr, host, sizeof host, port, sizeof port) < 0) {
-        snprintf(err, errlen, "metrics address %s: expected host:port or [ipv6]:port", addr);
-        return -1;
-    }
-    struct addrinfo hints = {0}, *res = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "metrics address %s: %s", addr, gai_strerror(rc));
-        return -1;
-    }
-    int fd = listen_on(res, addr, err, errlen);
-    *family = res->ai_family;
-    freeaddrinfo(res);
-    return fd;
-}
-
 int http_start(const char *addr, char *err, size_t errlen)
 {
     if (g_daemon) {
@@ -610,7 +543,7 @@ int http_start(const char *addr, char *err, size_t errlen)
         return -1;
     }
     int family = AF_INET;
-    int fd = open_listener(addr, &family, err, errlen);
+    int fd = net_listen(addr, 64, &family, "metrics address", err, errlen);
     if (fd < 0)
         return -1;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG;

@@ -89,6 +89,7 @@
 #include "../buf.h"
 #include "../config.h"
 #include "../log.h"
+#include "../net.h"
 #include "../stats.h"
 #include "../webhook_sign.h"
 #include "../worker.h"
@@ -243,7 +244,6 @@ static int parse_element_key(webhook_source *s, const json_t *cfg, char *err, si
     return 0;
 }
 
-static int split_addr(const char *addr, char *host, size_t hostlen, char *port, size_t portlen);
 
 static void wh_destroy(relay_source *base);
 
@@ -264,7 +264,7 @@ static relay_source *create_source(const json_t *cfg, relay_worker *w, const rel
     if (cfg_known_keys(cfg, "source", keys, err, errlen) < 0 ||
         cfg_str(cfg, "source", "listen_addr", DEFAULT_LISTEN, &listen, err, errlen) < 0)
         goto fail;
-    if (split_addr(listen, host, sizeof host, port, sizeof port) < 0) {
+    if (net_split_addr(listen, host, sizeof host, port, sizeof port) < 0) {
         snprintf(err, errlen, "source.listen_addr: expected host:port or [ipv6]:port");
         goto fail;
     }
@@ -970,61 +970,6 @@ static void fail_batch_locked(webhook_source *s, const char *why)
 
 /* ---- listening socket ---------------------------------------------------- */
 
-static int split_addr(const char *addr, char *host, size_t hostlen, char *port, size_t portlen)
-{
-    const char *h = addr, *colon;
-    size_t hlen;
-    if (addr[0] == '[') {
-        const char *close = strchr(addr, ']');
-        if (!close || close[1] != ':')
-            return -1;
-        h = addr + 1;
-        hlen = (size_t)(close - h);
-        colon = close + 1;
-    } else {
-        colon = strrchr(addr, ':');
-        if (!colon || memchr(addr, ':', (size_t)(colon - addr)))
-            return -1;
-        hlen = (size_t)(colon - addr);
-    }
-    const char *p = colon + 1;
-    size_t plen = strlen(p);
-    if (hlen >= hostlen || plen == 0 || plen >= portlen || strspn(p, "0123456789") != plen)
-        return -1;
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-    memcpy(port, p, plen + 1);
-    return 0;
-}
-
-static int open_listener(const webhook_source *s, int *family, char *err, size_t errlen)
-{
-    char host[256], port[16];
-    split_addr(s->listen_addr, host, sizeof host, port, sizeof port); /* checked in create */
-    struct addrinfo hints = {0}, *res = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "source.listen_addr %s: %s", s->listen_addr, gai_strerror(rc));
-        return -1;
-    }
-    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                    res->ai_protocol);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
-        snprintf(err, errlen, "source.listen_addr %s: %s", s->listen_addr, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        fd = -1;
-    }
-    *family = res->ai_family;
-    freeaddrinfo(res);
-    return fd;
-}
-
 /* ---- source operations ---------------------------------------------------- */
 
 static void publish_position(webhook_source *s)
@@ -1069,7 +1014,7 @@ static int wh_open(relay_source *base, char *err, size_t errlen)
         }
     }
     int family = AF_INET;
-    int fd = open_listener(s, &family, err, errlen);
+    int fd = net_listen(s->listen_addr, 1024, &family, "source.listen_addr", err, errlen);
     if (fd < 0)
         return -1;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME |
