@@ -315,3 +315,20 @@ int kafka_check_reachable(rd_kafka_t *rk, int timeout_ms, char *err, size_t errl
     snprintf(err, errlen, "no broker answered within %d ms: %s", timeout_ms, rd_kafka_err2str(e));
     return -1;
 }
+
+void kafka_client_on_error(kafka_client_state *cs, rd_kafka_t *rk, int err, const char *reason,
+                           const char *pipeline, const char *role)
+{
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char why[400];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof why);
+        cs->fatal = 1;
+        snprintf(cs->last_error, sizeof cs->last_error, "fatal error %s: %s",
+                 rd_kafka_err2name(orig), why);
+        return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        cs->brokers_down = 1;
+    snprintf(cs->last_error, sizeof cs->last_error, "%s", reason);
+    log_debug(pipeline, "kafka %s: %s: %s", role, rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}

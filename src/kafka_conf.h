@@ -74,4 +74,18 @@ int kafka_err_unreachable(rd_kafka_resp_err_t err);
  * Returns 0 when a broker answered, or -1 with err. */
 int kafka_check_reachable(rd_kafka_t *rk, int timeout_ms, char *err, size_t errlen);
 
+/* What a client's error callback learnt, read by its owner's thread. */
+typedef struct kafka_client_state {
+    int fatal;            /* a fatal error (idempotence lost): the client must be re-created */
+    int brokers_down;     /* "all brokers down" seen, no success since */
+    char last_error[512]; /* last error text, for messages */
+} kafka_client_state;
+
+/* The body of an rd_kafka error callback (rd_kafka_conf_set_error_cb),
+ * shared by the producer and the consumer: records a fatal error with its
+ * cause (rd_kafka_fatal_error), "all brokers down", and the last error text;
+ * `role` ("producer"/"consumer") only labels the debug log line. */
+void kafka_client_on_error(kafka_client_state *cs, rd_kafka_t *rk, int err, const char *reason,
+                           const char *pipeline, const char *role);
+
 #endif

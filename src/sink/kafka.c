@@ -88,9 +88,7 @@ typedef struct kafka_sink {
     rd_kafka_t *rk;             /* NULL while closed */
     size_t outstanding;         /* produced records still waiting for a report */
     /* set by the callbacks, which run on the worker thread (poll/flush) */
-    int fatal;
-    int brokers_down;           /* "all brokers down" seen, no success since */
-    char last_error[512];
+    kafka_client_state cs;      /* fatal / brokers down / last error, from on_error */
     /* for describe() */
     uint64_t delivered, failed, producers_created;
     relay_buf value;
@@ -370,7 +368,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         m->state = MSG_CONFIRMED;
         s->delivered++;
-        s->brokers_down = 0;
+        s->cs.brokers_down = 0;
         return;
     }
     s->failed++;
@@ -381,18 +379,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     kafka_sink *s = opaque;
-    if (err == RD_KAFKA_RESP_ERR__FATAL) {
-        char why[400];
-        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof why);
-        s->fatal = 1;
-        snprintf(s->last_error, sizeof s->last_error, "fatal error %s: %s",
-                 rd_kafka_err2name(orig), why);
-        return;
-    }
-    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
-        s->brokers_down = 1;
-    snprintf(s->last_error, sizeof s->last_error, "%s", reason);
-    log_debug(pipeline_name(s), "kafka producer: %s: %s", rd_kafka_err2name(err), reason);
+    kafka_client_on_error(&s->cs, rk, err, reason, pipeline_name(s), "producer");
 }
 
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -445,19 +432,19 @@ static int ks_open(relay_sink *base, char *err, size_t errlen)
             snprintf(err, errlen, "cannot create the Kafka producer: %s", why);
             return -1;
         }
-        s->fatal = 0;
-        s->brokers_down = 0;
-        s->last_error[0] = '\0';
+        s->cs.fatal = 0;
+        s->cs.brokers_down = 0;
+        s->cs.last_error[0] = '\0';
         s->producers_created++;
         log_debug(pipeline_name(s), "kafka producer created (brokers %s)", s->brokers);
     }
     if (probe(s, err, errlen) < 0) {
         size_t l = strlen(err);
-        if (s->last_error[0] && l + 8 < errlen)
-            snprintf(err + l, errlen - l, " (%s)", s->last_error);
+        if (s->cs.last_error[0] && l + 8 < errlen)
+            snprintf(err + l, errlen - l, " (%s)", s->cs.last_error);
         return -1;
     }
-    s->brokers_down = 0;
+    s->cs.brokers_down = 0;
     return 0;
 }
 
@@ -517,7 +504,7 @@ static int produce_one(kafka_sink *s, relay_msg *m)
     if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL)
         return 1;
     if (e == RD_KAFKA_RESP_ERR__FATAL) {
-        s->fatal = 1;
+        s->cs.fatal = 1;
         return -1;
     }
     m->state = permanent_error(e) || e == RD_KAFKA_RESP_ERR__INVALID_ARG ? MSG_REJECTED : MSG_RETRY;
@@ -548,7 +535,7 @@ static int still_unreachable(kafka_sink *s)
 {
     char why[256];
     if (kafka_check_reachable(s->rk, 500, why, sizeof why) == 0) {
-        s->brokers_down = 0;
+        s->cs.brokers_down = 0;
         return 0;
     }
     return 1;
@@ -566,14 +553,14 @@ static wait_result wait_reports(kafka_sink *s)
             last = s->outstanding;
             progress = now;
         }
-        if (s->fatal)
+        if (s->cs.fatal)
             return WAIT_FATAL;
         if (past_deadline(s))
             return WAIT_DEADLINE;
-        if (s->brokers_down && now - progress >= STALL_MS && still_unreachable(s))
+        if (s->cs.brokers_down && now - progress >= STALL_MS && still_unreachable(s))
             return WAIT_UNREACHABLE;
     }
-    return s->fatal ? WAIT_FATAL : WAIT_DONE;
+    return s->cs.fatal ? WAIT_FATAL : WAIT_DONE;
 }
 
 static int ks_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, size_t errlen)
@@ -587,7 +574,7 @@ static int ks_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, s
         return -1;
 
     wait_result wr = WAIT_DONE;
-    for (size_t i = 0; i < n && !s->fatal; i++) {
+    for (size_t i = 0; i < n && !s->cs.fatal; i++) {
         int rc;
         while ((rc = produce_one(s, msgs[i])) == 1) {
             rd_kafka_poll(s->rk, 10); /* queue full: serve reports to make room */
@@ -607,7 +594,7 @@ static int ks_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, s
         break;
     case WAIT_FATAL:
         log_warn(pipeline_name(s), "kafka producer %s; re-creating the producer, the "
-                 "batch's unconfirmed records will be republished", s->last_error);
+                 "batch's unconfirmed records will be republished", s->cs.last_error);
         abandon(s);
         for (size_t i = 0; i < n; i++) {
             if (msgs[i]->state == MSG_PENDING || msgs[i]->state == MSG_RETRY) {
@@ -623,7 +610,7 @@ static int ks_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, s
     case WAIT_UNREACHABLE:
         abandon(s);
         snprintf(err, errlen, "all brokers down (%s): no delivery report for %d ms",
-                 s->last_error[0] ? s->last_error : s->brokers, STALL_MS);
+                 s->cs.last_error[0] ? s->cs.last_error : s->brokers, STALL_MS);
         return -1;
     }
 
@@ -643,7 +630,7 @@ static int ks_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, s
     }
     if (confirmed == 0 && retry > 0) {
         snprintf(err, errlen, "no record delivered: %s (%s)", why ? why : "delivery failed",
-                 s->last_error[0] ? s->last_error : s->brokers);
+                 s->cs.last_error[0] ? s->cs.last_error : s->brokers);
         return -1;
     }
     return 0;

@@ -109,9 +109,7 @@ typedef struct kafka_source {
     size_t nparts, cap;
     int revoked;                 /* partitions were revoked during this poll */
     /* error state, set by callbacks on the worker thread */
-    int fatal;
-    int brokers_down;
-    char last_error[512];
+    kafka_client_state cs;      /* fatal / brokers down / last error, from on_error */
     char logged_error[512];      /* last consumer error logged (one line per change) */
     uint64_t rebalances;
     relay_buf pos;
@@ -487,18 +485,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     kafka_source *s = opaque;
-    if (err == RD_KAFKA_RESP_ERR__FATAL) {
-        char why[400];
-        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof why);
-        s->fatal = 1;
-        snprintf(s->last_error, sizeof s->last_error, "fatal error %s: %s",
-                 rd_kafka_err2name(orig), why);
-        return;
-    }
-    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
-        s->brokers_down = 1;
-    snprintf(s->last_error, sizeof s->last_error, "%s", reason);
-    log_debug(pipeline_name(s), "kafka consumer: %s: %s", rd_kafka_err2name(err), reason);
+    kafka_client_on_error(&s->cs, rk, err, reason, pipeline_name(s), "consumer");
 }
 
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -519,7 +506,7 @@ static int probe(kafka_source *s, char *err, size_t errlen)
             return 0;
         if (now_mono_ms() >= end || (s->base.w && worker_stopping(s->base.w))) {
             snprintf(err, errlen, "no broker answered within %d ms%s%s%s", REACH_TIMEOUT_MS,
-                     s->last_error[0] ? " (" : "", s->last_error, s->last_error[0] ? ")" : "");
+                     s->cs.last_error[0] ? " (" : "", s->cs.last_error, s->cs.last_error[0] ? ")" : "");
             return -1;
         }
     }
@@ -557,7 +544,7 @@ static void close_consumer(kafka_source *s)
 static int kc_open(relay_source *base, char *err, size_t errlen)
 {
     kafka_source *s = (kafka_source *)base;
-    if (s->rk && s->fatal)
+    if (s->rk && s->cs.fatal)
         close_consumer(s);
     if (!s->rk) {
         char why[512];
@@ -572,9 +559,9 @@ static int kc_open(relay_source *base, char *err, size_t errlen)
             snprintf(err, errlen, "cannot create the Kafka consumer: %s", why);
             return -1;
         }
-        s->fatal = 0;
-        s->brokers_down = 0;
-        s->last_error[0] = '\0';
+        s->cs.fatal = 0;
+        s->cs.brokers_down = 0;
+        s->cs.last_error[0] = '\0';
         rd_kafka_poll_set_consumer(s->rk);
         rd_kafka_resp_err_t e = rd_kafka_subscribe(s->rk, s->topics);
         if (e) {
@@ -587,7 +574,7 @@ static int kc_open(relay_source *base, char *err, size_t errlen)
     }
     if (probe(s, err, errlen) < 0)
         return -1;
-    s->brokers_down = 0;
+    s->cs.brokers_down = 0;
     publish_position(s);
     return 0;
 }
@@ -929,15 +916,15 @@ static void consumer_error(kafka_source *s, const rd_kafka_message_t *m)
     if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
         return;
     if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
-        s->fatal = 1;
+        s->cs.fatal = 1;
         return;
     }
     char why[512];
     snprintf(why, sizeof why, "%s%s%s", m->rkt ? rd_kafka_topic_name(m->rkt) : "",
              m->rkt ? ": " : "", rd_kafka_message_errstr(m));
     if (kafka_err_unreachable(m->err))
-        s->brokers_down = 1;
-    snprintf(s->last_error, sizeof s->last_error, "%s", why);
+        s->cs.brokers_down = 1;
+    snprintf(s->cs.last_error, sizeof s->cs.last_error, "%s", why);
     if (strcmp(why, s->logged_error) != 0) {
         snprintf(s->logged_error, sizeof s->logged_error, "%s", why);
         log_warn(pipeline_name(s), "kafka consumer: %s", why);
@@ -977,15 +964,15 @@ static int kc_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
             m = NULL;
         } else if (m) {
             add_record(s, b, m, &tn);
-            s->brokers_down = 0;
+            s->cs.brokers_down = 0;
             rd_kafka_message_destroy(m);
             continue;
         }
         if (b->n > 0)
             break; /* what was available is the batch */
-        if (s->fatal) {
+        if (s->cs.fatal) {
             snprintf(err, errlen, "kafka consumer %s; re-creating the consumer",
-                     s->last_error[0] ? s->last_error : "fatal error");
+                     s->cs.last_error[0] ? s->cs.last_error : "fatal error");
             log_warn(pipeline_name(s), "%s", err);
             close_consumer(s);
             return -1;
@@ -997,12 +984,12 @@ static int kc_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
              * the brokers down (confirmed by a probe: the report may be
              * older than a recovery): the source is unavailable. */
             char why[256];
-            if (s->brokers_down && kafka_check_reachable(s->rk, 500, why, sizeof why) < 0) {
+            if (s->cs.brokers_down && kafka_check_reachable(s->rk, 500, why, sizeof why) < 0) {
                 snprintf(err, errlen, "all brokers down (%s)",
-                         s->last_error[0] ? s->last_error : s->brokers);
+                         s->cs.last_error[0] ? s->cs.last_error : s->brokers);
                 return -1;
             }
-            s->brokers_down = 0;
+            s->cs.brokers_down = 0;
             break;
         }
     }
