@@ -44,4 +44,13 @@ size_t json_compact_into(char *dst, const char *s, size_t n);
 /* The same, appended to a buffer. */
 void json_append_compact(relay_buf *out, const char *s, size_t n);
 
+/* 1 when s[0..n) is one JSON value (RFC 8259, surrounding whitespace
+ * allowed) that PostgreSQL's jsonb accepts: valid UTF-8, no \u0000, no
+ * unpaired surrogate escapes, nesting at most 512 deep; 0 otherwise.
+ * Allocates nothing. */
+int json_valid(const char *s, size_t n);
+
+/* 1 when p[0..n) is NUL-free valid UTF-8 (storable in a text column). */
+int utf8_text_valid(const void *p, size_t n);
+
 #endif

@@ -98,10 +98,7 @@ void nats_conn_describe(relay_nats_conn *c, relay_buf *out);
  * error detail for this thread, and the JetStream error code when set. */
 void nats_status_text(natsStatus s, jsErrCode jerr, char *out, size_t outlen);
 
-/* Strict JSON syntax check (RFC 8259, one value, surrounding whitespace
- * allowed). Rejects what PostgreSQL's jsonb would refuse to store as JSON:
- * invalid UTF-8 and the \u0000 escape. Returns 1 valid, 0 not. */
-int relay_json_valid(const char *p, size_t n);
+
 
 /* NKeys (also used by the test tools). Derive the public key ("U...",
  * "A...", "O...") of a seed ("SU...", "SA...", "SO..."). Returns 0, or -1

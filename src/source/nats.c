@@ -53,6 +53,7 @@
 #include <string.h>
 
 #include "../config.h"
+#include "../json_scan.h"
 #include "../log.h"
 #include "../nats_common.h"
 #include "../worker.h"
@@ -513,7 +514,7 @@ static void fill_msg(nats_source *s, relay_batch *b, natsMsg *nm)
     int len = natsMsg_GetDataLength(nm);
     m->payload = data ? data : "";
     m->payload_len = len > 0 ? (size_t)len : 0;
-    m->payload_is_json = relay_json_valid(m->payload, m->payload_len);
+    m->payload_is_json = json_valid(m->payload, m->payload_len);
     m->source_name = s->source_name;
     m->ack = nm;
 }

@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 #include <string.h>
 
+#include "json_scan.h"
 #include "nats_common.h"
 #include "sink/sink.h"
 #include "source/source.h"
@@ -23,7 +24,7 @@ extern const relay_source_ops relay_source_nats_ops;
 
 static int valid(const char *s)
 {
-    return relay_json_valid(s, strlen(s));
+    return json_valid(s, strlen(s));
 }
 
 static void json_check_accepts_json(void **state)
@@ -59,7 +60,7 @@ static void json_check_rejects_the_rest(void **state)
             fail_msg("should be rejected: %s", bad[i]);
     }
     /* a NUL byte inside the text */
-    assert_false(relay_json_valid("{\"a\":1}\0", 8));
+    assert_false(json_valid("{\"a\":1}\0", 8));
     /* deep nesting is refused instead of overflowing the stack */
     char deep[5002];
     memset(deep, '[', 2500);

@@ -1,0 +1,235 @@
+/*
+ * json_valid.c - is a message body JSON that PostgreSQL's jsonb accepts?
+ *
+ * Reverse sources use it to decide whether a broker message is stored in
+ * the inbox as JSON or as a JSON string: a body jsonb would refuse must not
+ * reach the INSERT (the whole batch would fail over one message).
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "json_scan.h"
+
+/* ---- JSON check ------------------------------------------------------------
+ * Is a record body JSON that PostgreSQL's jsonb accepts? A syntax check
+ * (RFC 8259) that allocates nothing: a parser that builds a tree costs more
+ * than everything else this source does per record. Beyond the grammar it
+ * refuses what jsonb refuses: invalid UTF-8, \u0000, unpaired surrogate
+ * escapes. Nesting deeper than JSON_MAX_DEPTH also counts as "not JSON", so
+ * such a body is stored as a string rather than rejected by the server. */
+#define JSON_MAX_DEPTH 512
+
+typedef struct jcur {
+    const unsigned char *p, *end;
+    int depth;
+} jcur;
+
+static void j_ws(jcur *c)
+{
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+static int j_lit(jcur *c, const char *lit, size_t n)
+{
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, lit, n) != 0)
+        return 0;
+    c->p += n;
+    return 1;
+}
+
+static int j_digits(jcur *c)
+{
+    const unsigned char *start = c->p;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9')
+        c->p++;
+    return c->p > start;
+}
+
+static int j_number(jcur *c)
+{
+    if (c->p < c->end && *c->p == '-')
+        c->p++;
+    if (c->p < c->end && *c->p == '0')
+        c->p++;
+    else if (!j_digits(c))
+        return 0;
+    if (c->p < c->end && *c->p == '.') {
+        c->p++;
+        if (!j_digits(c))
+            return 0;
+    }
+    if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
+        c->p++;
+        if (c->p < c->end && (*c->p == '+' || *c->p == '-'))
+            c->p++;
+        if (!j_digits(c))
+            return 0;
+    }
+    return 1;
+}
+
+/* Four hex digits after "\u"; -1 when malformed. */
+static long j_hex4(jcur *c)
+{
+    if (c->end - c->p < 4)
+        return -1;
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char h = c->p[i];
+        int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
+              : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    c->p += 4;
+    return v;
+}
+
+/* Length of the UTF-8 sequence at p (valid, NUL-free), or 0. */
+static size_t utf8_seq(const unsigned char *p, size_t avail)
+{
+    unsigned char c = p[0];
+    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
+               : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (c == 0 || len == 0 || len > avail || (len == 2 && c < 0xC2) || (len == 4 && c > 0xF4))
+        return 0;
+    for (size_t k = 1; k < len; k++)
+        if ((p[k] & 0xC0) != 0x80)
+            return 0;
+    if (len == 3 && ((c == 0xE0 && p[1] < 0xA0) || (c == 0xED && p[1] >= 0xA0)))
+        return 0; /* overlong, or a UTF-16 surrogate */
+    if (len == 4 && ((c == 0xF0 && p[1] < 0x90) || (c == 0xF4 && p[1] >= 0x90)))
+        return 0;
+    return len;
+}
+
+static int utf8_text_valid_bytes(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0, len; i < n; i += len)
+        if ((len = utf8_seq(p + i, n - i)) == 0)
+            return 0;
+    return 1;
+}
+
+static int j_string(jcur *c)
+{
+    c->p++; /* the opening quote */
+    while (c->p < c->end) {
+        unsigned char ch = *c->p;
+        if (ch == '"') {
+            c->p++;
+            return 1;
+        }
+        if (ch < 0x20)
+            return 0;
+        if (ch == '\\') {
+            c->p++;
+            if (c->p >= c->end)
+                return 0;
+            unsigned char e = *c->p++;
+            if (e == 'u') {
+                long u = j_hex4(c);
+                if (u <= 0 || (u >= 0xDC00 && u <= 0xDFFF))
+                    return 0; /* malformed, \u0000, or a lone low surrogate */
+                if (u >= 0xD800 && u <= 0xDBFF) {
+                    if (!j_lit(c, "\\u", 2))
+                        return 0;
+                    long lo = j_hex4(c);
+                    if (lo < 0xDC00 || lo > 0xDFFF)
+                        return 0;
+                }
+            } else if (!strchr("\"\\/bfnrt", e) || e == 0) {
+                return 0;
+            }
+            continue;
+        }
+        size_t len = utf8_seq(c->p, (size_t)(c->end - c->p));
+        if (len == 0)
+            return 0;
+        c->p += len;
+    }
+    return 0;
+}
+
+static int j_value(jcur *c);
+
+/* An array or object, after its opening bracket. */
+static int j_container(jcur *c, int object)
+{
+    if (++c->depth > JSON_MAX_DEPTH)
+        return 0;
+    c->p++;
+    j_ws(c);
+    unsigned char close = object ? '}' : ']';
+    if (c->p < c->end && *c->p == close) {
+        c->p++;
+        c->depth--;
+        return 1;
+    }
+    for (;;) {
+        if (object) {
+            if (c->p >= c->end || *c->p != '"' || !j_string(c))
+                return 0;
+            j_ws(c);
+            if (c->p >= c->end || *c->p != ':')
+                return 0;
+            c->p++;
+            j_ws(c);
+        }
+        if (!j_value(c))
+            return 0;
+        j_ws(c);
+        if (c->p < c->end && *c->p == ',') {
+            c->p++;
+            j_ws(c);
+            continue;
+        }
+        if (c->p < c->end && *c->p == close) {
+            c->p++;
+            c->depth--;
+            return 1;
+        }
+        return 0;
+    }
+}
+
+static int j_value(jcur *c)
+{
+    if (c->p >= c->end)
+        return 0;
+    switch (*c->p) {
+    case '{':
+        return j_container(c, 1);
+    case '[':
+        return j_container(c, 0);
+    case '"':
+        return j_string(c);
+    case 't':
+        return j_lit(c, "true", 4);
+    case 'f':
+        return j_lit(c, "false", 5);
+    case 'n':
+        return j_lit(c, "null", 4);
+    default:
+        return j_number(c);
+    }
+}
+
+int json_valid(const char *p, size_t n)
+{
+    jcur c = {(const unsigned char *)p, (const unsigned char *)p + n, 0};
+    j_ws(&c);
+    if (!j_value(&c))
+        return 0;
+    j_ws(&c);
+    return c.p == c.end;
+}
+
+int utf8_text_valid(const void *text, size_t n)
+{
+    const unsigned char *p = text;
+    return utf8_text_valid_bytes(p, n);
+}
