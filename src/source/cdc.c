@@ -76,6 +76,11 @@
  * op "event" with {table} = the message prefix. A message that cannot be
  * decoded becomes a REJECTED event (dead-lettered by the worker), never a
  * silent drop.
+ *
+ * NATS extras.  With a NATS sink, cdc_nats.c (hooks in cdc_ext.h) puts the
+ * table schemas into the KV bucket "schemas" and serves on-demand snapshots
+ * (snapshot.request.{table}) on a thread and connections of its own; it
+ * never touches the slot or the acknowledged LSN.
  */
 #include <inttypes.h>
 #include <poll.h>
@@ -133,7 +138,8 @@ static relay_source *cdc_create(const json_t *cfg, relay_worker *w, char *err, s
 {
     static const char *const keys[] = {
         "type", "publication", "slot", "tables", "create_slot", "snapshot", "heartbeat_interval",
-        "status_interval", "proto_version", "batch_size", NULL};
+        "status_interval", "proto_version", "batch_size", "snapshot_chunk_rows", "snapshot_stream",
+        NULL};
     const char *pub, *slot, *snapshot;
     int create_slot;
     int64_t proto, hb, st, batch;

@@ -9,9 +9,10 @@
  *   cdc_ext_relation  a Relation message announced a new or changed table
  *   cdc_ext_poll      at every poll: serve pending on-demand snapshot work
  *   cdc_ext_destroy   free
- * They are compiled in only when RELAY_CDC_NATS is set (cdc_nats.c, built
- * with HAVE_NATS once it exists); otherwise, and when the pipeline's sink is
- * not NATS, they do nothing.
+ * They are compiled in only when RELAY_CDC_NATS is set (meson.build defines
+ * it and builds cdc_nats.c with HAVE_NATS); otherwise, and when the
+ * pipeline's sink is not NATS, they do nothing. cdc_nats.c does its work on
+ * a thread of its own: the hooks only queue work and never block.
  */
 #ifndef RELAY_CDC_EXT_H
 #define RELAY_CDC_EXT_H
