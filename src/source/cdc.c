@@ -555,16 +555,7 @@ static int snapshot_prepare_table(cdc_source *s, const pub_table *pt, snap_table
     /* Published columns: the publication's column list (PostgreSQL 15), no
      * dropped or generated columns (pgoutput never sends those). */
     PGresult *r = pg_query(c,
-                           "SELECT quote_ident(a.attname), a.atttypid"
-                           "  FROM pg_catalog.pg_attribute a"
-                           "  JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = $2"
-                           "   AND pt.schemaname = (SELECT n.nspname FROM pg_catalog.pg_class c"
-                           "        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-                           "        WHERE c.oid = $1::oid)"
-                           "   AND pt.tablename = (SELECT relname FROM pg_catalog.pg_class WHERE oid = $1::oid)"
-                           " WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped"
-                           "   AND a.attgenerated = '' AND a.attname = ANY (pt.attnames)"
-                           " ORDER BY a.attnum",
+                           CDC_PUBLISHED_COLUMNS_SQL,
                            2, p, err, errlen);
     if (!r)
         return -1;

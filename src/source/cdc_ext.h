@@ -149,4 +149,21 @@ static inline void cdc_ext_destroy(cdc_source *s)
 }
 #endif
 
+
+/* The published columns of a table ($1 = relation oid, $2 = publication):
+ * the publication's column list (PostgreSQL 15), never dropped or generated
+ * columns (pgoutput never sends those), in attribute order, as
+ * (quoted name, type oid, name). */
+#define CDC_PUBLISHED_COLUMNS_SQL                                                                  \
+    "SELECT quote_ident(a.attname), a.atttypid, a.attname"                                         \
+    "  FROM pg_catalog.pg_attribute a"                                                             \
+    "  JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = $2"                                \
+    "   AND pt.schemaname = (SELECT n.nspname FROM pg_catalog.pg_class c"                          \
+    "        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"                             \
+    "        WHERE c.oid = $1::oid)"                                                               \
+    "   AND pt.tablename = (SELECT relname FROM pg_catalog.pg_class WHERE oid = $1::oid)"          \
+    " WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped"                          \
+    "   AND a.attgenerated = '' AND a.attname = ANY (pt.attnames)"                                 \
+    " ORDER BY a.attnum"
+
 #endif

@@ -818,16 +818,7 @@ static int run_snapshot(cdc_ext *x, const snap_req *q, char *err, size_t errlen)
     const char *po[2] = {oid, x->s->publication};
     /* Published columns (column lists), never generated or dropped ones. */
     r = pg_query(pg,
-                 "SELECT quote_ident(a.attname), a.atttypid, a.attname"
-                 "  FROM pg_catalog.pg_attribute a"
-                 "  JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = $2"
-                 "   AND pt.schemaname = (SELECT n.nspname FROM pg_catalog.pg_class c"
-                 "        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-                 "        WHERE c.oid = $1::oid)"
-                 "   AND pt.tablename = (SELECT relname FROM pg_catalog.pg_class WHERE oid = $1::oid)"
-                 " WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped"
-                 "   AND a.attgenerated = '' AND a.attname = ANY (pt.attnames)"
-                 " ORDER BY a.attnum",
+                 CDC_PUBLISHED_COLUMNS_SQL,
                  2, po, err, errlen);
     if (!r) {
         free(filter);
