@@ -65,15 +65,18 @@ int worker_wait(relay_worker *w, int fd, short events, int timeout_ms)
     return 0;
 }
 
-/* Give the source a chance to keep its connection alive (at most once a
- * second) while the worker is not polling it. */
+/* Give the source a chance to keep its connection alive (every 200 ms at
+ * most) while the worker is not polling it. Frequent enough that a
+ * replication source meets a short wal_sender_timeout even on a loaded
+ * machine; the hook itself only acts when something is due. */
+#define IDLE_EVERY_MS 200
 static void source_idle(relay_worker *w)
 {
     static _Thread_local int64_t last;
     if (!w->source || !w->source->ops->idle)
         return;
     int64_t now = now_mono_ms();
-    if (now - last < 1000)
+    if (now - last < IDLE_EVERY_MS)
         return;
     last = now;
     w->source->ops->idle(w->source);
@@ -99,7 +102,7 @@ static void pause_ms(relay_worker *w, int64_t ms, int through_stop)
         if (worker_stopping(w))
             poll(NULL, 0, (int)(left > 50 ? 50 : left));
         else
-            worker_wait(w, -1, 0, (int)(left > 1000 ? 1000 : left));
+            worker_wait(w, -1, 0, (int)(left > IDLE_EVERY_MS ? IDLE_EVERY_MS : left));
         source_idle(w);
     }
 }
