@@ -247,7 +247,7 @@ static void render_subjects(relay_worker *w, relay_batch *b)
 static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
 {
     char err[ERRLEN];
-    relay_msg **todo = xmalloc(b->n * sizeof *todo);
+    relay_msg **pending = xmalloc(b->n * sizeof *pending);
     int result = -1;
     uint64_t t0 = now_mono_us();
     for (;;) {
@@ -255,7 +255,7 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
         for (size_t i = 0; i < b->n; i++) {
             relay_msg *m = &b->msgs[i];
             if (m->state == MSG_PENDING || m->state == MSG_RETRY)
-                todo[n++] = m;
+                pending[n++] = m;
             else if (m->state == MSG_REJECTED)
                 rejected++;
         }
@@ -266,17 +266,17 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
         int failed = 0;
         if (n > 0) {
             for (size_t i = 0; i < n; i++)
-                todo[i]->state = MSG_PENDING;
+                pending[i]->state = MSG_PENDING;
             int rc = w->sink_open ? 0 : w->sink->ops->open(w->sink, err, sizeof err);
             if (rc == 0) {
                 w->sink_open = 1;
-                rc = w->sink->ops->publish(w->sink, todo, n, err, sizeof err);
+                rc = w->sink->ops->publish(w->sink, pending, n, err, sizeof err);
             }
             source_idle(w);
             if (rc < 0) {
                 w->sink_open = 0;
                 for (size_t i = 0; i < n; i++)
-                    todo[i]->state = MSG_RETRY;
+                    pending[i]->state = MSG_RETRY;
                 if (atomic_exchange(&w->stats->sink_up, 0))
                     log_warn(w->cfg.name, "sink %s unavailable: %s", w->cfg.sink_type, err);
                 stats_error(w->stats, ERR_SINK, "sink: %s", err);
@@ -286,7 +286,7 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
                     log_info(w->cfg.name, "sink %s available again", w->cfg.sink_type);
                 uint64_t confirmed = 0;
                 for (size_t i = 0; i < n; i++) {
-                    relay_msg *m = todo[i];
+                    relay_msg *m = pending[i];
                     if (m->state == MSG_CONFIRMED) {
                         confirmed++;
                         atomic_fetch_add_explicit(&w->stats->published_by_op[m->op], 1,
@@ -301,7 +301,7 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
                 atomic_fetch_add(&w->stats->published, confirmed);
                 if (failed)
                     stats_error(w->stats, ERR_SINK, "sink: %s",
-                                todo[0]->error ? todo[0]->error : "publish failed");
+                                pending[0]->error ? pending[0]->error : "publish failed");
             }
         }
         /* Dead-letter permanent failures. */
@@ -342,7 +342,7 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
     }
     stats_observe_latency(w->stats, now_mono_us() - t0);
 out:
-    free(todo);
+    free(pending);
     return result;
 }
 
