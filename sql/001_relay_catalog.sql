@@ -340,6 +340,127 @@ BEGIN
 END;
 $$;
 
+-- ── helpers of the README call forms (private: no EXECUTE for anyone) ──────
+--
+-- relay_flat_config splits a flat README-style config into the nested
+-- source/sink objects: nested "source"/"sink" objects first, then each flat
+-- key moved to the target c_map names ("source.<k>" or "sink.<k>"; flat keys
+-- win). p_fixed_key may only hold p_fixed_val (e.g. source_type "outbox").
+
+CREATE OR REPLACE FUNCTION pgtrickle.relay_flat_config(
+    p_fn          text,
+    p_in          jsonb,
+    p_map         jsonb,
+    p_fixed_key   text,
+    p_fixed_val   jsonb,
+    p_fixed_error text,
+    OUT o_source  jsonb,
+    OUT o_sink    jsonb,
+    OUT o_enabled boolean
+)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtrickle, pg_temp
+AS $$
+DECLARE
+    v_fsource jsonb := '{}';
+    v_fsink   jsonb := '{}';
+    v_key     text;
+    v_val     jsonb;
+    v_target  text;
+BEGIN
+    IF p_in IS NULL OR jsonb_typeof(p_in) <> 'object' THEN
+        RAISE EXCEPTION 'relay.invalid_config: config must be a JSON object. Got: %', p_in;
+    END IF;
+    o_enabled := true;
+    o_source := COALESCE(p_in -> 'source', '{}');
+    o_sink   := COALESCE(p_in -> 'sink', '{}');
+    IF jsonb_typeof(o_source) <> 'object' THEN
+        RAISE EXCEPTION 'relay.invalid_config: "source" must be a JSON object. Got: %', o_source;
+    END IF;
+    IF jsonb_typeof(o_sink) <> 'object' THEN
+        RAISE EXCEPTION 'relay.invalid_config: "sink" must be a JSON object. Got: %', o_sink;
+    END IF;
+
+    FOR v_key, v_val IN SELECT e.key, e.value FROM jsonb_each(p_in) AS e ORDER BY e.key LOOP
+        IF v_key IN ('source', 'sink') THEN
+            CONTINUE;
+        ELSIF v_key = 'enabled' THEN
+            IF jsonb_typeof(v_val) <> 'boolean' THEN
+                RAISE EXCEPTION 'relay.invalid_config: "enabled" must be true or false. Got: %', v_val;
+            END IF;
+            o_enabled := (v_val)::text::boolean;
+        ELSIF v_key = p_fixed_key THEN
+            IF v_val IS DISTINCT FROM p_fixed_val THEN
+                RAISE EXCEPTION 'relay.invalid_config: % Got: %', p_fixed_error, v_val;
+            END IF;
+        ELSE
+            v_target := p_map ->> v_key;
+            IF v_target IS NULL THEN
+                RAISE EXCEPTION 'relay.invalid_config: unknown key "%" in % config '
+                      '(accepted: enabled, source, sink, %, %)',
+                      v_key, p_fn, p_fixed_key,
+                      (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(p_map) AS k);
+            END IF;
+            IF v_target LIKE 'source.%' THEN
+                v_fsource := v_fsource || jsonb_build_object(substr(v_target, 8), v_val);
+            ELSE
+                v_fsink := v_fsink || jsonb_build_object(substr(v_target, 6), v_val);
+            END IF;
+        END IF;
+    END LOOP;
+    o_source := o_source || v_fsource;
+    o_sink   := o_sink || v_fsink;
+END;
+$$;
+
+-- relay_require_text: p_obj.p_key must be a non-empty string; the errors
+-- name the flat key and its nested spelling.
+CREATE OR REPLACE FUNCTION pgtrickle.relay_require_text(
+    p_obj jsonb, p_key text, p_flat text, p_side text
+) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtrickle, pg_temp
+AS $$
+BEGIN
+    IF NOT (p_obj ? p_key) OR jsonb_typeof(p_obj -> p_key) = 'null' THEN
+        RAISE EXCEPTION 'relay.invalid_config: missing required key "%" (or "%": {"%": ...})',
+              p_flat, p_side, p_key;
+    END IF;
+    IF jsonb_typeof(p_obj -> p_key) <> 'string' OR p_obj ->> p_key = '' THEN
+        RAISE EXCEPTION 'relay.invalid_config: "%" must be a non-empty string. Got: %', p_flat, p_obj -> p_key;
+    END IF;
+END;
+$$;
+
+-- relay_check_prefixes: backend-prefixed flat keys (nats_url, kafka_topic,
+-- ...) must belong to the pipeline's backend type (webhook also as "http").
+CREATE OR REPLACE FUNCTION pgtrickle.relay_check_prefixes(
+    p_in jsonb, p_pattern text, p_type text, p_type_key text
+) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtrickle, pg_temp
+AS $$
+DECLARE
+    v_key    text;
+    v_prefix text;
+BEGIN
+    FOR v_key IN SELECT k FROM jsonb_object_keys(p_in) AS k WHERE k ~ p_pattern ORDER BY k LOOP
+        v_prefix := split_part(v_key, '_', 1);
+        IF NOT (p_type = v_prefix OR (v_prefix = 'webhook' AND p_type = 'http')) THEN
+            RAISE EXCEPTION 'relay.invalid_config: key "%" needs % "%", got "%"',
+                  v_key, p_type_key, v_prefix, p_type;
+        END IF;
+    END LOOP;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION pgtrickle.relay_flat_config(text, jsonb, jsonb, text, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtrickle.relay_require_text(jsonb, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgtrickle.relay_check_prefixes(jsonb, text, text, text) FROM PUBLIC;
+
 -- ── README call form: set_relay_outbox(name, config) ───────────────────────
 --
 -- Flat keys are normalised to exactly the shape the 6-argument form stores:
@@ -380,89 +501,25 @@ DECLARE
     v_in        jsonb := $2;
     v_source    jsonb;
     v_sink      jsonb;
-    v_fsource   jsonb := '{}';
-    v_fsink     jsonb := '{}';
-    v_enabled   boolean := true;
-    v_key       text;
-    v_val       jsonb;
-    v_target    text;
+    v_enabled   boolean;
     v_type      text;
-    v_prefix    text;
 BEGIN
     IF p_name IS NULL OR p_name = '' THEN
         RAISE EXCEPTION 'relay.invalid_config: pipeline name must not be empty';
     END IF;
-    IF v_in IS NULL OR jsonb_typeof(v_in) <> 'object' THEN
-        RAISE EXCEPTION 'relay.invalid_config: config must be a JSON object. Got: %', v_in;
-    END IF;
-
-    v_source := COALESCE(v_in -> 'source', '{}');
-    v_sink   := COALESCE(v_in -> 'sink', '{}');
-    IF jsonb_typeof(v_source) <> 'object' THEN
-        RAISE EXCEPTION 'relay.invalid_config: "source" must be a JSON object. Got: %', v_source;
-    END IF;
-    IF jsonb_typeof(v_sink) <> 'object' THEN
-        RAISE EXCEPTION 'relay.invalid_config: "sink" must be a JSON object. Got: %', v_sink;
-    END IF;
-
-    FOR v_key, v_val IN SELECT e.key, e.value FROM jsonb_each(v_in) AS e ORDER BY e.key LOOP
-        IF v_key IN ('source', 'sink') THEN
-            CONTINUE;
-        ELSIF v_key = 'enabled' THEN
-            IF jsonb_typeof(v_val) <> 'boolean' THEN
-                RAISE EXCEPTION 'relay.invalid_config: "enabled" must be true or false. Got: %', v_val;
-            END IF;
-            v_enabled := (v_val)::text::boolean;
-        ELSIF v_key = 'source_type' THEN
-            IF v_val IS DISTINCT FROM '"outbox"'::jsonb THEN
-                RAISE EXCEPTION 'relay.invalid_config: set_relay_outbox only creates outbox pipelines '
-                      '(source_type "outbox"); use pgtrickle.set_relay_cdc() for cdc. Got: %', v_val;
-            END IF;
-        ELSE
-            v_target := c_map ->> v_key;
-            IF v_target IS NULL THEN
-                RAISE EXCEPTION 'relay.invalid_config: unknown key "%" in set_relay_outbox config '
-                      '(accepted: enabled, source, sink, source_type, %)',
-                      v_key, (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(c_map) AS k);
-            END IF;
-            IF v_target LIKE 'source.%' THEN
-                v_fsource := v_fsource || jsonb_build_object(substr(v_target, 8), v_val);
-            ELSE
-                v_fsink := v_fsink || jsonb_build_object(substr(v_target, 6), v_val);
-            END IF;
-        END IF;
-    END LOOP;
-
-    -- nested objects first, flat keys win
-    v_source := v_source || v_fsource;
-    v_sink   := v_sink || v_fsink;
-
-    IF NOT (v_source ? 'outbox') OR jsonb_typeof(v_source -> 'outbox') = 'null' THEN
-        RAISE EXCEPTION 'relay.invalid_config: missing required key "stream_table" (or "source": {"outbox": ...})';
-    END IF;
-    IF jsonb_typeof(v_source -> 'outbox') <> 'string' OR v_source ->> 'outbox' = '' THEN
-        RAISE EXCEPTION 'relay.invalid_config: "stream_table" must be a non-empty string. Got: %', v_source -> 'outbox';
-    END IF;
-    IF NOT (v_sink ? 'type') OR jsonb_typeof(v_sink -> 'type') = 'null' THEN
-        RAISE EXCEPTION 'relay.invalid_config: missing required key "sink_type" (or "sink": {"type": ...})';
-    END IF;
-    IF jsonb_typeof(v_sink -> 'type') <> 'string' OR v_sink ->> 'type' = '' THEN
-        RAISE EXCEPTION 'relay.invalid_config: "sink_type" must be a non-empty string. Got: %', v_sink -> 'type';
-    END IF;
+    SELECT c.o_source, c.o_sink, c.o_enabled INTO v_source, v_sink, v_enabled
+      FROM pgtrickle.relay_flat_config('set_relay_outbox', v_in, c_map, 'source_type', '"outbox"',
+           'set_relay_outbox only creates outbox pipelines (source_type "outbox"); '
+           'use pgtrickle.set_relay_cdc() for cdc.') AS c;
+    PERFORM pgtrickle.relay_require_text(v_source, 'outbox', 'stream_table', 'source');
+    PERFORM pgtrickle.relay_require_text(v_sink, 'type', 'sink_type', 'sink');
     IF v_source ? 'group' AND jsonb_typeof(v_source -> 'group') NOT IN ('string', 'null') THEN
         RAISE EXCEPTION 'relay.invalid_config: "group" must be a string or null. Got: %', v_source -> 'group';
     END IF;
     v_type := v_sink ->> 'type';
 
     -- backend-prefixed flat keys must match the sink type
-    FOR v_key IN SELECT k FROM jsonb_object_keys(v_in) AS k
-                  WHERE k ~ '^(nats|kafka|webhook|redis|sqs)_' ORDER BY k LOOP
-        v_prefix := split_part(v_key, '_', 1);
-        IF NOT (v_type = v_prefix OR (v_prefix = 'webhook' AND v_type = 'http')) THEN
-            RAISE EXCEPTION 'relay.invalid_config: key "%" needs sink_type "%", got "%"',
-                  v_key, v_prefix, v_type;
-        END IF;
-    END LOOP;
+    PERFORM pgtrickle.relay_check_prefixes(v_in, '^(nats|kafka|webhook|redis|sqs)_', v_type, 'sink_type');
 
     -- same shape as the 6-argument form: group (null when absent) and retention_hours always set
     v_source := jsonb_build_object('group', NULL, 'retention_hours', 24) || v_source;
@@ -518,84 +575,20 @@ DECLARE
     v_in        jsonb := $2;
     v_source    jsonb;
     v_sink      jsonb;
-    v_fsource   jsonb := '{}';
-    v_fsink     jsonb := '{}';
-    v_enabled   boolean := true;
-    v_key       text;
-    v_val       jsonb;
-    v_target    text;
+    v_enabled   boolean;
     v_type      text;
-    v_prefix    text;
 BEGIN
     IF p_name IS NULL OR p_name = '' THEN
         RAISE EXCEPTION 'relay.invalid_config: pipeline name must not be empty';
     END IF;
-    IF v_in IS NULL OR jsonb_typeof(v_in) <> 'object' THEN
-        RAISE EXCEPTION 'relay.invalid_config: config must be a JSON object. Got: %', v_in;
-    END IF;
-
-    v_source := COALESCE(v_in -> 'source', '{}');
-    v_sink   := COALESCE(v_in -> 'sink', '{}');
-    IF jsonb_typeof(v_source) <> 'object' THEN
-        RAISE EXCEPTION 'relay.invalid_config: "source" must be a JSON object. Got: %', v_source;
-    END IF;
-    IF jsonb_typeof(v_sink) <> 'object' THEN
-        RAISE EXCEPTION 'relay.invalid_config: "sink" must be a JSON object. Got: %', v_sink;
-    END IF;
-
-    FOR v_key, v_val IN SELECT e.key, e.value FROM jsonb_each(v_in) AS e ORDER BY e.key LOOP
-        IF v_key IN ('source', 'sink') THEN
-            CONTINUE;
-        ELSIF v_key = 'enabled' THEN
-            IF jsonb_typeof(v_val) <> 'boolean' THEN
-                RAISE EXCEPTION 'relay.invalid_config: "enabled" must be true or false. Got: %', v_val;
-            END IF;
-            v_enabled := (v_val)::text::boolean;
-        ELSIF v_key = 'sink_type' THEN
-            IF v_val IS DISTINCT FROM '"pg-inbox"'::jsonb THEN
-                RAISE EXCEPTION 'relay.invalid_config: a reverse pipeline always writes to an inbox '
-                      '(sink_type "pg-inbox"). Got: %', v_val;
-            END IF;
-        ELSE
-            v_target := c_map ->> v_key;
-            IF v_target IS NULL THEN
-                RAISE EXCEPTION 'relay.invalid_config: unknown key "%" in set_relay_inbox config '
-                      '(accepted: enabled, source, sink, sink_type, %)',
-                      v_key, (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(c_map) AS k);
-            END IF;
-            IF v_target LIKE 'source.%' THEN
-                v_fsource := v_fsource || jsonb_build_object(substr(v_target, 8), v_val);
-            ELSE
-                v_fsink := v_fsink || jsonb_build_object(substr(v_target, 6), v_val);
-            END IF;
-        END IF;
-    END LOOP;
-
-    v_source := v_source || v_fsource;
-    v_sink   := v_sink || v_fsink;
-
-    IF NOT (v_source ? 'type') OR jsonb_typeof(v_source -> 'type') = 'null' THEN
-        RAISE EXCEPTION 'relay.invalid_config: missing required key "source_type" (or "source": {"type": ...})';
-    END IF;
-    IF jsonb_typeof(v_source -> 'type') <> 'string' OR v_source ->> 'type' = '' THEN
-        RAISE EXCEPTION 'relay.invalid_config: "source_type" must be a non-empty string. Got: %', v_source -> 'type';
-    END IF;
-    IF NOT (v_sink ? 'inbox') OR jsonb_typeof(v_sink -> 'inbox') = 'null' THEN
-        RAISE EXCEPTION 'relay.invalid_config: missing required key "inbox_table" (or "sink": {"inbox": ...})';
-    END IF;
-    IF jsonb_typeof(v_sink -> 'inbox') <> 'string' OR v_sink ->> 'inbox' = '' THEN
-        RAISE EXCEPTION 'relay.invalid_config: "inbox_table" must be a non-empty string. Got: %', v_sink -> 'inbox';
-    END IF;
+    SELECT c.o_source, c.o_sink, c.o_enabled INTO v_source, v_sink, v_enabled
+      FROM pgtrickle.relay_flat_config('set_relay_inbox', v_in, c_map, 'sink_type', '"pg-inbox"',
+           'a reverse pipeline always writes to an inbox (sink_type "pg-inbox").') AS c;
+    PERFORM pgtrickle.relay_require_text(v_source, 'type', 'source_type', 'source');
+    PERFORM pgtrickle.relay_require_text(v_sink, 'inbox', 'inbox_table', 'sink');
     v_type := v_source ->> 'type';
 
-    FOR v_key IN SELECT k FROM jsonb_object_keys(v_in) AS k
-                  WHERE k ~ '^(nats|kafka|webhook)_' ORDER BY k LOOP
-        v_prefix := split_part(v_key, '_', 1);
-        IF NOT (v_type = v_prefix OR (v_prefix = 'webhook' AND v_type = 'http')) THEN
-            RAISE EXCEPTION 'relay.invalid_config: key "%" needs source_type "%", got "%"',
-                  v_key, v_prefix, v_type;
-        END IF;
-    END LOOP;
+    PERFORM pgtrickle.relay_check_prefixes(v_in, '^(nats|kafka|webhook)_', v_type, 'source_type');
 
     v_sink := jsonb_build_object('max_retries', 3, 'schedule', '1s',
                                  'with_dead_letter', true, 'retention_hours', 24) || v_sink;
