@@ -239,7 +239,12 @@ rd_kafka_conf_t *kafka_conf_build(const json_t *cfg, const char *path, rd_kafka_
     snprintf(key, sizeof key, "%s.brokers", path);
     if (kafka_conf_set(conf, key, "bootstrap.servers", brokers, err, errlen) < 0 ||
         kafka_conf_set(conf, key, "client.id", "pgtrickle-relay", err, errlen) < 0 ||
-        kafka_conf_set(conf, key, "log.connection.close", "false", err, errlen) < 0)
+        kafka_conf_set(conf, key, "log.connection.close", "false", err, errlen) < 0 ||
+        /* A broker that stops answering fails a request after 10 s, not
+         * librdkafka's 60 s: a blocked offset commit or flush must not hold
+         * a pipeline (and its health) that long. The rdkafka map may
+         * override it. */
+        kafka_conf_set(conf, key, "socket.timeout.ms", "10000", err, errlen) < 0)
         goto fail;
     for (size_t i = 0; i < sizeof key_map / sizeof key_map[0]; i++) {
         const char *v;
