@@ -75,11 +75,23 @@ pg_restart() {  # restart the shared server (fast mode; kills every session)
 }
 
 # --- the relay ---------------------------------------------------------------
+# free_port: a TCP port on 127.0.0.1 that nothing listens on. It is drawn at
+# random from 20000-32767, below the kernel's ephemeral range (32768+ here),
+# so no outgoing connection of a relay or a server can take it between this
+# call and the bind; ports already handed out to this test are never handed
+# out again (callers often take two before starting anything).
 free_port() {
-    python3 - <<'PY' 2>/dev/null || echo $((20000 + RANDOM % 20000))
-import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()
-PY
+    local issued="$TEST_TMP/ports" p i
+    for i in $(seq 1 200); do
+        p=$((20000 + (RANDOM * 32768 + RANDOM) % 12768))
+        grep -qx "$p" "$issued" 2>/dev/null && continue
+        python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$p" \
+            2>/dev/null || continue
+        echo "$p" >>"$issued"
+        echo "$p"
+        return 0
+    done
+    bail "free_port: no free port found in 200 tries"
 }
 
 # start_relay <id> [extra flags...]: runs the daemon in the background;
@@ -87,14 +99,25 @@ PY
 # $RELAY_STDIN (default /dev/null).
 start_relay() {
     local id=$1; shift
-    local port; port=$(free_port)
-    eval "RELAY_PORT_$id=$port"
-    "$RELAY_BIN" --postgres-url "${RELAY_URL:-$DB_URL}" --metrics-addr "127.0.0.1:$port" \
-        --discovery-interval "${DISCOVERY:-1s}" --log-level "${RELAY_LOG_LEVEL:-debug}" "$@" \
-        <"${RELAY_STDIN:-/dev/null}" >>"$TEST_TMP/$id.log" 2>&1 &
-    RELAY_PIDS[$id]=$!
-    wait_until 10 curl -sf -o /dev/null "http://127.0.0.1:$port/metrics" \
-        || { diag "relay $id did not start:"; tail -20 "$TEST_TMP/$id.log" | sed 's/^/#   /'; }
+    local port try
+    for try in 1 2 3; do
+        port=$(free_port)
+        eval "RELAY_PORT_$id=$port"
+        "$RELAY_BIN" --postgres-url "${RELAY_URL:-$DB_URL}" --metrics-addr "127.0.0.1:$port" \
+            --discovery-interval "${DISCOVERY:-1s}" --log-level "${RELAY_LOG_LEVEL:-debug}" "$@" \
+            <"${RELAY_STDIN:-/dev/null}" >>"$TEST_TMP/$id.log" 2>&1 &
+        RELAY_PIDS[$id]=$!
+        wait_until 10 "curl -sf -o /dev/null http://127.0.0.1:$port/metrics || ! kill -0 ${RELAY_PIDS[$id]}"
+        if curl -sf -o /dev/null "http://127.0.0.1:$port/metrics"; then return 0; fi
+        # another process took the port between free_port and the relay's bind
+        if [ "$try" -lt 3 ] && ! kill -0 "${RELAY_PIDS[$id]}" 2>/dev/null \
+            && tail -3 "$TEST_TMP/$id.log" | grep -q "metrics address 127.0.0.1:$port: Address already in use"; then
+            wait "${RELAY_PIDS[$id]}" 2>/dev/null
+            continue
+        fi
+        break
+    done
+    diag "relay $id did not start:"; tail -20 "$TEST_TMP/$id.log" | sed 's/^/#   /'
 }
 relay_port() { eval "echo \$RELAY_PORT_$1"; }
 relay_pid() { echo "${RELAY_PIDS[$1]}"; }

@@ -39,20 +39,33 @@ last_error() { http_get "$1" /status | jq -r ".pipelines[] | select(.name == \"$
 declare -A PRIV_NATS_PIDS=()
 start_private_nats() {
     local id=$1; shift
-    local d="$TEST_TMP/nats-$id"
+    local d="$TEST_TMP/nats-$id" try fresh=1
     mkdir -p "$d"
-    local port; port=$(cat "$d/port" 2>/dev/null || free_port)
-    echo "$port" > "$d/port"
+    [ -f "$d/port" ] && fresh=0
     local js=(-js -sd "$d/js")
     [ "${PRIV_NATS_NO_JS:-0}" = 1 ] && js=()
-    nats-server -a 127.0.0.1 -p "$port" "${js[@]}" -n "relay-test-$id" -l "$d/nats.log" "$@" \
-        </dev/null >/dev/null 2>&1 &
-    PRIV_NATS_PIDS[$id]=$!
-    eval "PRIV_NATS_URL_$id=nats://127.0.0.1:$port"
-    wait_until 10 "(exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null" \
-        || { tail -5 "$d/nats.log" | sed 's/^/#   /'; bail "private nats-server $id did not start"; }
-    # JetStream needs a moment after the port opens
-    sleep 0.2
+    for try in 1 2 3; do
+        # a restart keeps its port; a first start that lost its port to
+        # another process (seen in the log) tries again on a new one
+        local port; port=$(cat "$d/port" 2>/dev/null || free_port)
+        echo "$port" > "$d/port"
+        nats-server -a 127.0.0.1 -p "$port" "${js[@]}" -n "relay-test-$id" -l "$d/nats.log" "$@" \
+            </dev/null >/dev/null 2>&1 &
+        PRIV_NATS_PIDS[$id]=$!
+        eval "PRIV_NATS_URL_$id=nats://127.0.0.1:$port"
+        if wait_until 10 "(exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null || ! kill -0 ${PRIV_NATS_PIDS[$id]}" \
+            && kill -0 "${PRIV_NATS_PIDS[$id]}" 2>/dev/null; then
+            sleep 0.2   # JetStream needs a moment after the port opens
+            return 0
+        fi
+        kill -9 "${PRIV_NATS_PIDS[$id]}" 2>/dev/null; wait "${PRIV_NATS_PIDS[$id]}" 2>/dev/null
+        [ "$fresh" = 1 ] && [ "$try" -lt 3 ] && tail -3 "$d/nats.log" 2>/dev/null | grep -q "address already in use" \
+            || break
+        diag "private nats-server $id: port $port in use, trying another"
+        rm -f "$d/port"
+    done
+    tail -5 "$d/nats.log" | sed 's/^/#   /'
+    bail "private nats-server $id did not start"
 }
 priv_nats_url() { eval "echo \$PRIV_NATS_URL_$1"; }
 stop_private_nats() {   # SIGINT (clean shutdown) and wait
