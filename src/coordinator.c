@@ -16,6 +16,11 @@
  *   - running here but disabled or deleted -> stop it;
  *   - running here with a different config -> stop it; it is started again
  *     with the new config once the old worker has released its lock.
+ * A worker stopped by a catalog change gets RELOAD_GRACE_MS, not the whole
+ * --shutdown-timeout, to confirm its batch in flight: a healthy sink needs
+ * milliseconds, and a sink that keeps failing is the usual reason for the
+ * change, so the batch is left unacknowledged (the next worker reads it
+ * again) and the new config takes effect at once.
  * Whether another relay owns a pipeline is read from pg_locks (granted
  * advisory locks with our group's key), which avoids opening a connection
  * per foreign pipeline on every tick. The worker's own
@@ -96,12 +101,19 @@ static pipeline *add_pipe(const char *name, int forward)
     return p;
 }
 
-static void stop_worker(pipeline *p, const char *why)
+/* How long a worker stopped by a catalog change may take to confirm its
+ * batch in flight (at most --shutdown-timeout), in ms. */
+#define RELOAD_GRACE_MS 500
+
+/* Ask the worker to stop, finishing its batch in flight within grace_ms. */
+static void stop_worker(pipeline *p, const char *why, int64_t grace_ms)
 {
     if (!p->worker)
         return;
     log_info(p->name, "stopping pipeline (%s)", why);
-    worker_request_stop(p->worker, now_mono_ms() + co.opts->shutdown_timeout_ms);
+    if (grace_ms > co.opts->shutdown_timeout_ms)
+        grace_ms = co.opts->shutdown_timeout_ms;
+    worker_request_stop(p->worker, now_mono_ms() + grace_ms);
     co.stopping = xrealloc(co.stopping, (co.nstopping + 1) * sizeof *co.stopping);
     co.stopping[co.nstopping++] = p->worker;
     p->worker = NULL;
@@ -256,9 +268,9 @@ static int reconcile(void)
         p->seen = 1;
         if (p->worker) {
             if (!enabled)
-                stop_worker(p, "disabled");
+                stop_worker(p, "disabled", RELOAD_GRACE_MS);
             else if (strcmp(p->worker->cfg.config_text, config) != 0)
-                stop_worker(p, "config changed; restarting with the new config");
+                stop_worker(p, "config changed; restarting with the new config", RELOAD_GRACE_MS);
         }
         if (enabled && !p->worker && !still_stopping(name, forward)) {
             cand[ncand] = name;
@@ -268,7 +280,7 @@ static int reconcile(void)
     }
     for (size_t i = 0; i < co.npipes; i++)
         if (!co.pipes[i].seen && co.pipes[i].worker)
-            stop_worker(&co.pipes[i], "deleted");
+            stop_worker(&co.pipes[i], "deleted", RELOAD_GRACE_MS);
 
     char **locked = NULL;
     size_t nlocked = 0;
@@ -357,7 +369,7 @@ static void shutdown_all(void)
 {
     int64_t deadline = now_mono_ms() + co.opts->shutdown_timeout_ms;
     for (size_t i = 0; i < co.npipes; i++)
-        stop_worker(&co.pipes[i], "relay shutting down");
+        stop_worker(&co.pipes[i], "relay shutting down", co.opts->shutdown_timeout_ms);
     while (co.nstopping) {
         reap();
         if (!co.nstopping)

@@ -242,13 +242,19 @@ static void render_subjects(relay_worker *w, relay_batch *b)
     buf_free(&tmp);
 }
 
+static void give_up(relay_worker *w, size_t unconfirmed)
+{
+    log_warn(w->cfg.name, "stop deadline reached with %zu messages unconfirmed: not "
+             "acknowledged, they will be delivered again", unconfirmed);
+}
+
 /* Publish until every message is CONFIRMED or DEAD.
  * Returns 0 done, -1 abandoned (shutdown deadline or lost PostgreSQL). */
 static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
 {
     char err[ERRLEN];
     relay_msg **pending = xmalloc(b->n * sizeof *pending);
-    int result = -1;
+    int result = -1, told_stopping = 0;
     uint64_t t0 = now_mono_us();
     for (;;) {
         size_t n = 0, rejected = 0;
@@ -325,20 +331,27 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
         if (!failed)
             continue;
         if (past_deadline(w)) {
-            log_warn(w->cfg.name, "shutdown deadline reached with %zu messages unconfirmed: "
-                     "not acknowledged, they will be redelivered", n);
+            give_up(w, n);
             goto out;
         }
         if (pg_broken(w->pg))
             goto out;
+        if (worker_stopping(w) && !told_stopping) {
+            told_stopping = 1;
+            log_info(w->cfg.name, "stopping with %zu messages unconfirmed: retrying them for "
+                     "up to %lld ms more, then leaving them unacknowledged",
+                     n, (long long)(atomic_load(&w->stop_deadline_ms) - now_mono_ms()));
+        }
         int64_t d = backoff_next(bo);
         if (w->sink->retry_after_ms > d)
             d = w->sink->retry_after_ms; /* the sink was asked to wait (Retry-After) */
         w->sink->retry_after_ms = 0;
         log_debug(w->cfg.name, "retrying %zu messages in %lld ms", n, (long long)d);
         pause_ms(w, d, 1);
-        if (past_deadline(w))
+        if (past_deadline(w)) {
+            give_up(w, n);
             goto out;
+        }
     }
     stats_observe_latency(w->stats, now_mono_us() - t0);
 out:

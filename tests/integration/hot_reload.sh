@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Hot reload: disable_relay stops a running pipeline within 1 s, enable_relay
 # resumes it from its offset, set_relay_outbox on a running pipeline applies
-# the new sink config, delete_relay stops it.
+# the new sink config, delete_relay stops it. A pipeline whose sink keeps
+# failing (a file on /dev/full) is reconfigured within about a second too:
+# its unconfirmed batch is left unacknowledged, not retried for the whole
+# --shutdown-timeout, and arrives through the new config.
 . "$(dirname "$0")/lib.sh"
 setup_db
 A=$TEST_TMP/a.jsonl
@@ -42,6 +45,23 @@ wait_until 10 '[ "$(lines "$B")" -ge 10 ]'
 is "$(lines "$B")" 10 "after set_relay_outbox the new sink config (file b) receives new rows"
 is "$(lines "$A")" 150 "the old sink gets nothing more"
 is "$(jq -r .payload.n "$B" | head -1)" 151 "the new config continues from the same offset"
+
+# a failing sink: every write to /dev/full fails (ENOSPC), the batch is retried
+sql "SELECT pgtrickle.set_relay_outbox('orders-file', 'orders', NULL, '$(file_sink /dev/full)')" >/dev/null
+wait_until 5 '[ "$(owned)" = 1 ]'
+write_rows orders 161 170
+wait_until 10 'relay_log r1 | grep -q "write /dev/full"'
+sleep 0.5   # well into the retries
+C=$TEST_TMP/c.jsonl
+t0=$(now_ms)
+sql "SELECT pgtrickle.set_relay_outbox('orders-file', 'orders', NULL, '$(file_sink "$C")')" >/dev/null
+wait_until 40 '[ "$(lines "$C")" -ge 10 ]'
+elapsed=$(( $(now_ms) - t0 ))
+diag "config change on a failing sink -> rows relayed by the new config in ${elapsed} ms"
+ok "$([ "$elapsed" -le 2000 ] && echo 0 || echo 1)" "a pipeline retrying a failing sink takes a new config within 2 s (not --shutdown-timeout)"
+is "$(jq -r .payload.n "$C" | tr '\n' ' ')" "161 162 163 164 165 166 167 168 169 170 " \
+   "the batch the failing sink never confirmed arrives through the new config, once"
+like "$(relay_log r1)" "stop deadline reached with [0-9]+ messages unconfirmed" "the log says the unconfirmed batch is given up"
 
 sql "SELECT pgtrickle.delete_relay('orders-file')" >/dev/null
 wait_until 5 '[ "$(owned)" = 0 ]'

@@ -42,7 +42,7 @@ like() { # like <got> <extended regex> <description>
     if [[ "$1" =~ $2 ]]; then ok 0 "$3"
     else ok 1 "$3"; diag "got:      '$1'"; diag "expected to match: $2"; fi
 }
-diag() { printf '# %s\n' "$*" | head -c 4000; echo; }
+diag() { printf '%s\n' "$*" | head -c 4000 | sed 's/^/# /'; }
 done_testing() {
     # A sanitizer build reports into the relay logs: any report fails the test.
     local reports
