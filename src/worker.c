@@ -465,7 +465,9 @@ static void run(relay_worker *w)
              w->cfg.forward ? "forward" : "reverse", w->cfg.source_type, w->cfg.sink_type,
              w->opts->group_id);
     json_t *bs = json_object_get(w->cfg.source, "batch_size");
-    if (json_is_integer(bs) && json_integer_value(bs) > 0)
+    if (w->source->max_events)
+        max_batch = (int64_t)w->source->max_events;
+    else if (json_is_integer(bs) && json_integer_value(bs) > 0)
         max_batch = (int64_t)json_integer_value(bs);
     else if (w->source->default_batch)
         max_batch = (int64_t)w->source->default_batch;

@@ -3,7 +3,9 @@
  *
  * Config (pipeline "source" object):
  *   outbox            stream table name, e.g. "orders" (required)
- *   batch_size        outbox rows per poll (500)
+ *   batch_size        outbox rows per poll (500); a batch also ends after
+ *                     the row that brings it to 10 000 events (or
+ *                     batch_size, if larger)
  *   poll_interval_ms  fallback poll when no NOTIFY arrives (1000)
  *   group             consumer group name (null: simple mode)
  *   consumer_id       group mode: this pipeline's consumer id (the pipeline
@@ -77,6 +79,7 @@
 #include "source.h"
 
 #define ERRLEN 512
+#define OUTBOX_BATCH_EVENTS 10000 /* events per batch at most, beyond one row (see batch_size) */
 
 typedef struct outbox_source {
     relay_source base;
@@ -150,6 +153,9 @@ static relay_source *ob_create(const json_t *cfg, relay_worker *w, char *err, si
     s->base.default_subject = RELAY_DEFAULT_OUTBOX_SUBJECT;
     s->outbox = xstrdup(outbox);
     s->batch_size = batch;
+    /* batch_size counts rows; a row holds up to outbox_inline_threshold_rows
+     * (10 000) events: a batch ends after the row that reaches this many */
+    s->base.max_events = batch > OUTBOX_BATCH_EVENTS ? (size_t)batch : OUTBOX_BATCH_EVENTS;
     s->poll_interval_ms = interval;
     return &s->base;
 }

@@ -90,6 +90,10 @@ struct relay_source {
     /* Events per batch when the config has no source.batch_size; 0 lets the
      * source decide within its own limits (the worker passes 100000). */
     size_t default_batch;
+    /* Set by a source whose source.batch_size counts something else than
+     * events (the outbox: rows, each holding up to thousands of events):
+     * the events per batch, whatever source.batch_size says. 0: unused. */
+    size_t max_events;
 };
 
 #endif

@@ -50,4 +50,20 @@ is "$(metric r1 'pgtrickle_relay_dead_lettered_total{pipeline="orders-file"}')" 
 is "$(sql "SELECT last_change_id FROM pgtrickle.relay_consumer_offsets")" 7 "offset passed the dead-lettered row"
 like "$(relay_log r1)" "dead-lettered" "a log line reports the dead letter"
 stop_relay r1
+
+# batch_size counts rows; events per batch are capped at 10 000 after the row
+# that reaches it: 25 rows of 1 000 events with batch_size 500 are 3 batches
+# (10 + 10 + 5 rows), not 1 batch of 25 000 events, nor 25 of one row each
+BIG=$TEST_TMP/big.jsonl
+sql "SELECT pgtrickle.enable_outbox('wide')" >/dev/null
+sql "SELECT pgtrickle.outbox_write('wide', (SELECT jsonb_agg(jsonb_build_object('n', g)) FROM generate_series(1, 1000) g))
+     FROM generate_series(1, 25)" >/dev/null
+sql "SELECT pgtrickle.set_relay_outbox('wide-file', 'wide', NULL, '$(file_sink "$BIG")')" >/dev/null
+sql "UPDATE pgtrickle.relay_outbox_config SET config = jsonb_set(config, '{source,batch_size}', '500') WHERE name = 'wide-file'" >/dev/null
+start_relay r2
+wait_until 20 '[ "$(lines "$BIG")" -ge 25000 ]'
+is "$(lines "$BIG")" 25000 "25 rows x 1 000 events relayed"
+is "$(metric r2 'pgtrickle_relay_batches_total{pipeline="wide-file"}')" 3 \
+   "in 3 batches of at most 10 000 events plus one row (batch_size 500 rows does not cap events at 500)"
+stop_relay r2
 done_testing
