@@ -26,7 +26,7 @@
  *   committed  next offset committed to the group
  * poll() consumes up to batch_size records (waiting only for the first);
  * ack(), called after the inbox COMMIT, moves "inbox" past the batch and
- * commits (synchronously, an explicit partition list) the next offset of
+ * commits (an explicit partition list, awaited for 5 s at most) the next offset of
  * every partition present in the batch, plus any partition whose earlier
  * commit failed. Nothing else ever commits, except the revocation below,
  * and it only commits "inbox" positions: an offset is never committed for
@@ -72,6 +72,7 @@
 
 #define REACH_TIMEOUT_MS 3000
 #define COMMITTED_TIMEOUT_MS 5000
+#define COMMIT_WAIT_MS 5000      /* an offset commit's answer, at most */
 #define CLOSE_TIMEOUT_MS 10000
 
 /* A partition this consumer owns, or owned earlier: a revoked partition's
@@ -114,6 +115,10 @@ typedef struct kafka_source {
     char logged_error[512];      /* last consumer error logged (one line per change) */
     uint64_t rebalances;
     relay_buf pos;
+    /* offset commits: results arrive on commit_q (served by commit_wait) */
+    rd_kafka_queue_t *commit_q;
+    int commits_out;             /* commits sent, result not served yet */
+    rd_kafka_resp_err_t commit_err; /* first error served since the last commit was sent */
 } kafka_source;
 
 static const char *pipeline_name(const kafka_source *s)
@@ -320,37 +325,56 @@ static void publish_position(kafka_source *s)
 
 /* ---- committing ------------------------------------------------------------ */
 
-typedef struct commit_result {
-    kafka_source *s;
-    rd_kafka_resp_err_t err;
-} commit_result;
-
+/* Served by commit_wait() on the worker thread, possibly for a commit an
+ * earlier call stopped waiting for: results are kept in the source. */
 static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                       rd_kafka_topic_partition_list_t *offsets, void *opaque)
 {
     (void)rk;
-    commit_result *cr = opaque;
-    cr->err = err;
+    kafka_source *s = opaque;
+    if (s->commits_out > 0)
+        s->commits_out--;
+    if (err && !s->commit_err)
+        s->commit_err = err;
     for (int i = 0; offsets && i < offsets->cnt; i++) {
         rd_kafka_topic_partition_t *e = &offsets->elems[i];
         if (e->err) {
-            if (!cr->err)
-                cr->err = e->err;
+            if (!s->commit_err)
+                s->commit_err = e->err;
             continue;
         }
-        kpart *p = find_assigned(cr->s, e->topic, e->partition);
+        kpart *p = find_assigned(s, e->topic, e->partition);
         if (p && e->offset > p->committed)
             p->committed = e->offset;
+    }
+}
+
+/* Serve commit results until none is outstanding, for at most `ms`. */
+static void commit_wait(kafka_source *s, int64_t ms)
+{
+    int64_t end = now_mono_ms() + ms;
+    while (s->commits_out > 0) {
+        int64_t left = end - now_mono_ms();
+        if (left <= 0)
+            break;
+        rd_kafka_queue_poll_callback(s->commit_q, left > 100 ? 100 : (int)left);
     }
 }
 
 /* Commit the inbox position of each assigned partition in `only` (all
  * when NULL) that is ahead of the committed one. Partitions no longer
  * assigned are never committed: their new owner may be further along.
- * Synchronous. Returns 0, or -1 with err. */
+ * The commit is sent asynchronously and awaited for COMMIT_WAIT_MS at most:
+ * with the group coordinator unreachable librdkafka would hold a
+ * synchronous commit until the group session expires (about a minute),
+ * and the worker with it. A commit not answered in time is an error here;
+ * its late result is served by the next call, and the positions it did not
+ * commit are committed by the next ack (records meanwhile redelivered are
+ * skipped by the inbox). Returns 0, or -1 with err. */
 static int commit_inbox_positions(kafka_source *s, const rd_kafka_topic_partition_list_t *only,
                                   char *err, size_t errlen)
 {
+    commit_wait(s, 0); /* results of earlier commits that came late */
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->nparts + 1);
     for (size_t i = 0; i < s->nparts; i++) {
         kpart *p = &s->parts[i];
@@ -362,12 +386,18 @@ static int commit_inbox_positions(kafka_source *s, const rd_kafka_topic_partitio
     }
     int rc = 0;
     if (l->cnt > 0) {
-        commit_result cr = {s, RD_KAFKA_RESP_ERR_NO_ERROR};
-        rd_kafka_resp_err_t e = rd_kafka_commit_queue(s->rk, l, NULL, on_commit, &cr);
-        if (!e)
-            e = cr.err;
+        s->commit_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+        rd_kafka_resp_err_t e = rd_kafka_commit_queue(s->rk, l, s->commit_q, on_commit, s);
+        if (!e) {
+            s->commits_out++;
+            commit_wait(s, COMMIT_WAIT_MS);
+            e = s->commit_err;
+        }
         if (e) {
             snprintf(err, errlen, "offset commit failed: %s", rd_kafka_err2str(e));
+            rc = -1;
+        } else if (s->commits_out > 0) {
+            snprintf(err, errlen, "offset commit not answered within %d ms", COMMIT_WAIT_MS);
             rc = -1;
         }
     }
@@ -537,6 +567,10 @@ static void close_consumer(kafka_source *s)
         }
     }
     rd_kafka_queue_destroy(q);
+    commit_wait(s, 0);
+    rd_kafka_queue_destroy(s->commit_q);
+    s->commit_q = NULL;
+    s->commits_out = 0;
     rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     s->rk = NULL;
     clear_parts(s);
@@ -563,6 +597,7 @@ static int kc_open(relay_source *base, char *err, size_t errlen)
         s->cs.fatal = 0;
         s->cs.brokers_down = 0;
         s->cs.last_error[0] = '\0';
+        s->commit_q = rd_kafka_queue_new(s->rk);
         rd_kafka_poll_set_consumer(s->rk);
         rd_kafka_resp_err_t e = rd_kafka_subscribe(s->rk, s->topics);
         if (e) {
