@@ -28,6 +28,25 @@
  *
  * Pipelines are keyed by direction and name: pg_trickle allows the same
  * name in relay_outbox_config and relay_inbox_config.
+ *
+ * Sharing the pipelines between the relays of a group.  Each coordinator
+ * holds a shared advisory lock on a key derived from the group
+ * (pg_advisory_lock_shared(hashtextextended('pgtrickle-relay group:' ||
+ * group, 0)), a one-bigint key, so it never meets the two-int pipeline
+ * locks); counting the granted holders in pg_locks gives the relays alive
+ * in the group, and a relay that dies drops out with its connection. With
+ * M relays and N enabled pipelines a relay runs at most ceil(N / M) of them
+ * (its fair share):
+ *   - it starts a free pipeline only while below its share, except one that
+ *     stayed free for ORPHAN_INTERVALS discovery intervals (no other relay
+ *     wants it, e.g. one built without that backend): that one it takes;
+ *   - when every enabled pipeline is owned and it runs more than its share,
+ *     it stops the surplus (RELOAD_GRACE_MS, as for a config change) and,
+ *     once their locks are released, NOTIFYs pgtrickle_relay_config so the
+ *     others pick them up at once rather than on their next tick;
+ *   - a pipeline it handed over that came back to it (nobody else took it)
+ *     is not handed over again for NO_REHANDOVER_MS, so that cannot loop.
+ * A relay that starts NOTIFYs too, so running relays make room for it.
  */
 #include "coordinator.h"
 
@@ -51,12 +70,23 @@
 
 #define ERRLEN 1024
 
+/* Discovery intervals a pipeline must stay free before a relay at its fair
+ * share takes it anyway; how recent a handover must be for a pipeline that
+ * comes back to count as handed back (ms); how long such a pipeline is then
+ * kept (ms). See "Sharing the pipelines" above. */
+#define ORPHAN_INTERVALS 2
+#define HANDED_BACK_MS 60000
+#define NO_REHANDOVER_MS 600000
+
 typedef struct pipeline {
     char *name;
     int forward;
     relay_worker *worker;   /* NULL when not running here */
     char *failed_config;    /* config text that failed validation (not retried) */
     int seen;               /* mark for reconcile */
+    int64_t free_since_ms;  /* free (no relay runs it) and left alone since; 0: not */
+    int64_t handed_over_ms; /* when this relay last stopped it to rebalance */
+    int64_t keep_until_ms;  /* not handed over again before this */
 } pipeline;
 
 static struct {
@@ -66,6 +96,7 @@ static struct {
     size_t npipes;
     relay_worker **stopping; /* workers asked to stop, not yet joined */
     size_t nstopping;
+    int handovers;           /* of those, stopped to rebalance: NOTIFY when joined */
     int sig_pipe[2];
 } co;
 
@@ -119,6 +150,20 @@ static void stop_worker(pipeline *p, const char *why, int64_t grace_ms)
     p->worker = NULL;
 }
 
+/* NOTIFY pgtrickle_relay_config so every relay reconciles at once; `event`
+ * says why ({"event": ..., "group": ...}). Returns 0 or -1 (err). */
+static int notify_group(const char *event, char *err, size_t errlen)
+{
+    if (!co.pg) {
+        snprintf(err, errlen, "not connected");
+        return -1;
+    }
+    const char *params[2] = {event, co.opts->group_id};
+    return pg_exec(co.pg, "SELECT pg_notify('pgtrickle_relay_config',"
+                   " json_build_object('event', $1::text, 'group', $2::text)::text)",
+                   2, params, err, errlen);
+}
+
 /* Is a worker for this name (either being stopped, or running) still alive here? */
 static int still_stopping(const char *name, int forward)
 {
@@ -143,6 +188,13 @@ static int reap(void)
         } else {
             i++;
         }
+    }
+    if (co.handovers && co.nstopping == 0) {
+        /* The pipelines handed over are free now: wake the other relays. */
+        char err[ERRLEN];
+        if (notify_group("handover", err, sizeof err) < 0)
+            log_debug(NULL, "handover notification failed: %s", err);
+        co.handovers = 0;
     }
     for (size_t i = 0; i < co.npipes; i++) {
         pipeline *p = &co.pipes[i];
@@ -235,6 +287,74 @@ static void start_pipeline(pipeline *p, const char *direction, int enabled, cons
     p->failed_config = xstrdup(config);
 }
 
+/* ---- sharing the pipelines between the relays of a group ------------------- */
+
+/* The group's membership lock: shared, one bigint key (see the top). */
+#define MEMBER_KEY_SQL "hashtextextended('pgtrickle-relay group:' || $1::text, 0)"
+
+static int join_group(char *err, size_t errlen)
+{
+    const char *params[1] = {co.opts->group_id};
+    if (pg_exec(co.pg, "SELECT pg_advisory_lock_shared(" MEMBER_KEY_SQL ")", 1, params, err,
+                errlen) < 0)
+        return -1;
+    return notify_group("relay joined", err, errlen); /* the others make room for it */
+}
+
+/* Leaving (shutdown): drop out of the count before stopping the workers,
+ * so the other relays' fair share covers this relay's pipelines. */
+static void leave_group(void)
+{
+    char err[ERRLEN];
+    const char *params[1] = {co.opts->group_id};
+    if (co.pg && pg_exec(co.pg, "SELECT pg_advisory_unlock_shared(" MEMBER_KEY_SQL ")", 1, params,
+                         err, sizeof err) < 0)
+        log_debug(NULL, "leaving the group: %s", err);
+}
+
+/* Relays alive in the group (holders of the membership lock), or 1 when it
+ * cannot be read (then this relay runs whatever it can, as if alone). */
+static int count_members(void)
+{
+    char err[ERRLEN];
+    const char *params[1] = {co.opts->group_id};
+    PGresult *r = pg_query(co.pg,
+                           "SELECT count(*) FROM pg_catalog.pg_locks l,"
+                           " (SELECT " MEMBER_KEY_SQL " AS k) m"
+                           " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                           "   AND l.database = (SELECT oid FROM pg_catalog.pg_database"
+                           "                     WHERE datname = current_database())"
+                           "   AND l.classid = ((m.k >> 32) & 4294967295)::oid"
+                           "   AND l.objid = (m.k & 4294967295)::oid",
+                           1, params, err, sizeof err);
+    if (!r) {
+        log_debug(NULL, "cannot count the relays of the group: %s", err);
+        return 1;
+    }
+    int n = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return n > 0 ? n : 1;
+}
+
+/* Stop the pipelines this relay runs beyond its fair share, leaving alone
+ * those that came back after an earlier handover. */
+static void hand_over_surplus(size_t mine, size_t share, int members)
+{
+    int64_t now = now_mono_ms();
+    for (size_t i = co.npipes; i-- > 0 && mine > share;) {
+        pipeline *p = &co.pipes[i];
+        if (!p->worker || p->keep_until_ms > now)
+            continue;
+        char why[160];
+        snprintf(why, sizeof why, "handing it over: %d relays in group \"%.60s\", "
+                 "fair share %zu pipelines", members, co.opts->group_id, share);
+        stop_worker(p, why, RELOAD_GRACE_MS);
+        p->handed_over_ms = now;
+        co.handovers++;
+        mine--;
+    }
+}
+
 /* Read the catalog and start/stop workers. Returns 0, or -1 when the
  * coordinator connection failed. */
 static int reconcile(void)
@@ -288,15 +408,51 @@ static int reconcile(void)
         log_warn(NULL, "cannot read advisory locks: %s", err);
         nlocked = 0;
     }
+    /* This relay's fair share of the pipelines it could run. */
+    int members = count_members();
+    size_t total = 0, mine = 0, nfree = 0;
     for (int i = 0; i < rows; i++) {
+        pipeline *p = find_pipe(PQgetvalue(r, i, 0), strcmp(PQgetvalue(r, i, 1), "forward") == 0);
+        int enabled = strcmp(PQgetvalue(r, i, 2), "t") == 0;
+        int unusable = p->failed_config && strcmp(p->failed_config, PQgetvalue(r, i, 3)) == 0;
+        total += enabled && !unusable;
+        mine += p->worker != NULL;
+    }
+    size_t share = (total + (size_t)members - 1) / (size_t)members;
+    stats_set_group(members, (int)share);
+    int64_t now = now_mono_ms();
+    int64_t orphan_after = ORPHAN_INTERVALS * co.opts->discovery_interval_ms;
+    /* Start at a position of our own, so relays starting together do not
+     * all race for the same pipelines first. */
+    int first = rows > 0 ? (int)((unsigned)getpid() % (unsigned)rows) : 0;
+    for (int k = 0; k < rows; k++) {
+        int i = (first + k) % rows;
         const char *name = PQgetvalue(r, i, 0);
         int forward = strcmp(PQgetvalue(r, i, 1), "forward") == 0;
         int enabled = strcmp(PQgetvalue(r, i, 2), "t") == 0;
         pipeline *p = find_pipe(name, forward);
-        if (!enabled || p->worker || still_stopping(name, forward) || in_list(locked, nlocked, name))
+        if (!enabled || p->worker || still_stopping(name, forward) || in_list(locked, nlocked, name)) {
+            p->free_since_ms = 0;
             continue;
+        }
+        if (!p->free_since_ms)
+            p->free_since_ms = now;
+        if (mine >= share && now - p->free_since_ms < orphan_after) {
+            nfree++; /* another relay below its share takes it */
+            continue;
+        }
         start_pipeline(p, PQgetvalue(r, i, 1), enabled, PQgetvalue(r, i, 3));
+        if (!p->worker)
+            continue;
+        mine++;
+        p->free_since_ms = 0;
+        if (p->handed_over_ms && now - p->handed_over_ms < HANDED_BACK_MS) {
+            log_info(p->name, "no other relay took the pipeline over: keeping it");
+            p->keep_until_ms = now + NO_REHANDOVER_MS;
+        }
     }
+    if (members > 1 && nfree == 0 && nlocked + mine >= total && mine > share)
+        hand_over_surplus(mine, share, members);
     for (size_t i = 0; i < nlocked; i++)
         free(locked[i]);
     free(locked);
@@ -342,7 +498,8 @@ static int connect_coordinator(int first, char *err, size_t errlen)
         disconnect();
         return broken || !first ? -1 : -2;
     }
-    if (pg_exec(co.pg, "LISTEN pgtrickle_relay_config", 0, NULL, err, errlen) < 0) {
+    if (pg_exec(co.pg, "LISTEN pgtrickle_relay_config", 0, NULL, err, errlen) < 0 ||
+        join_group(err, errlen) < 0) {
         disconnect();
         return -1;
     }
@@ -472,7 +629,10 @@ int coordinator_run(const relay_options *opts)
     if (atomic_load(&stop_requested))
         log_info(NULL, "shutting down: finishing in-flight batches (timeout %lld ms)",
                  (long long)opts->shutdown_timeout_ms);
+    leave_group();
     shutdown_all();
+    if (notify_group("relay left", err, sizeof err) < 0) /* take its pipelines now */
+        log_debug(NULL, "departure notification failed: %s", err);
     for (size_t i = 0; i < co.npipes; i++) {
         free(co.pipes[i].name);
         free(co.pipes[i].failed_config);

@@ -291,6 +291,14 @@ static void put_process_families(relay_buf *out, const snapshot *snap)
     put_family(out, "pgtrickle_relay_pipelines_owned", "gauge",
                "Pipelines this process currently owns and runs.");
     buf_printf(out, "pgtrickle_relay_pipelines_owned %" PRId64 "\n", owned_count(snap));
+    int relays, share;
+    stats_get_group(&relays, &share);
+    put_family(out, "pgtrickle_relay_group_relays", "gauge",
+               "Relays alive in this relay's group (holders of the group's membership lock).");
+    buf_printf(out, "pgtrickle_relay_group_relays %d\n", relays);
+    put_family(out, "pgtrickle_relay_fair_share", "gauge",
+               "Pipelines this relay runs at most while every pipeline has an owner.");
+    buf_printf(out, "pgtrickle_relay_fair_share %d\n", share);
     put_family(out, "pgtrickle_relay_uptime_seconds", "gauge", "Seconds since the process started.");
     buf_printf(out, "pgtrickle_relay_uptime_seconds %" PRId64 "\n", stats_uptime_seconds());
     put_family(out, "pgtrickle_relay_info", "gauge", "Build information.");
@@ -467,9 +475,12 @@ void http_render_status(relay_buf *out)
         json_array_append_new(pipelines, status_pipeline(snap.e[i], now));
     json_int_t owned = (json_int_t)owned_count(&snap);
     snapshot_release(&snap);
-    dump_json(out, json_pack("{s:I, s:s, s:I, s:o}", "uptime_seconds",
+    int relays, share;
+    stats_get_group(&relays, &share);
+    dump_json(out, json_pack("{s:I, s:s, s:I, s:{s:i, s:i}, s:o}", "uptime_seconds",
                              (json_int_t)stats_uptime_seconds(), "version", RELAY_VERSION,
-                             "pipelines_owned", owned, "pipelines", pipelines));
+                             "pipelines_owned", owned, "group", "relays", relays, "fair_share",
+                             share, "pipelines", pipelines));
 }
 
 /* ---- request handling -------------------------------------------------- */

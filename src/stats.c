@@ -92,6 +92,20 @@ int64_t stats_uptime_seconds(void)
     return (now_mono_ms() - start) / 1000;
 }
 
+static _Atomic int g_group_relays, g_fair_share;
+
+void stats_set_group(int relays, int fair_share)
+{
+    atomic_store(&g_group_relays, relays);
+    atomic_store(&g_fair_share, fair_share);
+}
+
+void stats_get_group(int *relays, int *fair_share)
+{
+    *relays = atomic_load(&g_group_relays);
+    *fair_share = atomic_load(&g_fair_share);
+}
+
 /* ---- registry ---------------------------------------------------------- */
 
 static pthread_mutex_t g_reg_mu = PTHREAD_MUTEX_INITIALIZER;

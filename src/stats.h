@@ -104,6 +104,12 @@ relay_stats **stats_snapshot(size_t *n);
 void stats_init(void);
 int64_t stats_uptime_seconds(void);
 
+/* The relay group as the coordinator last saw it (coordinator.c): relays
+ * alive in the group and this relay's fair share of the pipelines; both 0
+ * until the first reconcile. */
+void stats_set_group(int relays, int fair_share);
+void stats_get_group(int *relays, int *fair_share);
+
 /* Wall-clock and monotonic time in milliseconds. */
 int64_t now_wall_ms(void);
 int64_t now_mono_ms(void);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # High availability: two relays of one group, four pipelines. Each pipeline
-# runs in exactly one process; kill -9 one relay and the other takes its
-# pipelines within two discovery intervals, losing no row.
+# runs in exactly one process, two in each; kill -9 one relay and the other
+# takes its pipelines within two discovery intervals, losing no row.
 . "$(dirname "$0")/lib.sh"
 setup_db
 for i in 1 2 3 4; do
@@ -18,8 +18,9 @@ o1=$(owned_by r1); o2=$(owned_by r2)
 diag "r1 owns: $o1 / r2 owns: $o2"
 is "$(echo $o1 $o2 | tr ' ' '\n' | sort | tr '\n' ' ')" "p1 p2 p3 p4 " "all four pipelines are owned"
 is "$(echo $o1 $o2 | tr ' ' '\n' | sort | uniq -d | wc -l)" 0 "no pipeline runs in both relays"
-is "$(sql "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")" 4 \
-   "exactly four advisory locks are held"
+is "$(sql "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")" 4 \
+   "exactly four pipeline locks are held"
+is "$(count r1) $(count r2)" "2 2" "two relays share four pipelines two and two"
 
 for i in 1 2 3 4; do write_rows "o$i" 1 200; done
 wait_until 20 '[ "$(cat "$TEST_TMP"/p*.jsonl 2>/dev/null | wc -l)" -ge 800 ]'
@@ -27,7 +28,6 @@ wait_until 20 '[ "$(cat "$TEST_TMP"/p*.jsonl 2>/dev/null | wc -l)" -ge 800 ]'
 ( for i in 1 2 3 4; do write_rows "o$i" 201 700; done ) &
 writer=$!
 victim=r1; survivor=r2
-[ "$(count r1)" -eq 0 ] && { victim=r2; survivor=r1; }
 sleep 0.3
 t0=$(now_ms)
 kill9_relay $victim
