@@ -336,6 +336,12 @@ static int count_members(void)
     return n > 0 ? n : 1;
 }
 
+/* A config this relay could not load (it waits for a change). */
+static int unusable_here(const pipeline *p, const char *config)
+{
+    return p->failed_config && strcmp(p->failed_config, config) == 0;
+}
+
 /* Stop the pipelines this relay runs beyond its fair share, leaving alone
  * those that came back after an earlier handover. */
 static void hand_over_surplus(size_t mine, size_t share, int members)
@@ -414,8 +420,7 @@ static int reconcile(void)
     for (int i = 0; i < rows; i++) {
         pipeline *p = find_pipe(PQgetvalue(r, i, 0), strcmp(PQgetvalue(r, i, 1), "forward") == 0);
         int enabled = strcmp(PQgetvalue(r, i, 2), "t") == 0;
-        int unusable = p->failed_config && strcmp(p->failed_config, PQgetvalue(r, i, 3)) == 0;
-        total += enabled && !unusable;
+        total += enabled && !unusable_here(p, PQgetvalue(r, i, 3));
         mine += p->worker != NULL;
     }
     size_t share = (total + (size_t)members - 1) / (size_t)members;
@@ -435,6 +440,8 @@ static int reconcile(void)
             p->free_since_ms = 0;
             continue;
         }
+        if (unusable_here(p, PQgetvalue(r, i, 3)))
+            continue; /* already reported; neither ours nor waiting for us */
         if (!p->free_since_ms)
             p->free_since_ms = now;
         if (mine >= share && now - p->free_since_ms < orphan_after) {

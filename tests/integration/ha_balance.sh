@@ -6,6 +6,7 @@
 #   - with three relays nobody runs more than ceil(4 / 3) = 2;
 #   - a pipeline only one relay can run (its secret is in that relay's
 #     environment only) is still run, by that relay, whatever its share;
+#   - a pipeline no relay can load changes none of that;
 #   - through all of it every row arrives exactly once in each file.
 . "$(dirname "$0")/lib.sh"
 setup_db
@@ -13,6 +14,8 @@ for i in 1 2 3 4; do
     sql "SELECT pgtrickle.enable_outbox('o$i')" >/dev/null
     sql "SELECT pgtrickle.set_relay_outbox('p$i', 'o$i', NULL, '$(file_sink "$TEST_TMP/p$i.jsonl")')" >/dev/null
 done
+# and one no relay can load (its secret is nowhere): it must not hold up the rest
+sql "SELECT pgtrickle.set_relay_outbox('broken', 'o1', NULL, '$(file_sink '${env:RELAY_TEST_NOBODY_HAS_THIS}')')" >/dev/null
 count() { metric "$1" pgtrickle_relay_pipelines_owned; }
 owned_by() { http_get "$1" /status | jq -r '.pipelines[] | select(.running) | .name' | sort | tr '\n' ' '; }
 all_owned_once() {   # all_owned_once <expected names> <relay...>
@@ -70,7 +73,7 @@ stop_relay r1
 
 # A pipeline only one relay can run: its sink path comes from an env var
 # only r1 has. r2 cannot start it (logged once); r1 runs it even at its share.
-sql "SELECT pgtrickle.delete_relay('p3'), pgtrickle.delete_relay('p4')" >/dev/null
+sql "SELECT pgtrickle.delete_relay('p3'), pgtrickle.delete_relay('p4'), pgtrickle.delete_relay('broken')" >/dev/null
 sql "SELECT pgtrickle.enable_outbox('o5')" >/dev/null
 sql "SELECT pgtrickle.set_relay_outbox('p5', 'o5', NULL, '$(file_sink '${env:RELAY_TEST_P5_OUT}')')" >/dev/null
 write_rows o5 1 50
