@@ -337,3 +337,21 @@ void kafka_client_on_error(kafka_client_state *cs, rd_kafka_t *rk, int err, cons
     snprintf(cs->last_error, sizeof cs->last_error, "%s", reason);
     log_debug(pipeline, "kafka %s: %s: %s", role, rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
+
+rd_kafka_t *kafka_client_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, void *opaque,
+                             kafka_client_state *cs, char *err, size_t errlen)
+{
+    char why[512];
+    rd_kafka_conf_set_opaque(conf, opaque);
+    rd_kafka_t *rk = rd_kafka_new(type, conf, why, sizeof why);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, errlen, "cannot create the Kafka %s: %s",
+                 type == RD_KAFKA_PRODUCER ? "producer" : "consumer", why);
+        return NULL;
+    }
+    cs->fatal = 0;
+    cs->brokers_down = 0;
+    cs->last_error[0] = '\0';
+    return rk;
+}

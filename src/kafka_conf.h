@@ -88,4 +88,12 @@ typedef struct kafka_client_state {
 void kafka_client_on_error(kafka_client_state *cs, rd_kafka_t *rk, int err, const char *reason,
                            const char *pipeline, const char *role);
 
+/* Create a producer or consumer from `conf` (a copy of the validated
+ * template, with the caller's own callbacks set; taken over whatever the
+ * outcome), with `opaque` as the callbacks' opaque, and reset *cs for it.
+ * Returns the client (the caller destroys it), or NULL with err naming the
+ * role ("cannot create the Kafka producer: ..."). */
+rd_kafka_t *kafka_client_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, void *opaque,
+                             kafka_client_state *cs, char *err, size_t errlen);
+
 #endif

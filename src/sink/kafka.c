@@ -420,21 +420,13 @@ static int ks_open(relay_sink *base, char *err, size_t errlen)
 {
     kafka_sink *s = (kafka_sink *)base;
     if (!s->rk) {
-        char why[512];
         rd_kafka_conf_t *conf = rd_kafka_conf_dup(s->conf);
-        rd_kafka_conf_set_opaque(conf, s);
         rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
         rd_kafka_conf_set_error_cb(conf, on_error);
         rd_kafka_conf_set_log_cb(conf, on_log);
-        s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);
-        if (!s->rk) {
-            rd_kafka_conf_destroy(conf);
-            snprintf(err, errlen, "cannot create the Kafka producer: %s", why);
+        s->rk = kafka_client_new(RD_KAFKA_PRODUCER, conf, s, &s->cs, err, errlen);
+        if (!s->rk)
             return -1;
-        }
-        s->cs.fatal = 0;
-        s->cs.brokers_down = 0;
-        s->cs.last_error[0] = '\0';
         s->producers_created++;
         log_debug(pipeline_name(s), "kafka producer created (brokers %s)", s->brokers);
     }

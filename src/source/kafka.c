@@ -582,21 +582,13 @@ static int kc_open(relay_source *base, char *err, size_t errlen)
     if (s->rk && s->cs.fatal)
         close_consumer(s);
     if (!s->rk) {
-        char why[512];
         rd_kafka_conf_t *conf = rd_kafka_conf_dup(s->conf);
-        rd_kafka_conf_set_opaque(conf, s);
         rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
         rd_kafka_conf_set_error_cb(conf, on_error);
         rd_kafka_conf_set_log_cb(conf, on_log);
-        s->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why);
-        if (!s->rk) {
-            rd_kafka_conf_destroy(conf);
-            snprintf(err, errlen, "cannot create the Kafka consumer: %s", why);
+        s->rk = kafka_client_new(RD_KAFKA_CONSUMER, conf, s, &s->cs, err, errlen);
+        if (!s->rk)
             return -1;
-        }
-        s->cs.fatal = 0;
-        s->cs.brokers_down = 0;
-        s->cs.last_error[0] = '\0';
         s->commit_q = rd_kafka_queue_new(s->rk);
         rd_kafka_poll_set_consumer(s->rk);
         rd_kafka_resp_err_t e = rd_kafka_subscribe(s->rk, s->topics);
