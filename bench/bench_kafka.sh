@@ -23,6 +23,11 @@
 #              baseline/reference shows how much of the gap to the
 #              reference is PostgreSQL work (reading the outbox, writing
 #              the inbox) rather than Kafka.
+#   pg floor   the PostgreSQL work alone, by psql: forward, one SELECT of
+#              the N outbox rows to /dev/null; reverse, one INSERT ... SELECT
+#              of N rows from a temporary table into an inbox (no client
+#              transfer, no parsing). No relay can beat it, so floor/reference
+#              is the best relay/reference ratio this machine allows.
 #
 # Prints a table, writes bench/results/kafka.json. Run: bench/run.sh kafka
 # (BENCH_KAFKA_N=events; BENCH_KAFKA_OUTBOX_BATCH / BENCH_KAFKA_INBOX_BATCH
@@ -81,14 +86,17 @@ run_relay() {
     if [ "$3" = start ]; then echo "$((last - t0)) $rss"; else echo "$((last - first)) $rss"; fi
 }
 
-# report <case> <ref ms> <relay ms> <baseline ms> <rss kB> <batch size>
+# report <case> <ref ms> <relay ms> <baseline ms> <rss kB> <batch size> <pg floor ms>
 report() {
-    local r_ref r_base
-    r_ref=$(ratio "$3" "$2"); r_base=$(ratio "$3" "$4")
-    printf '%-8s %7d %9d %9d %9d %13s %14s %7d\n' "$1" "$N" "$(eps "$2")" "$(eps "$3")" "$(eps "$4")" \
-        "$r_ref" "$r_base" "$5"
-    RESULTS+=("{\"case\":\"$1\",\"events\":$N,\"batch_size\":$6,\"reference_s\":$(secs "$2"),\"reference_eps\":$(eps "$2"),\"relay_s\":$(secs "$3"),\"relay_eps\":$(eps "$3"),\"baseline_s\":$(secs "$4"),\"baseline_eps\":$(eps "$4"),\"relay_vs_reference\":$r_ref,\"relay_vs_baseline\":$r_base,\"relay_peak_rss_kb\":$5}")
+    local r_ref r_base r_floor
+    r_ref=$(ratio "$3" "$2"); r_base=$(ratio "$3" "$4"); r_floor=$(ratio "$7" "$2")
+    printf '%-8s %7d %9d %9d %9d %9d %13s %14s %11s %7d\n' "$1" "$N" "$(eps "$2")" "$(eps "$3")" "$(eps "$4")" \
+        "$(eps "$7")" "$r_ref" "$r_base" "$r_floor" "$5"
+    RESULTS+=("{\"case\":\"$1\",\"events\":$N,\"batch_size\":$6,\"reference_s\":$(secs "$2"),\"reference_eps\":$(eps "$2"),\"relay_s\":$(secs "$3"),\"relay_eps\":$(eps "$3"),\"baseline_s\":$(secs "$4"),\"baseline_eps\":$(eps "$4"),\"pg_floor_s\":$(secs "$7"),\"pg_floor_eps\":$(eps "$7"),\"relay_vs_reference\":$r_ref,\"relay_vs_baseline\":$r_base,\"pg_floor_vs_reference\":$r_floor,\"relay_peak_rss_kb\":$5}")
 }
+
+# timed_ms <command...>: run it, print its wall time in ms
+timed_ms() { local t0; t0=$(now_ms); "$@" >/dev/null; echo $(( $(now_ms) - t0 )); }
 
 set_batch() {  # set_batch <relay_*_config table> <pipeline> <size or empty>
     [ -z "$3" ] || bsql "UPDATE pgtrickle.$1 SET config = jsonb_set(config, '{source,batch_size}', '$3') WHERE name = '$2'" >/dev/null
@@ -119,7 +127,11 @@ forward() {
           '{\"type\":\"file\",\"output\":\"$BENCH_TMP/fwd.jsonl\",\"fsync\":false,\"rotate_bytes\":0}')" >/dev/null
     set_batch relay_outbox_config bench-file "$OB_BATCH"
     local base_ms; read -r base_ms _ < <(run_relay bench-file file start)
-    report forward "$ref_ms" "$relay_ms" "$base_ms" "$rss" "${OB_BATCH:-500}"
+    local floor_ms
+    floor_ms=$(timed_ms bsql "SELECT id, inserted_count, deleted_count, is_claim_check, payload::text,
+                                     refresh_id FROM pgtrickle.outbox_bench ORDER BY id")
+    [ "$floor_ms" -gt 0 ] || floor_ms=1
+    report forward "$ref_ms" "$relay_ms" "$base_ms" "$rss" "${OB_BATCH:-500}" "$floor_ms"
 }
 
 # --- reverse: Kafka -> inbox -------------------------------------------------------------
@@ -144,10 +156,22 @@ reverse() {
     bsql "SELECT pgtrickle.set_relay_inbox('bench-in-file', 'bench_inbox_file',
           '{\"type\":\"file\",\"input\":\"$BENCH_TMP/in.jsonl\"$src}')" >/dev/null
     local base_ms; read -r base_ms _ < <(run_relay bench-in-file pg-inbox first)
-    report reverse "$ref_ms" "$relay_ms" "$base_ms" "$rss" "${IN_BATCH:-1000}"
+    bsql "SELECT pgtrickle.create_inbox('bench_inbox_floor')" >/dev/null
+    cat >"$BENCH_TMP/floor.sql" <<SQL
+CREATE TEMP TABLE src AS SELECT 'f-' || g AS id, 'order.created' AS subj,
+    jsonb_build_object('n', g, 'event_type', 'order.created', 'customer', 'c-1', 'note', '$PAD') AS p
+    FROM generate_series(1, $N) g;
+\\timing on
+INSERT INTO pgtrickle.bench_inbox_floor (event_id, event_type, payload)
+    SELECT id, COALESCE(p ->> 'event_type', subj), p FROM src ON CONFLICT (event_id) DO NOTHING;
+SQL
+    local floor_ms
+    floor_ms=$("${BPSQL[@]}" -d "$BENCH_DB" -f "$BENCH_TMP/floor.sql" | awk '/^Time:/ { printf "%d", $2 }')
+    [ "${floor_ms:-0}" -gt 0 ] || floor_ms=1
+    report reverse "$ref_ms" "$relay_ms" "$base_ms" "$rss" "${IN_BATCH:-1000}" "$floor_ms"
 }
 
-printf '%-8s %7s %9s %9s %9s %13s %14s %7s\n' case events ref_ev/s relay_ev/s base_ev/s relay/ref relay/baseline rss_kB
+printf '%-8s %7s %9s %9s %9s %9s %13s %14s %11s %7s\n' case events ref_ev/s relay_ev/s base_ev/s floor_ev/s relay/ref relay/baseline floor/ref rss_kB
 for c in ${BENCH_KAFKA_CASES:-forward reverse}; do "$c"; done
 write_json "$BENCH_RESULTS/kafka.json" "{\"benchmark\":\"kafka\",\"machine\":\"$(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')\",\"results\":[$(IFS=,; echo "${RESULTS[*]}")]}"
 echo "results: $BENCH_RESULTS/kafka.json"
