@@ -4,15 +4,10 @@
 # takes its pipelines within two discovery intervals, losing no row.
 . "$(dirname "$0")/lib.sh"
 setup_db
-for i in 1 2 3 4; do
-    sql "SELECT pgtrickle.enable_outbox('o$i')" >/dev/null
-    sql "SELECT pgtrickle.set_relay_outbox('p$i', 'o$i', NULL, '$(file_sink "$TEST_TMP/p$i.jsonl")')" >/dev/null
-done
+file_pipelines 4
 DISCOVERY=1s start_relay r1
 DISCOVERY=1s start_relay r2
-owned_by() { http_get "$1" /status | jq -r '.pipelines[] | select(.running) | .name' | sort | tr '\n' ' '; }
-count() { metric "$1" pgtrickle_relay_pipelines_owned; }
-wait_until 15 '[ $(( $(count r1) + $(count r2) )) -eq 4 ]'
+wait_until 15 '[ $(( $(owned_count r1) + $(owned_count r2) )) -eq 4 ]'
 sleep 2.5   # two more discovery ticks: ownership must stay stable
 o1=$(owned_by r1); o2=$(owned_by r2)
 diag "r1 owns: $o1 / r2 owns: $o2"
@@ -20,7 +15,7 @@ is "$(echo $o1 $o2 | tr ' ' '\n' | sort | tr '\n' ' ')" "p1 p2 p3 p4 " "all four
 is "$(echo $o1 $o2 | tr ' ' '\n' | sort | uniq -d | wc -l)" 0 "no pipeline runs in both relays"
 is "$(sql "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")" 4 \
    "exactly four pipeline locks are held"
-is "$(count r1) $(count r2)" "2 2" "two relays share four pipelines two and two"
+is "$(owned_count r1) $(owned_count r2)" "2 2" "two relays share four pipelines two and two"
 
 for i in 1 2 3 4; do write_rows "o$i" 1 200; done
 wait_until 20 '[ "$(cat "$TEST_TMP"/p*.jsonl 2>/dev/null | wc -l)" -ge 800 ]'
@@ -31,10 +26,10 @@ victim=r1; survivor=r2
 sleep 0.3
 t0=$(now_ms)
 kill9_relay $victim
-wait_until 10 '[ "$(count $survivor)" -eq 4 ]'
+wait_until 10 '[ "$(owned_count $survivor)" -eq 4 ]'
 elapsed=$(( $(now_ms) - t0 ))
 diag "$survivor owns all four pipelines ${elapsed} ms after $victim was killed"
-is "$(count $survivor)" 4 "the survivor takes over every pipeline"
+is "$(owned_count $survivor)" 4 "the survivor takes over every pipeline"
 ok "$([ "$elapsed" -le 2500 ] && echo 0 || echo 1)" "within two discovery intervals (2 s, +0.5 s slack)"
 wait $writer
 for i in 1 2 3 4; do

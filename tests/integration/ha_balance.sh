@@ -10,14 +10,9 @@
 #   - through all of it every row arrives exactly once in each file.
 . "$(dirname "$0")/lib.sh"
 setup_db
-for i in 1 2 3 4; do
-    sql "SELECT pgtrickle.enable_outbox('o$i')" >/dev/null
-    sql "SELECT pgtrickle.set_relay_outbox('p$i', 'o$i', NULL, '$(file_sink "$TEST_TMP/p$i.jsonl")')" >/dev/null
-done
+file_pipelines 4
 # and one no relay can load (its secret is nowhere): it must not hold up the rest
 sql "SELECT pgtrickle.set_relay_outbox('broken', 'o1', NULL, '$(file_sink '${env:RELAY_TEST_NOBODY_HAS_THIS}')')" >/dev/null
-count() { metric "$1" pgtrickle_relay_pipelines_owned; }
-owned_by() { http_get "$1" /status | jq -r '.pipelines[] | select(.running) | .name' | sort | tr '\n' ' '; }
 all_owned_once() {   # all_owned_once <expected names> <relay...>
     local want=$1; shift
     local got=""; for r in "$@"; do got="$got $(owned_by "$r")"; done
@@ -25,8 +20,8 @@ all_owned_once() {   # all_owned_once <expected names> <relay...>
 }
 
 DISCOVERY=30s start_relay r1
-wait_until 10 '[ "$(count r1)" = 4 ]'
-is "$(count r1)" 4 "a relay alone runs all four pipelines"
+wait_until 10 '[ "$(owned_count r1)" = 4 ]'
+is "$(owned_count r1)" 4 "a relay alone runs all four pipelines"
 
 # rows keep coming while relays join and leave
 ( for n in $(seq 1 6); do for i in 1 2 3 4; do write_rows "o$i" $(( (n - 1) * 100 + 1 )) $(( n * 100 )); done; sleep 0.5; done ) &
@@ -34,10 +29,10 @@ writer=$!
 
 t0=$(now_ms)
 DISCOVERY=30s start_relay r2
-wait_until 10 '[ "$(count r1)" = 2 ] && [ "$(count r2)" = 2 ]'
+wait_until 10 '[ "$(owned_count r1)" = 2 ] && [ "$(owned_count r2)" = 2 ]'
 elapsed=$(( $(now_ms) - t0 ))
 diag "r2 joined: r1 owns $(owned_by r1)/ r2 owns $(owned_by r2)(after ${elapsed} ms)"
-is "$(count r1) $(count r2)" "2 2" "a second relay joins: two pipelines are handed over to it"
+is "$(owned_count r1) $(owned_count r2)" "2 2" "a second relay joins: two pipelines are handed over to it"
 ok "$([ "$elapsed" -le 5000 ] && echo 0 || echo 1)" "within 5 s of its start, not on a discovery tick (30 s)"
 check "each pipeline runs in exactly one relay" all_owned_once "p1 p2 p3 p4 " r1 r2
 like "$(relay_log r1)" "handing it over: 2 relays in group" "the log says why a pipeline moved"
@@ -46,18 +41,18 @@ is "$(http_get r2 /status | jq -c .group) $(metric r1 pgtrickle_relay_group_rela
 
 t0=$(now_ms)
 stop_relay r2
-wait_until 10 '[ "$(count r1)" = 4 ]'
+wait_until 10 '[ "$(owned_count r1)" = 4 ]'
 elapsed=$(( $(now_ms) - t0 ))
 diag "r2 stopped: r1 owns all four ${elapsed} ms after SIGTERM"
-is "$(count r1)" 4 "a relay that shuts down leaves its pipelines to the others"
+is "$(owned_count r1)" 4 "a relay that shuts down leaves its pipelines to the others"
 ok "$([ "$elapsed" -le 3000 ] && echo 0 || echo 1)" "at once (within 3 s of SIGTERM), not on a discovery tick"
 
 DISCOVERY=30s start_relay r2
 DISCOVERY=30s start_relay r3
-wait_until 10 '[ $(( $(count r1) + $(count r2) + $(count r3) )) = 4 ] && [ "$(count r1)" -le 2 ]'
+wait_until 10 '[ $(( $(owned_count r1) + $(owned_count r2) + $(owned_count r3) )) = 4 ] && [ "$(owned_count r1)" -le 2 ]'
 diag "three relays: r1 $(owned_by r1)/ r2 $(owned_by r2)/ r3 $(owned_by r3)"
-is "$(( $(count r1) + $(count r2) + $(count r3) ))" 4 "three relays: all four pipelines run"
-ok "$([ "$(count r1)" -le 2 ] && [ "$(count r2)" -le 2 ] && [ "$(count r3)" -le 2 ] && echo 0 || echo 1)" \
+is "$(( $(owned_count r1) + $(owned_count r2) + $(owned_count r3) ))" 4 "three relays: all four pipelines run"
+ok "$([ "$(owned_count r1)" -le 2 ] && [ "$(owned_count r2)" -le 2 ] && [ "$(owned_count r3)" -le 2 ] && echo 0 || echo 1)" \
    "nobody runs more than ceil(4 / 3) = 2"
 check "each pipeline runs in exactly one relay" all_owned_once "p1 p2 p3 p4 " r1 r2 r3
 
@@ -79,12 +74,12 @@ sql "SELECT pgtrickle.set_relay_outbox('p5', 'o5', NULL, '$(file_sink '${env:REL
 write_rows o5 1 50
 RELAY_TEST_P5_OUT=$TEST_TMP/p5.jsonl DISCOVERY=1s start_relay r4
 DISCOVERY=1s start_relay r5
-wait_until 15 '[ "$(lines "$TEST_TMP/p5.jsonl")" -ge 50 ] && [ $(( $(count r4) + $(count r5) )) = 3 ]'
+wait_until 15 '[ "$(lines "$TEST_TMP/p5.jsonl")" -ge 50 ] && [ $(( $(owned_count r4) + $(owned_count r5) )) = 3 ]'
 diag "r4 (has the env var) owns $(owned_by r4)/ r5 owns $(owned_by r5)"
 is "$(lines "$TEST_TMP/p5.jsonl")" 50 "the pipeline only r4 can run is run (by r4)"
 like "$(owned_by r4)" "p5" "r4 runs it"
 like "$(relay_log r5)" "\[p5\] pipeline not started: .*RELAY_TEST_P5_OUT" "r5 says why it cannot"
-is "$(( $(count r4) + $(count r5) ))" 3 "the other two pipelines run too"
+is "$(( $(owned_count r4) + $(owned_count r5) ))" 3 "the other two pipelines run too"
 handovers() { cat "$TEST_TMP/r4.log" "$TEST_TMP/r5.log" | grep -c "handing it over"; }
 before="$(handovers) $(owned_by r4)"
 sleep 3   # three discovery ticks

@@ -192,5 +192,17 @@ write_rows() {
 }
 # file_sink <path>: a sink config for the file sink
 file_sink() { echo "{\"type\":\"file\",\"output\":\"$1\"}"; }
+# file_pipelines <n>: outboxes o1..o<n>, each relayed by pipeline p<i> to
+# $TEST_TMP/p<i>.jsonl
+file_pipelines() {
+    local i
+    for i in $(seq 1 "$1"); do
+        sql "SELECT pgtrickle.enable_outbox('o$i')" >/dev/null
+        sql "SELECT pgtrickle.set_relay_outbox('p$i', 'o$i', NULL, '$(file_sink "$TEST_TMP/p$i.jsonl")')" >/dev/null
+    done
+}
+# owned_count <relay>: pipelines it runs; owned_by <relay>: their names, sorted
+owned_count() { metric "$1" pgtrickle_relay_pipelines_owned; }
+owned_by() { http_get "$1" /status | jq -r '.pipelines[] | select(.running) | .name' | sort | tr '\n' ' '; }
 lines() { if [ -f "$1" ]; then wc -l < "$1" | tr -d ' '; else echo 0; fi; }
 distinct_keys() { cat "$@" 2>/dev/null | jq -r .dedup_key | sort -u | wc -l | tr -d ' '; }
