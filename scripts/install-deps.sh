@@ -18,7 +18,7 @@ PACKAGES=(
     libpq-dev postgresql-15 postgresql-contrib
     libjansson-dev libmicrohttpd-dev libcmocka-dev libcurl4-openssl-dev libmsgpack-dev
     libnats-dev nats-server librdkafka-dev libhiredis-dev librabbitmq-dev
-    jq curl valgrind python3
+    jq curl valgrind python3 iproute2
     libssl-dev openssl
 )
 PACKAGES+=("$@")

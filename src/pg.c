@@ -35,10 +35,21 @@ static void result_error(PGresult *r, PGconn *c, char *err, size_t errlen)
     snprintf(err, errlen, "%.*s", (int)n, p);
 }
 
-PGconn *pg_connect(const char *url, const char *application_name, char *err, size_t errlen)
+PGconn *pg_connect_params(const char *url, const char *application_name, const char *replication,
+                          char *err, size_t errlen)
 {
-    const char *keys[] = {"dbname", "application_name", "connect_timeout", NULL};
-    const char *vals[] = {url, application_name, "10", NULL};
+    /* Before "dbname": the URL can override them. TCP keepalives and
+     * tcp_user_timeout make a connection whose peer vanished without a
+     * reset (network partition, host power loss) fail in ~30 s instead of
+     * the kernel's ~15 min of retransmissions: the worker stops publishing
+     * (its advisory lock is as good as gone) and reconnects. */
+    const char *keys[] = {"keepalives", "keepalives_idle", "keepalives_interval",
+                          "keepalives_count", "tcp_user_timeout", "connect_timeout",
+                          "dbname", "application_name", "replication", NULL};
+    const char *vals[] = {"1", "10", "5", "3", "30000", "10", url, application_name, replication,
+                          NULL};
+    if (!replication)
+        keys[8] = NULL;
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (!c) {
         snprintf(err, errlen, "out of memory connecting to PostgreSQL");
@@ -50,6 +61,11 @@ PGconn *pg_connect(const char *url, const char *application_name, char *err, siz
         return NULL;
     }
     return c;
+}
+
+PGconn *pg_connect(const char *url, const char *application_name, char *err, size_t errlen)
+{
+    return pg_connect_params(url, application_name, NULL, err, errlen);
 }
 
 PGresult *pg_query(PGconn *c, const char *sql, int nparams, const char *const *params, char *err,

@@ -8,10 +8,18 @@
 #include <libpq-fe.h>
 #include <stddef.h>
 
-/* Connect (blocking, connect_timeout 10 s) with application_name set.
- * `url` is a libpq URI or conninfo string. Returns NULL with err set (the
- * libpq message, which never contains the password). */
+/* Connect (blocking, connect_timeout 10 s) with application_name set and
+ * TCP keepalives (idle 10 s, interval 5 s, 3 probes) plus tcp_user_timeout
+ * 30 s, so a peer lost without a reset is noticed in about 30 s; the URL
+ * may override each of those. `url` is a libpq URI or conninfo string.
+ * Returns the connection (caller PQfinish()es it), or NULL with err set
+ * (the libpq message, which never contains the password). */
 PGconn *pg_connect(const char *url, const char *application_name, char *err, size_t errlen);
+
+/* pg_connect with the libpq "replication" parameter (e.g. "database" for
+ * a logical replication connection; NULL: a normal one). */
+PGconn *pg_connect_params(const char *url, const char *application_name, const char *replication,
+                          char *err, size_t errlen);
 
 /* Run a statement with text parameters. Returns the result (caller clears)
  * when its status is COMMAND_OK or TUPLES_OK; otherwise clears it, copies

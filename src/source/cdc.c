@@ -287,16 +287,10 @@ static PGconn *connect_replication(cdc_source *s, char *err, size_t errlen)
 {
     char app[96];
     snprintf(app, sizeof app, "pgtrickle-relay %.50s cdc", pname(s));
-    const char *keys[] = {"dbname", "replication", "application_name", "connect_timeout", NULL};
-    const char *vals[] = {s->base.w->opts->postgres_url, "database", app, "10", NULL};
-    PGconn *c = PQconnectdbParams(keys, vals, 1);
-    if (!c || PQstatus(c) != CONNECTION_OK) {
-        char e[ERRLEN];
-        pg_error(c, e, sizeof e);
+    char e[ERRLEN];
+    PGconn *c = pg_connect_params(s->base.w->opts->postgres_url, app, "database", e, sizeof e);
+    if (!c)
         snprintf(err, errlen, "replication connection: %s", e);
-        PQfinish(c);
-        return NULL;
-    }
     return c;
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # PostgreSQL restarted under the relay: /health goes 503 naming the pipeline
 # while the connection is lost, the relay reconnects and continues, nothing
-# is lost, /health returns to 200. Uses a private server so other tests are
-# not disturbed.
+# is lost, /health returns to 200. The relay's connections run TCP
+# keepalives. Uses a private server so other tests are not disturbed.
 . "$(dirname "$0")/lib.sh"
 start_private_pg
 setup_db
@@ -14,6 +14,15 @@ write_rows orders 1 100
 wait_until 10 '[ "$(lines "$OUT")" -ge 100 ]'
 is "$(http_code r1 /health)" 200 "healthy while connected"
 is "$(http_get r1 /health | jq -r .status)" "healthy" "health body says healthy"
+# A server lost without a TCP reset (partition, power loss) must be noticed:
+# every PostgreSQL connection of the relay probes after 10 s idle (libpq's
+# own default leaves the kernel's 2 hours: "timer:(keepalive,119min,0)").
+conns=$(ss -tnpo state established "dport = :$PRIV_PORT" 2>/dev/null | grep "pid=$(relay_pid r1),")
+to_pg=$(grep -c . <<<"$conns")
+fast_ka=$(grep -cE 'timer:\(keepalive,[0-9.]+(ms|sec|s),' <<<"$conns")
+diag "relay connections to PostgreSQL: $to_pg, probing within seconds: $fast_ka"
+ok "$([ "$to_pg" -ge 2 ] && [ "$fast_ka" = "$to_pg" ] && echo 0 || echo 1)" \
+   "every connection to PostgreSQL (coordinator, worker) runs TCP keepalives after 10 s idle"
 
 private_pg_stop
 wait_until 10 '[ "$(http_code r1 /health)" = 503 ]'
