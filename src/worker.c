@@ -25,8 +25,10 @@
  *  - Permanent per-message failures (MSG_REJECTED) are dead-lettered and the
  *    pipeline moves on; if the dead-letter insert itself fails, that is a
  *    transient failure and nothing is acked.
- *  - At shutdown a batch that cannot be confirmed before the deadline is
- *    abandoned unacknowledged; the source redelivers it after a restart.
+ *  - At a stop a batch that cannot be confirmed before the deadline
+ *    (--shutdown-timeout at SIGTERM, 500 ms when the pipeline's config
+ *    changed, see coordinator.c) is abandoned unacknowledged; the source
+ *    delivers it again to the next worker.
  */
 #include "worker.h"
 
@@ -242,6 +244,8 @@ static void render_subjects(relay_worker *w, relay_batch *b)
     buf_free(&tmp);
 }
 
+/* The stop deadline passed with messages unconfirmed: say that they stay
+ * unacknowledged (the source delivers them again). */
 static void give_up(relay_worker *w, size_t unconfirmed)
 {
     log_warn(w->cfg.name, "stop deadline reached with %zu messages unconfirmed: not "
