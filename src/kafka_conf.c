@@ -24,6 +24,8 @@
 #include "buf.h"
 #include "config.h"
 #include "log.h"
+#include "stats.h"
+#include "worker.h"
 
 /* Relay key -> librdkafka property. */
 static const struct {
@@ -354,4 +356,21 @@ rd_kafka_t *kafka_client_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, void *
     cs->brokers_down = 0;
     cs->last_error[0] = '\0';
     return rk;
+}
+
+int kafka_probe(rd_kafka_t *rk, struct relay_worker *w, const kafka_client_state *cs,
+                char *err, size_t errlen)
+{
+    int64_t end = now_mono_ms() + KAFKA_REACH_TIMEOUT_MS;
+    for (;;) {
+        int64_t left = end - now_mono_ms();
+        int slice = left > 500 ? 500 : left < 1 ? 1 : (int)left;
+        if (kafka_check_reachable(rk, slice, err, errlen) == 0)
+            return 0;
+        if (now_mono_ms() >= end || (w && worker_stopping(w))) {
+            snprintf(err, errlen, "no broker answered within %d ms%s%s%s", KAFKA_REACH_TIMEOUT_MS,
+                     cs->last_error[0] ? " (" : "", cs->last_error, cs->last_error[0] ? ")" : "");
+            return -1;
+        }
+    }
 }

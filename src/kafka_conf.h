@@ -96,4 +96,16 @@ void kafka_client_on_error(kafka_client_state *cs, rd_kafka_t *rk, int err, cons
 rd_kafka_t *kafka_client_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, void *opaque,
                              kafka_client_state *cs, char *err, size_t errlen);
 
+struct relay_worker;
+
+/* How long open() waits for a broker to answer, in ms. */
+#define KAFKA_REACH_TIMEOUT_MS 3000
+
+/* Ask for metadata for up to KAFKA_REACH_TIMEOUT_MS, in slices so that a
+ * stop request of worker `w` (may be NULL) is not held up. Returns 0 when a
+ * broker answered, or -1 with err ("no broker answered within ... ms",
+ * followed by the client's last error from *cs when there is one). */
+int kafka_probe(rd_kafka_t *rk, struct relay_worker *w, const kafka_client_state *cs,
+                char *err, size_t errlen);
+
 #endif

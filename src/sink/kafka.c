@@ -72,7 +72,6 @@
 #include "stats.h"
 #include "worker.h"
 
-#define REACH_TIMEOUT_MS 3000   /* open(): metadata probe */
 #define STALL_MS 3000           /* brokers down and no delivery report for this long */
 #define DRAIN_TIMEOUT_MS 5000   /* after a purge, wait this long for the reports */
 #define MAX_TOPIC_LEN 249
@@ -399,23 +398,6 @@ static void close_producer(kafka_sink *s)
     s->outstanding = 0;
 }
 
-/* Ask for metadata for up to REACH_TIMEOUT_MS, in slices so that a stop
- * request is not held up. Returns 0 when a broker answered. */
-static int probe(kafka_sink *s, char *err, size_t errlen)
-{
-    int64_t end = now_mono_ms() + REACH_TIMEOUT_MS;
-    for (;;) {
-        int64_t left = end - now_mono_ms();
-        int slice = left > 500 ? 500 : left < 1 ? 1 : (int)left;
-        if (kafka_check_reachable(s->rk, slice, err, errlen) == 0)
-            return 0;
-        if (now_mono_ms() >= end || (s->base.w && worker_stopping(s->base.w))) {
-            snprintf(err, errlen, "no broker answered within %d ms", REACH_TIMEOUT_MS);
-            return -1;
-        }
-    }
-}
-
 static int ks_open(relay_sink *base, char *err, size_t errlen)
 {
     kafka_sink *s = (kafka_sink *)base;
@@ -430,12 +412,8 @@ static int ks_open(relay_sink *base, char *err, size_t errlen)
         s->producers_created++;
         log_debug(pipeline_name(s), "kafka producer created (brokers %s)", s->brokers);
     }
-    if (probe(s, err, errlen) < 0) {
-        size_t l = strlen(err);
-        if (s->cs.last_error[0] && l + 8 < errlen)
-            snprintf(err + l, errlen - l, " (%s)", s->cs.last_error);
+    if (kafka_probe(s->rk, s->base.w, &s->cs, err, errlen) < 0)
         return -1;
-    }
     s->cs.brokers_down = 0;
     return 0;
 }

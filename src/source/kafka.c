@@ -70,7 +70,6 @@
 #include "../worker.h"
 #include "source.h"
 
-#define REACH_TIMEOUT_MS 3000
 #define COMMITTED_TIMEOUT_MS 5000
 #define COMMIT_WAIT_MS 5000      /* an offset commit's answer, at most */
 #define CLOSE_TIMEOUT_MS 10000
@@ -527,22 +526,6 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 
 /* ---- open / close --------------------------------------------------------------- */
 
-static int probe(kafka_source *s, char *err, size_t errlen)
-{
-    int64_t end = now_mono_ms() + REACH_TIMEOUT_MS;
-    for (;;) {
-        int64_t left = end - now_mono_ms();
-        int slice = left > 500 ? 500 : left < 1 ? 1 : (int)left;
-        if (kafka_check_reachable(s->rk, slice, err, errlen) == 0)
-            return 0;
-        if (now_mono_ms() >= end || (s->base.w && worker_stopping(s->base.w))) {
-            snprintf(err, errlen, "no broker answered within %d ms%s%s%s", REACH_TIMEOUT_MS,
-                     s->cs.last_error[0] ? " (" : "", s->cs.last_error, s->cs.last_error[0] ? ")" : "");
-            return -1;
-        }
-    }
-}
-
 /* Leave the group (revocation commits inbox positions only) within
  * CLOSE_TIMEOUT_MS, then destroy the consumer. */
 static void close_consumer(kafka_source *s)
@@ -600,7 +583,7 @@ static int kc_open(relay_source *base, char *err, size_t errlen)
         log_debug(pipeline_name(s), "kafka consumer created (brokers %s, group \"%s\")",
                   s->brokers, s->group_id);
     }
-    if (probe(s, err, errlen) < 0)
+    if (kafka_probe(s->rk, s->base.w, &s->cs, err, errlen) < 0)
         return -1;
     s->cs.brokers_down = 0;
     publish_position(s);
