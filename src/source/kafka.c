@@ -348,15 +348,16 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
-/* Serve commit results until none is outstanding, for at most `ms`. */
+/* Serve commit results until none is outstanding, for at most `ms` (0:
+ * only those already there). */
 static void commit_wait(kafka_source *s, int64_t ms)
 {
     int64_t end = now_mono_ms() + ms;
     while (s->commits_out > 0) {
         int64_t left = end - now_mono_ms();
+        rd_kafka_queue_poll_callback(s->commit_q, left <= 0 ? 0 : left > 100 ? 100 : (int)left);
         if (left <= 0)
             break;
-        rd_kafka_queue_poll_callback(s->commit_q, left > 100 ? 100 : (int)left);
     }
 }
 
