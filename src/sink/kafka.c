@@ -2,7 +2,7 @@
  * kafka.c - the Apache Kafka sink (SPEC section 7, row kafka), librdkafka.
  *
  * Config (pipeline "sink" object), besides the connection keys of
- * kafka_conf.h (brokers, client_id, SASL/SSL, rdkafka passthrough):
+ * client/kafka.h (brokers, client_id, SASL/SSL, rdkafka passthrough):
  *   topic_template      topic per event ({stream_table} {op} {outbox_id}
  *                       {refresh_id} {schema} {table}); the source's default
  *                       (outbox: pgtrickle.{stream_table}.{op})
@@ -65,7 +65,7 @@
 #include "buf.h"
 #include "config.h"
 #include "encode.h"
-#include "kafka_conf.h"
+#include "client/kafka.h"
 #include "log.h"
 #include "message.h"
 #include "sink/sink.h"

@@ -2,7 +2,7 @@
  * nats.c - the NATS JetStream sink (SPEC sections 5 and 7, row nats).
  *
  * Config (pipeline "sink" object), besides the connection keys of
- * nats_common.h:
+ * client/nats.h:
  *   stream                    JetStream stream the events must land in (required)
  *   subject_template          SPEC section 5 template (the source's default:
  *                             pgtrickle.{stream_table}.{op} / cdc.{table}.{op})
@@ -55,7 +55,7 @@
  * outstanding, or when not a single message of the call was stored nor
  * rejected (no stream for the subject, a full stream, no PubAck in time):
  * each retry would fail the same way until NATS or an operator acts. A lost
- * connection also marks the sink down at once through nats_common.c, so an
+ * connection also marks the sink down at once through client/nats.c, so an
  * idle pipeline reports it too.
  *
  * open() connects and checks that `stream` exists (creating it with
@@ -70,7 +70,7 @@
 #include "../config.h"
 #include "../encode.h"
 #include "../log.h"
-#include "../nats_common.h"
+#include "../client/nats.h"
 #include "../worker.h"
 #include "sink.h"
 

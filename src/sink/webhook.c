@@ -10,7 +10,7 @@
  *   batch_mode        true (default): one request per publish() whose body is
  *                     an array of the events; false: one request per event
  *   retry_on_status   statuses retried with backoff ([429,500,502,503,504])
- *   signing_secret    when set, every request is signed (webhook_sign.h)
+ *   signing_secret    when set, every request is signed (client/webhook.h)
  *   max_in_flight     concurrent requests in per-event mode (64)
  *   format            "native" JSON envelope (default) or "msgpack"
  *   tls_ca            CA bundle file for https endpoints
@@ -74,7 +74,7 @@
 #include "message.h"
 #include "sink/sink.h"
 #include "stats.h"
-#include "webhook_sign.h"
+#include "client/webhook.h"
 #include "worker.h"
 
 #ifndef RELAY_VERSION

@@ -20,7 +20,7 @@
  *
  * Threads.  All of it runs on a thread of its own with its own PostgreSQL
  * connection and its own NATS connection (the connection keys of the
- * pipeline's sink object, parsed by nats_common.c). The replication thread
+ * pipeline's sink object, parsed by client/nats.c). The replication thread
  * only queues work (cdc_ext_open: "all schemas"; cdc_ext_relation: one
  * table) under a mutex and signals; it never waits for PostgreSQL or NATS
  * here, and nothing in this file touches the slot or acknowledges an LSN.
@@ -48,7 +48,7 @@
 
 #include "../config.h"
 #include "../log.h"
-#include "../nats_common.h"
+#include "../client/nats.h"
 #include "../pg.h"
 #include "../stats.h"
 #include "../worker.h"

@@ -3,7 +3,7 @@
  * records of a consumer group -> inbox, through the "pg-inbox" sink.
  *
  * Config (pipeline "source" object), besides the connection keys of
- * kafka_conf.h (brokers, client_id, SASL/SSL, rdkafka passthrough):
+ * client/kafka.h (brokers, client_id, SASL/SSL, rdkafka passthrough):
  *   topic              a topic name, or an array of them (required)
  *   group_id           consumer group ("pgtrickle-relay-<pipeline name>")
  *   auto_offset_reset  earliest | latest | error (earliest): where a
@@ -65,7 +65,7 @@
 
 #include "../config.h"
 #include "../json_scan.h"
-#include "../kafka_conf.h"
+#include "../client/kafka.h"
 #include "../log.h"
 #include "../worker.h"
 #include "source.h"

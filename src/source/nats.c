@@ -3,7 +3,7 @@
  * a durable pull consumer feeding the inbox writer.
  *
  * Config (pipeline "source" object), besides the connection keys of
- * nats_common.h:
+ * client/nats.h:
  *   stream            the JetStream stream to read (required)
  *   subject           filter subject (default: every subject of the stream)
  *   durable_name      durable consumer name ("pgtrickle-inbox")
@@ -41,7 +41,7 @@
  * (the batch will not be committed) naks them, and the batch fetched ahead,
  * for prompt redelivery in order; destroy() naks the batch fetched ahead.
  *
- * Down.  poll() returns -1 while the connection is down (and nats_common.c
+ * Down.  poll() returns -1 while the connection is down (and client/nats.c
  * marks the source down the moment it drops), so the pipeline is degraded
  * and nothing is fetched or acknowledged until NATS is back.
  */
@@ -55,7 +55,7 @@
 #include "../config.h"
 #include "../json_scan.h"
 #include "../log.h"
-#include "../nats_common.h"
+#include "../client/nats.h"
 #include "../worker.h"
 #include "source.h"
 

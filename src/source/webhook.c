@@ -9,7 +9,7 @@
  *   auth_token          require "Authorization: Bearer <token>"
  *   auth_header, auth_value
  *                       require header <auth_header> to equal <auth_value>
- *   signing_secret      require a valid X-Pgtrickle-Signature (webhook_sign.h)
+ *   signing_secret      require a valid X-Pgtrickle-Signature (client/webhook.h)
  *   signature_tolerance_s  accepted age / clock skew of X-Pgtrickle-Timestamp (300)
  *   max_body_bytes      larger bodies get 413 (10 MiB)
  *   batch_size          events per inbox transaction (500)
@@ -91,7 +91,7 @@
 #include "../log.h"
 #include "../net.h"
 #include "../stats.h"
-#include "../webhook_sign.h"
+#include "../client/webhook.h"
 #include "../worker.h"
 #include "source.h"
 

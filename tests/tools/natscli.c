@@ -54,7 +54,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "nats_common.h"
+#include "client/nats.h"
 
 static const char *url = "nats://127.0.0.1:4222";
 static const char *user, *password;

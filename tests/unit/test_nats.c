@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "json_scan.h"
-#include "nats_common.h"
+#include "client/nats.h"
 #include "sink/sink.h"
 #include "source/source.h"
 

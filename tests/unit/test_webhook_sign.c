@@ -1,5 +1,5 @@
 /*
- * test_webhook_sign.c - webhook request signatures (HMAC-SHA256 of
+ * test_client/webhook.c - webhook request signatures (HMAC-SHA256 of
  * "<timestamp>.<body>"), their verification and constant-time secret
  * comparison. Expected digests were computed with Python's hmac/hashlib.
  */
@@ -11,7 +11,7 @@
 
 #include <string.h>
 
-#include "webhook_sign.h"
+#include "client/webhook.h"
 
 #define SECRET "whsec-test"
 #define BODY "{\"a\":1}"

@@ -1,5 +1,5 @@
 /*
- * nats_common.c - connection, authentication and helpers shared by the NATS
+ * client/nats.c - connection, authentication and helpers shared by the NATS
  * sink (src/sink/nats.c) and the NATS source (src/source/nats.c).
  *
  * One relay_nats_conn wraps one natsConnection. nats.c reconnects a lost
@@ -26,7 +26,7 @@
  * key the byte P + the 32-byte public key, P being the key type's prefix
  * (user 20<<3, account 0, operator 14<<3).
  */
-#include "nats_common.h"
+#include "client/nats.h"
 
 #include <errno.h>
 #include <openssl/evp.h>

@@ -1,6 +1,6 @@
 /*
- * kafka_conf.c - librdkafka configuration shared by the Kafka sink and
- * source (see kafka_conf.h for the keys).
+ * client/kafka.c - librdkafka configuration shared by the Kafka sink and
+ * source (see client/kafka.h for the keys).
  *
  * Validation happens in three steps, all at pipeline load:
  *   1. each relay key is mapped to its librdkafka property and set with
@@ -15,7 +15,7 @@
  * Messages name the relay key ("sink.sasl_mechanism: ...") and never repeat
  * a secret value.
  */
-#include "kafka_conf.h"
+#include "client/kafka.h"
 
 #include <stdio.h>
 #include <stdlib.h>

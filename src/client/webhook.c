@@ -1,13 +1,13 @@
 /*
- * webhook_sign.c - HMAC-SHA256 signatures and constant-time comparisons for
- * the webhook sink and receiver (scheme in webhook_sign.h).
+ * client/webhook.c - HMAC-SHA256 signatures and constant-time comparisons for
+ * the webhook sink and receiver (scheme in client/webhook.h).
  *
  * OpenSSL 3 is used through its non-deprecated interfaces only: EVP_MAC for
  * HMAC (fed in three pieces, so the body is never copied to prepend the
  * timestamp) and EVP_MD for SHA-256. Comparisons of secrets go through
  * CRYPTO_memcmp, whose running time does not depend on the data.
  */
-#include "webhook_sign.h"
+#include "client/webhook.h"
 
 #include <ctype.h>
 #include <openssl/core_names.h>

@@ -1,5 +1,5 @@
 /*
- * webhook_sign.h - HMAC-SHA256 request signatures and constant-time secret
+ * client/webhook.h - HMAC-SHA256 request signatures and constant-time secret
  * comparison, shared by the webhook sink (which signs) and the webhook
  * receiver (which verifies). OpenSSL libcrypto does the hashing.
  *
@@ -9,8 +9,8 @@
  * The signed bytes are exactly the timestamp header value, one '.', and the
  * raw request body.
  */
-#ifndef RELAY_WEBHOOK_SIGN_H
-#define RELAY_WEBHOOK_SIGN_H
+#ifndef RELAY_CLIENT_WEBHOOK_H
+#define RELAY_CLIENT_WEBHOOK_H
 
 #include <stddef.h>
 #include <stdint.h>

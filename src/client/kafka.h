@@ -1,5 +1,5 @@
 /*
- * kafka_conf.h - librdkafka configuration shared by the Kafka sink
+ * client/kafka.h - librdkafka configuration shared by the Kafka sink
  * (src/sink/kafka.c) and the Kafka source (src/source/kafka.c).
  *
  * Both directions take the same connection keys (SPEC sections 7 and 8):
@@ -16,8 +16,8 @@
  * named ("sink.rdkafka.foo: No such configuration property ..."), instead of
  * failing on every reconnect.
  */
-#ifndef RELAY_KAFKA_CONF_H
-#define RELAY_KAFKA_CONF_H
+#ifndef RELAY_CLIENT_KAFKA_H
+#define RELAY_CLIENT_KAFKA_H
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>

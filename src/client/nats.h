@@ -1,5 +1,5 @@
 /*
- * nats_common.h - what the NATS sink and the NATS source share: connection
+ * client/nats.h - what the NATS sink and the NATS source share: connection
  * and authentication options, one connection with state tracking, JetStream
  * error texts, and a JSON syntax check for message bodies.
  *
@@ -26,8 +26,8 @@
  * its next publish or poll. A connection that nats.c gave up on (CLOSED,
  * e.g. after an authorization error) is rebuilt by nats_conn_open().
  */
-#ifndef RELAY_NATS_COMMON_H
-#define RELAY_NATS_COMMON_H
+#ifndef RELAY_CLIENT_NATS_H
+#define RELAY_CLIENT_NATS_H
 
 #include <jansson.h>
 #include <nats/nats.h>
