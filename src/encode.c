@@ -34,17 +34,30 @@ int relay_format_from_cfg(const json_t *cfg, const char *path, relay_format *out
     return -1;
 }
 
+const char *relay_format_name(relay_format f)
+{
+    return f == RELAY_FORMAT_MSGPACK ? "msgpack" : "native";
+}
+
 const char *relay_format_content_type(relay_format f)
 {
     return f == RELAY_FORMAT_MSGPACK ? "application/msgpack" : "application/json";
 }
 
-void relay_encode(relay_format f, const relay_msg *m, relay_buf *out)
+int relay_encode(relay_format f, const relay_msg *m, relay_buf *out, char *err, size_t errlen)
 {
+    size_t start = out->len;
+    int rc = 0;
     if (f == RELAY_FORMAT_MSGPACK)
-        msg_encode_msgpack(m, out);
+        rc = msg_encode_msgpack(m, out, err, errlen);
     else
         msg_encode_native(m, out);
+    if (rc < 0) {
+        out->len = start;
+        if (out->data)
+            out->data[start] = '\0';
+    }
+    return rc;
 }
 
 /* ---- MessagePack -------------------------------------------------------- */
@@ -94,16 +107,23 @@ static void pack_json(msgpack_packer *pk, const json_t *v)
     }
 }
 
-void msg_encode_msgpack(const relay_msg *m, relay_buf *out)
+int msg_encode_msgpack(const relay_msg *m, relay_buf *out, char *err, size_t errlen)
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_write_cb);
 
     json_t *payload = NULL;
-    if (m->payload && m->payload_is_json)
-        payload = json_loadb(m->payload, m->payload_len, JSON_DECODE_ANY, NULL);
-    else if (m->payload)
+    if (m->payload && m->payload_is_json) {
+        json_error_t je;
+        payload = json_loadb(m->payload, m->payload_len, JSON_DECODE_ANY, &je);
+        if (!payload) {
+            snprintf(err, errlen, "the payload cannot be read as JSON (%s at byte %d)", je.text,
+                     je.position);
+            return -1;
+        }
+    } else if (m->payload) {
         payload = json_stringn(m->payload, m->payload_len);
+    }
 
     msgpack_pack_map(&pk, 6);
     pack_str(&pk, "table");
@@ -146,4 +166,5 @@ void msg_encode_msgpack(const relay_msg *m, relay_buf *out)
     pack_str(&pk, "dedup_key");
     pack_str(&pk, m->dedup_key);
     json_decref(payload);
+    return 0;
 }

@@ -5,7 +5,9 @@
  *   msgpack  seed 003's CDC event shape in MessagePack:
  *            {"table","operation","relation_id","lsn","columns":[{"name","value"}],
  *             "dedup_key"}
- * Sinks call relay_encode(); they never format bodies themselves.
+ * Sinks never format bodies themselves: a sink that sets relay_sink.encode
+ * gets every message's body encoded once by the worker (msg->body), which
+ * also dead-letters an event that cannot be encoded.
  */
 #ifndef RELAY_ENCODE_H
 #define RELAY_ENCODE_H
@@ -23,8 +25,14 @@ typedef enum { RELAY_FORMAT_NATIVE = 0, RELAY_FORMAT_MSGPACK } relay_format;
 int relay_format_from_cfg(const json_t *cfg, const char *path, relay_format *out, char *err,
                           size_t errlen);
 
-/* Append the body of `m` in format `f` to `out`. */
-void relay_encode(relay_format f, const relay_msg *m, relay_buf *out);
+/* Append the body of `m` in format `f` to `out`. Returns 0, or -1 when the
+ * event cannot be represented in that format (err says why; `out` is then
+ * restored to its length on entry): the worker dead-letters such an event
+ * rather than emit a wrong or empty body. */
+int relay_encode(relay_format f, const relay_msg *m, relay_buf *out, char *err, size_t errlen);
+
+/* The format's config name: "native" or "msgpack"; static storage. */
+const char *relay_format_name(relay_format f);
 
 /* MIME type of a format: "application/json" or "application/msgpack". */
 const char *relay_format_content_type(relay_format f);
@@ -33,6 +41,6 @@ const char *relay_format_content_type(relay_format f);
  * operation is the upper-case op ("INSERT", "SNAPSHOT", ...); columns are
  * the payload object's keys in order (a non-object payload becomes one
  * column named "value"); relation_id is 0 and lsn nil outside CDC. */
-void msg_encode_msgpack(const relay_msg *m, relay_buf *out);
+int msg_encode_msgpack(const relay_msg *m, relay_buf *out, char *err, size_t errlen);
 
 #endif

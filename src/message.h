@@ -66,6 +66,11 @@ typedef struct relay_msg {
     const char *source_json;
     uint32_t relation_id;    /* CDC: pgoutput relation OID, 0 otherwise */
     const char *lsn;         /* CDC: the change's LSN as text ("0/16B3748"), NULL otherwise */
+    /* The body in the sink's wire format (relay_encode()), encoded once by
+     * the worker before the first publish when the sink asks for it
+     * (relay_sink.encode); arena storage. NULL otherwise. */
+    const char *body;
+    size_t body_len;
     /* Reverse extras (inbox column mapping). */
     const char *source_name;
     const char *aggregate_id;

@@ -244,6 +244,32 @@ static void render_subjects(relay_worker *w, relay_batch *b)
     buf_free(&tmp);
 }
 
+/* Encode every message's body once, in the sink's format, before its first
+ * publish (retries and replays reuse it). An event the format cannot
+ * represent is REJECTED with the reason, so it is dead-lettered here and
+ * never reaches the sink. */
+static void encode_bodies(relay_worker *w, relay_batch *b)
+{
+    if (!w->sink->encode)
+        return;
+    relay_buf tmp = {0};
+    char why[512];
+    for (size_t i = 0; i < b->n; i++) {
+        relay_msg *m = &b->msgs[i];
+        if (m->body || m->state != MSG_PENDING)
+            continue;
+        buf_clear(&tmp);
+        if (relay_encode(w->sink->format, m, &tmp, why, sizeof why) < 0) {
+            msg_set_error(m, MSG_REJECTED, "cannot encode the event as %s: %s",
+                          relay_format_name(w->sink->format), why);
+            continue;
+        }
+        m->body = arena_strndup(&b->arena, tmp.data ? tmp.data : "", tmp.len);
+        m->body_len = tmp.len;
+    }
+    buf_free(&tmp);
+}
+
 /* The stop deadline passed with messages unconfirmed: say that they stay
  * unacknowledged (the source delivers them again). */
 static void give_up(relay_worker *w, size_t unconfirmed)
@@ -260,6 +286,7 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
     relay_msg **pending = xmalloc(b->n * sizeof *pending);
     int result = -1, told_stopping = 0;
     uint64_t t0 = now_mono_us();
+    encode_bodies(w, b);
     for (;;) {
         size_t n = 0, rejected = 0;
         for (size_t i = 0; i < b->n; i++) {

@@ -83,14 +83,12 @@ typedef struct kafka_sink {
     struct key_part *key_parts; /* parsed key_template; NULL: the dedup key */
     size_t nkey_parts;
     int key_uses_payload;
-    relay_format format;
     rd_kafka_t *rk;             /* NULL while closed */
     size_t outstanding;         /* produced records still waiting for a report */
     /* set by the callbacks, which run on the worker thread (poll/flush) */
     kafka_client_state cs;      /* fatal / brokers down / last error, from on_error */
     /* for describe() */
     uint64_t delivered, failed, producers_created;
-    relay_buf value;
     relay_buf key;
 } kafka_sink;
 
@@ -311,7 +309,8 @@ static relay_sink *ks_create(const json_t *cfg, struct relay_worker *w, char *er
 
     kafka_sink *s = xcalloc(1, sizeof *s);
     s->base.w = w;
-    s->format = format;
+    s->base.encode = 1;
+    s->base.format = format;
     const char *key_tmpl;
     if (parse_template(cfg, "topic_template", &s->base.subject_template, err, errlen) < 0 ||
         cfg_str(cfg, "sink", "key_template", NULL, &key_tmpl, err, errlen) < 0 ||
@@ -449,8 +448,6 @@ static int produce_one(kafka_sink *s, relay_msg *m)
                    "check sink.topic_template";
         return 0;
     }
-    buf_clear(&s->value);
-    relay_encode(s->format, m, &s->value);
     const char *key = m->dedup_key;
     size_t key_len = strlen(key);
     if (s->key_parts) {
@@ -464,7 +461,7 @@ static int produce_one(kafka_sink *s, relay_msg *m)
     rd_kafka_header_add(h, "pgtrickle-full-refresh", -1, m->is_full_refresh ? "true" : "false", -1);
     rd_kafka_resp_err_t e = rd_kafka_producev(
         s->rk, RD_KAFKA_V_TOPIC(m->subject), RD_KAFKA_V_KEY(key, key_len),
-        RD_KAFKA_V_VALUE(s->value.data, s->value.len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_VALUE((void *)m->body, m->body_len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
     if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
         s->outstanding++;
@@ -629,7 +626,6 @@ static void ks_destroy(relay_sink *base)
     free(s->brokers);
     free_key_parts(s);
     free(s->base.subject_template);
-    buf_free(&s->value);
     buf_free(&s->key);
     free(s);
 }

@@ -92,7 +92,6 @@ typedef struct nats_sink {
     relay_nats_conn conn;
     /* config */
     char *stream;
-    relay_format format;
     int64_t max_in_flight;
     int64_t ack_timeout_ms;
     int create_stream;
@@ -121,7 +120,6 @@ typedef struct nats_sink {
     char other_error[256];    /* text of the last FAIL_OTHER */
     /* worker thread only */
     unsigned char *fail;      /* fail_kind per message of the call */
-    relay_buf body;
     relay_arena errs;         /* error texts of the last call */
     uint64_t published;
     uint64_t failed;
@@ -277,7 +275,8 @@ static relay_sink *ns_create(const json_t *cfg, relay_worker *w, char *err, size
         return NULL;
     }
     s->stream = xstrdup(stream);
-    s->format = format;
+    s->base.encode = 1;
+    s->base.format = format;
     s->storage = strcmp(storage, "memory") == 0 ? js_MemoryStorage : js_FileStorage;
     s->base.subject_template = tmpl ? xstrdup(tmpl) : NULL;
     return &s->base;
@@ -547,10 +546,8 @@ static int send_one(nats_sink *s, relay_msg **msgs, size_t i, jsPubOptions *po, 
         s->fail[i] = FAIL_NOT_CAPTURED;
         return 0;
     }
-    buf_clear(&s->body);
-    relay_encode(s->format, m, &s->body);
     natsMsg *nm = NULL;
-    natsStatus st = natsMsg_Create(&nm, m->subject, NULL, s->body.data, (int)s->body.len);
+    natsStatus st = natsMsg_Create(&nm, m->subject, NULL, m->body, (int)m->body_len);
     if (st == NATS_OK && (m->is_full_refresh || m->op == OP_SNAPSHOT))
         st = natsMsgHeader_Set(nm, "Pgtrickle-Full-Refresh", "true");
     if (st != NATS_OK) {
@@ -571,7 +568,7 @@ static int send_one(nats_sink *s, relay_msg **msgs, size_t i, jsPubOptions *po, 
     if (st == NATS_MAX_PAYLOAD || st == NATS_INVALID_SUBJECT) {
         m->state = MSG_REJECTED;
         m->error = arena_printf(&s->errs, "%s (subject \"%s\", %zu bytes)", why, m->subject,
-                                s->body.len);
+                                m->body_len);
         return 0;
     }
     m->state = MSG_RETRY;
@@ -815,7 +812,7 @@ static void ns_describe(relay_sink *base, relay_buf *out)
     buf_put_json_str(out, s->stream, strlen(s->stream));
     buf_printf(out, ",\"format\":\"%s\",\"max_in_flight\":%lld,\"published\":%" PRIu64
                ",\"failed\":%" PRIu64 "}",
-               s->format == RELAY_FORMAT_MSGPACK ? "msgpack" : "native",
+               relay_format_name(s->base.format),
                (long long)s->max_in_flight, s->published, s->failed);
 }
 
@@ -835,7 +832,6 @@ static void ns_destroy(relay_sink *base)
     free(s->fail_kinds);
     buf_free(&s->fail_keys);
     free(s->fail);
-    buf_free(&s->body);
     arena_free(&s->errs);
     pthread_mutex_destroy(&s->mu);
     free(s->base.subject_template);

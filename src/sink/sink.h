@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "encode.h"
 #include "message.h"
 
 struct relay_worker;
@@ -59,6 +60,12 @@ struct relay_sink {
      * worker waits at least this long before republishing MSG_RETRY
      * messages, then resets it to 0. */
     int64_t retry_after_ms;
+    /* Set by create() for a sink that sends relay_encode()d bodies: the
+     * worker encodes every message once, in `format`, into msg->body before
+     * its first publish, and dead-letters (never hands to the sink) an event
+     * that cannot be encoded. 0: the sink formats messages itself. */
+    int encode;
+    relay_format format;
 };
 
 #endif

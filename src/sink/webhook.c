@@ -120,7 +120,6 @@ typedef struct webhook_sink {
     char *secret;
     size_t secret_len;
     size_t max_in_flight;
-    relay_format format;
     char *tls_ca;
     /* runtime */
     CURLM *multi;
@@ -383,12 +382,13 @@ static relay_sink *create_sink(const json_t *cfg, struct relay_worker *w,
         parse_secret(ws, cfg, err, errlen) < 0 ||
         cfg_int(cfg, "sink", "max_in_flight", DEFAULT_MAX_IN_FLIGHT, 1, 1024, &max_in_flight,
                 err, errlen) < 0 ||
-        relay_format_from_cfg(cfg, "sink", &ws->format, err, errlen) < 0 ||
+        relay_format_from_cfg(cfg, "sink", &ws->base.format, err, errlen) < 0 ||
         parse_tls_ca(ws, cfg, err, errlen) < 0 ||
         parse_subject_template(ws, cfg, err, errlen) < 0) {
         wh_destroy(&ws->base);
         return NULL;
     }
+    ws->base.encode = 1;
     ws->url = xstrdup(url);
     ws->max_in_flight = (size_t)max_in_flight;
     return &ws->base;
@@ -509,19 +509,19 @@ static void encode_body(const webhook_sink *ws, relay_msg **msgs, size_t n, rela
 {
     buf_clear(body);
     if (!ws->batch_mode) {
-        relay_encode(ws->format, msgs[0], body);
+        buf_append(body, msgs[0]->body, msgs[0]->body_len);
         return;
     }
-    if (ws->format == RELAY_FORMAT_MSGPACK)
+    if (ws->base.format == RELAY_FORMAT_MSGPACK)
         put_msgpack_array_header(body, n);
     else
         buf_putc(body, '[');
     for (size_t i = 0; i < n; i++) {
-        if (i && ws->format != RELAY_FORMAT_MSGPACK)
+        if (i && ws->base.format != RELAY_FORMAT_MSGPACK)
             buf_putc(body, ',');
-        relay_encode(ws->format, msgs[i], body);
+        buf_append(body, msgs[i]->body, msgs[i]->body_len);
     }
-    if (ws->format != RELAY_FORMAT_MSGPACK)
+    if (ws->base.format != RELAY_FORMAT_MSGPACK)
         buf_putc(body, ']');
 }
 
@@ -564,7 +564,7 @@ static int build_headers(webhook_sink *ws, wh_slot *slot, char *err, size_t errl
         if (append_header(&list, h->data) < 0)
             goto oom;
     if (!ws->has_content_type) {
-        buf_printf(&line, "Content-Type: %s", relay_format_content_type(ws->format));
+        buf_printf(&line, "Content-Type: %s", relay_format_content_type(ws->base.format));
         if (append_header(&list, line.data) < 0)
             goto oom;
     }
