@@ -258,6 +258,10 @@ int pipeline_cfg_load(relay_pipeline_cfg *c, const char *name, const char *direc
         snprintf(err, errlen, "config.sink: expected an object");
         goto fail;
     }
+    /* Resolve ${env:}/${file:} first: it replaces strings of the tree in
+     * place, so every string read below must be read after it. */
+    if (secrets_resolve(root, err, errlen) < 0)
+        goto fail;
     const char *source_type = json_string_value(json_object_get(root, "source_type"));
     if (!source_type)
         source_type = json_string_value(json_object_get(source, "type"));
@@ -280,9 +284,6 @@ int pipeline_cfg_load(relay_pipeline_cfg *c, const char *name, const char *direc
             goto fail;
         }
     }
-    if (secrets_resolve(root, err, errlen) < 0)
-        goto fail;
-
     c->name = xstrdup(name);
     c->forward = forward;
     c->enabled = enabled;

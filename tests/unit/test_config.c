@@ -161,6 +161,32 @@ static void pipeline_shapes(void **state)
     assert_non_null(strstr(err, "source_type"));
 }
 
+/* Issue 10 defect 4: the type strings were read before secrets_resolve()
+ * replaced them in place (a heap use-after-free under ASan). */
+static void pipeline_types_read_after_secrets(void **state)
+{
+    (void)state;
+    relay_pipeline_cfg c;
+    char err[512];
+    assert_int_equal(pipeline_cfg_load(&c, "p", "forward", 1,
+        "{\"source\":{\"type\":\"${\"},\"sink\":{}}", err, sizeof err), -1);
+    /* An unterminated reference is literal text (the type is refused later,
+     * by name, when the worker looks it up). */
+    assert_int_equal(pipeline_cfg_load(&c, "p", "forward", 1,
+        "{\"source\":{\"type\":\"${\"},\"sink\":{\"type\":\"${\"}}", err, sizeof err), 0);
+    assert_string_equal(c.source_type, "${");
+    assert_string_equal(c.sink_type, "${");
+    pipeline_cfg_free(&c);
+    setenv("RELAY_TEST_TYPE", "file", 1);
+    int rc = pipeline_cfg_load(&c, "p", "forward", 1,
+        "{\"source\":{\"type\":\"${env:RELAY_TEST_TYPE}x\"},\"sink\":{\"type\":\"${env:RELAY_TEST_TYPE}\"}}",
+        err, sizeof err);
+    assert_int_equal(rc, 0);
+    assert_string_equal(c.source_type, "filex");
+    assert_string_equal(c.sink_type, "file");
+    pipeline_cfg_free(&c);
+}
+
 static void pipeline_secrets(void **state)
 {
     (void)state;
@@ -263,6 +289,7 @@ int main(void)
         cmocka_unit_test(options_errors_name_the_flag),
         cmocka_unit_test(durations),
         cmocka_unit_test(pipeline_shapes),
+        cmocka_unit_test(pipeline_types_read_after_secrets),
         cmocka_unit_test(pipeline_secrets),
         cmocka_unit_test(secret_files_and_literals),
         cmocka_unit_test(accessors),
