@@ -5,15 +5,71 @@
  * recursion: it tracks whether it is inside a string (where brackets do
  * not count and a backslash skips the next byte) and stops when the
  * bracket that opened the value closes. Scalars end at the first byte that
- * cannot continue them. Nesting is checked with a small stack of the
- * opening brackets, so "[}" is rejected; depth is limited to 256, far
- * beyond anything PostgreSQL's jsonb produces for rows.
+ * cannot continue them. Nesting is checked with a stack of the
+ * opening brackets (json_nest, one bit per level), so "[}" is rejected;
+ * depth is not limited: jsonb accepts thousands of levels.
  */
 #include "json_scan.h"
 
+#include <stdlib.h>
 #include <string.h>
 
-#define MAX_DEPTH 256
+#include "buf.h"
+
+/* ---- nesting stack ------------------------------------------------------- */
+
+#define NEST_WORD_BITS 64u
+
+void json_nest_init(json_nest *st)
+{
+    memset(st, 0, sizeof *st);
+    st->cap = sizeof st->inline_bits * 8;
+}
+
+static unsigned long long *nest_words(json_nest *st)
+{
+    return st->heap ? st->heap : st->inline_bits;
+}
+
+void json_nest_push(json_nest *st, int object)
+{
+    if (st->depth == st->cap) {
+        size_t words = st->cap / NEST_WORD_BITS;
+        unsigned long long *h = xcalloc(2 * words, sizeof *h);
+        memcpy(h, nest_words(st), words * sizeof *h);
+        free(st->heap);
+        st->heap = h;
+        st->cap *= 2;
+    }
+    unsigned long long *w = nest_words(st) + st->depth / NEST_WORD_BITS;
+    unsigned long long bit = 1ull << (st->depth % NEST_WORD_BITS);
+    if (object)
+        *w |= bit;
+    else
+        *w &= ~bit;
+    st->depth++;
+}
+
+int json_nest_top(const json_nest *st)
+{
+    if (st->depth == 0)
+        return -1;
+    size_t d = st->depth - 1;
+    const unsigned long long *w = st->heap ? st->heap : st->inline_bits;
+    return (int)((w[d / NEST_WORD_BITS] >> (d % NEST_WORD_BITS)) & 1u);
+}
+
+void json_nest_pop(json_nest *st)
+{
+    if (st->depth)
+        st->depth--;
+}
+
+void json_nest_free(json_nest *st)
+{
+    free(st->heap);
+    st->heap = NULL;
+}
 
 static int is_ws(char c)
 {
@@ -59,27 +115,30 @@ size_t json_span(const char *s, size_t n)
             i++;
         return i;
     }
-    char stack[MAX_DEPTH];
-    int depth = 0;
+    json_nest st;
+    json_nest_init(&st);
+    size_t end = 0;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (c == '"') {
             size_t e = string_end(s, n, i);
             if (!e)
-                return 0;
+                break;
             i = e - 1;
         } else if (c == '[' || c == '{') {
-            if (depth == MAX_DEPTH)
-                return 0;
-            stack[depth++] = c;
+            json_nest_push(&st, c == '{');
         } else if (c == ']' || c == '}') {
-            if (depth == 0 || stack[depth - 1] != (c == ']' ? '[' : '{'))
-                return 0;
-            if (--depth == 0)
-                return i + 1;
+            if (json_nest_top(&st) != (c == '}'))
+                break;
+            json_nest_pop(&st);
+            if (st.depth == 0) {
+                end = i + 1;
+                break;
+            }
         }
     }
-    return 0;
+    json_nest_free(&st);
+    return end;
 }
 
 int json_array_next(const char *s, size_t n, size_t *pos, size_t *off, size_t *len)

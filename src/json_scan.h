@@ -18,7 +18,8 @@
 
 /* Length of the JSON value starting at s[0] (after no whitespace), or 0
  * when s[0..n) does not start with a complete, well-nested value. Strings
- * are scanned for their end only (escapes are skipped, not decoded). */
+ * are scanned for their end only (escapes are skipped, not decoded). Any
+ * nesting depth (the values come from jsonb, which has its own limit). */
 size_t json_span(const char *s, size_t n);
 
 /* Index of the first non-whitespace byte at or after i (n if none). */
@@ -46,9 +47,28 @@ void json_append_compact(relay_buf *out, const char *s, size_t n);
 
 /* 1 when s[0..n) is one JSON value (RFC 8259, surrounding whitespace
  * allowed) that PostgreSQL's jsonb accepts: valid UTF-8, no \u0000, no
- * unpaired surrogate escapes, nesting at most 512 deep; 0 otherwise.
- * Allocates nothing. */
+ * unpaired surrogate escapes; 0 otherwise. Nesting depth is not limited
+ * here (jsonb's limit depends on the server's max_stack_depth: a value too
+ * deep for it is refused by the INSERT and dead-lettered). Iterative;
+ * allocates only past 512 levels of nesting. */
 int json_valid(const char *s, size_t n);
+
+/* A stack of bits for nesting (1 = object, 0 = array) without recursion:
+ * the first 512 levels live inline, deeper ones on the heap. */
+typedef struct json_nest {
+    unsigned long long inline_bits[8];
+    unsigned long long *heap;
+    size_t cap;   /* bits available */
+    size_t depth; /* levels pushed */
+} json_nest;
+
+void json_nest_init(json_nest *st);
+void json_nest_push(json_nest *st, int object);
+/* The innermost level: 1 object, 0 array; -1 when empty. */
+int json_nest_top(const json_nest *st);
+/* Remove the innermost level (no-op when empty). */
+void json_nest_pop(json_nest *st);
+void json_nest_free(json_nest *st);
 
 /* 1 when p[0..n) is NUL-free valid UTF-8 (storable in a text column). */
 int utf8_text_valid(const void *p, size_t n);

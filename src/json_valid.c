@@ -16,13 +16,12 @@
  * (RFC 8259) that allocates nothing: a parser that builds a tree costs more
  * than everything else this source does per record. Beyond the grammar it
  * refuses what jsonb refuses: invalid UTF-8, \u0000, unpaired surrogate
- * escapes. Nesting deeper than JSON_MAX_DEPTH also counts as "not JSON", so
- * such a body is stored as a string rather than rejected by the server. */
-#define JSON_MAX_DEPTH 512
+ * escapes. Nesting is followed iteratively to any depth; a body deeper than
+ * the server's own limit is refused by the INSERT and dead-lettered, never
+ * silently turned into a string. */
 
 typedef struct jcur {
     const unsigned char *p, *end;
-    int depth;
 } jcur;
 
 static void j_ws(jcur *c)
@@ -154,57 +153,12 @@ static int j_string(jcur *c)
     return 0;
 }
 
-static int j_value(jcur *c);
-
-/* An array or object, after its opening bracket. */
-static int j_container(jcur *c, int object)
-{
-    if (++c->depth > JSON_MAX_DEPTH)
-        return 0;
-    c->p++;
-    j_ws(c);
-    unsigned char close = object ? '}' : ']';
-    if (c->p < c->end && *c->p == close) {
-        c->p++;
-        c->depth--;
-        return 1;
-    }
-    for (;;) {
-        if (object) {
-            if (c->p >= c->end || *c->p != '"' || !j_string(c))
-                return 0;
-            j_ws(c);
-            if (c->p >= c->end || *c->p != ':')
-                return 0;
-            c->p++;
-            j_ws(c);
-        }
-        if (!j_value(c))
-            return 0;
-        j_ws(c);
-        if (c->p < c->end && *c->p == ',') {
-            c->p++;
-            j_ws(c);
-            continue;
-        }
-        if (c->p < c->end && *c->p == close) {
-            c->p++;
-            c->depth--;
-            return 1;
-        }
-        return 0;
-    }
-}
-
-static int j_value(jcur *c)
+/* A scalar at c->p: string, literal or number. */
+static int j_scalar(jcur *c)
 {
     if (c->p >= c->end)
         return 0;
     switch (*c->p) {
-    case '{':
-        return j_container(c, 1);
-    case '[':
-        return j_container(c, 0);
     case '"':
         return j_string(c);
     case 't':
@@ -218,11 +172,73 @@ static int j_value(jcur *c)
     }
 }
 
+/* An object member's key and colon; c->p at the key's opening quote. */
+static int j_key(jcur *c)
+{
+    if (c->p >= c->end || *c->p != '"' || !j_string(c))
+        return 0;
+    j_ws(c);
+    if (c->p >= c->end || *c->p != ':')
+        return 0;
+    c->p++;
+    j_ws(c);
+    return 1;
+}
+
+/* One value with any nesting, iteratively: a value is a scalar or an opening
+ * bracket; after each value comes a comma (then the next member), the
+ * closing bracket of the innermost container, or the end. */
+static int j_value(jcur *c, json_nest *st)
+{
+    for (;;) {
+        /* a value */
+        if (c->p < c->end && (*c->p == '{' || *c->p == '[')) {
+            int object = *c->p == '{';
+            c->p++;
+            j_ws(c);
+            if (c->p < c->end && *c->p == (object ? '}' : ']')) {
+                c->p++; /* empty container: a complete value */
+            } else {
+                json_nest_push(st, object);
+                if (object && !j_key(c))
+                    return 0;
+                continue;
+            }
+        } else if (!j_scalar(c)) {
+            return 0;
+        }
+        /* after a value: close containers, or go on with the next member */
+        for (;;) {
+            int top = json_nest_top(st);
+            if (top < 0)
+                return 1;
+            j_ws(c);
+            if (c->p >= c->end)
+                return 0;
+            if (*c->p == ',') {
+                c->p++;
+                j_ws(c);
+                if (top == 1 && !j_key(c))
+                    return 0;
+                break;
+            }
+            if (*c->p != (top == 1 ? '}' : ']'))
+                return 0;
+            c->p++;
+            json_nest_pop(st);
+        }
+    }
+}
+
 int json_valid(const char *p, size_t n)
 {
-    jcur c = {(const unsigned char *)p, (const unsigned char *)p + n, 0};
+    jcur c = {(const unsigned char *)p, (const unsigned char *)p + n};
+    json_nest st;
+    json_nest_init(&st);
     j_ws(&c);
-    if (!j_value(&c))
+    int ok = j_value(&c, &st);
+    json_nest_free(&st);
+    if (!ok)
         return 0;
     j_ws(&c);
     return c.p == c.end;

@@ -28,6 +28,17 @@ static void spans(void **state)
     assert_int_equal(json_span("\"abc", 4), 0);
     assert_int_equal(json_span("{\"a\": \"\\", 7), 0);
     assert_int_equal(json_span("", 0), 0);
+    /* any depth (issue 10: outbox rows deeper than 256 levels were
+     * dead-lettered although jsonb accepts them) */
+    size_t d = 100000;
+    char *deep = malloc(2 * d + 3);
+    memset(deep, '[', d);
+    memset(deep + d, ']', d);
+    memcpy(deep + 2 * d, ",1", 3);
+    assert_int_equal(json_span(deep, 2 * d + 2), 2 * d);
+    deep[d] = '}';
+    assert_int_equal(json_span(deep, 2 * d + 2), 0);
+    free(deep);
 }
 
 static void arrays(void **state)

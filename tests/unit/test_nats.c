@@ -61,12 +61,27 @@ static void json_check_rejects_the_rest(void **state)
     }
     /* a NUL byte inside the text */
     assert_false(json_valid("{\"a\":1}\0", 8));
-    /* deep nesting is refused instead of overflowing the stack */
-    char deep[5002];
-    memset(deep, '[', 2500);
-    memset(deep + 2500, ']', 2500);
-    deep[5000] = '\0';
+    /* any depth is followed without recursion (jsonb itself accepts
+     * thousands of levels; issue 10: 256 was too few) */
+    size_t d = 200000;
+    char *deep = malloc(2 * d + 1);
+    memset(deep, '[', d);
+    memset(deep + d, ']', d);
+    deep[2 * d] = '\0';
+    assert_true(valid(deep));
+    deep[2 * d - 1] = '}'; /* mismatched at the outermost level */
     assert_false(valid(deep));
+    deep[2 * d - 1] = ']';
+    deep[d] = '{'; /* an object where an array closes */
+    assert_false(valid(deep));
+    for (size_t i = 0; i < d; i += 2)
+        memcpy(deep + i, "{\"", 2); /* {"{"{"... : keys without colons */
+    assert_false(valid(deep));
+    free(deep);
+    assert_true(valid("[{\"a\":[{\"b\":{}},[]]},{\"c\":[[[1]]]}]"));
+    assert_false(valid("[{\"a\":[{\"b\":{}},[]]},{\"c\":[[[1]]]}"));
+    assert_false(valid("{\"a\":1,}"));
+    assert_false(valid("{\"a\" 1}"));
 }
 
 static void nkey_public_key_matches_nats_signatures(void **state)
