@@ -130,6 +130,24 @@ void buf_put_i64(relay_buf *b, int64_t v)
     buf_append(b, p, (size_t)(tmp + sizeof tmp - p));
 }
 
+size_t utf8_seq_len(const void *p, size_t avail)
+{
+    const unsigned char *s = p;
+    unsigned char c = s[0];
+    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
+               : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (c == 0 || len == 0 || len > avail || (len == 2 && c < 0xC2) || (len == 4 && c > 0xF4))
+        return 0;
+    for (size_t k = 1; k < len; k++)
+        if ((s[k] & 0xC0) != 0x80)
+            return 0;
+    if (len == 3 && ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] >= 0xA0)))
+        return 0; /* overlong, or a UTF-16 surrogate */
+    if (len == 4 && ((c == 0xF0 && s[1] < 0x90) || (c == 0xF4 && s[1] >= 0x90)))
+        return 0;
+    return len;
+}
+
 void buf_put_json_str(relay_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -138,6 +156,18 @@ void buf_put_json_str(relay_buf *b, const char *s, size_t n)
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (c >= 0x80) {
+            size_t l = utf8_seq_len(s + i, n - i);
+            if (l) {
+                i += l - 1;
+                continue;
+            }
+            /* not UTF-8: U+FFFD, so the output is always valid JSON */
+            buf_append(b, s + run, i - run);
+            run = i + 1;
+            buf_append(b, "\\ufffd", 6);
+            continue;
+        }
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
         buf_append(b, s + run, i - run);
@@ -158,6 +188,34 @@ void buf_put_json_str(relay_buf *b, const char *s, size_t n)
     }
     buf_append(b, s + run, n - run);
     buf_putc(b, '"');
+}
+
+void buf_put_log_text(relay_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        size_t l = 1;
+        if (c >= 0x80 && (l = utf8_seq_len(s + i, n - i)) != 0) {
+            i += l - 1;
+            continue;
+        }
+        if (l && c >= 0x20 && c != 0x7f)
+            continue;
+        buf_append(b, s + run, i - run);
+        run = i + 1;
+        switch (c) {
+        case '\n': buf_append(b, "\\n", 2); break;
+        case '\r': buf_append(b, "\\r", 2); break;
+        case '\t': buf_append(b, "\\t", 2); break;
+        default: {
+            char x[4] = {'\\', 'x', hex[c >> 4], hex[c & 15]};
+            buf_append(b, x, 4);
+        }
+        }
+    }
+    buf_append(b, s + run, n - run);
 }
 
 void buf_clear(relay_buf *b)

@@ -33,8 +33,16 @@ void buf_printf(relay_buf *b, const char *fmt, ...) __attribute__((format(printf
 void buf_vprintf(relay_buf *b, const char *fmt, va_list ap);
 /* Append a signed decimal integer. */
 void buf_put_i64(relay_buf *b, int64_t v);
-/* Append `s` (length n) as a quoted JSON string with RFC 8259 escaping. */
+/* Append `s` (length n) as a quoted JSON string with RFC 8259 escaping.
+ * The result is always valid JSON: a byte that does not start a valid UTF-8
+ * sequence is written as \ufffd (NUL and control bytes as \u00XX). */
 void buf_put_json_str(relay_buf *b, const char *s, size_t n);
+/* Append `s` (length n) for a text log line: control characters and bytes
+ * that are not UTF-8 become visible escapes (\n, \r, \t, \xNN), so a
+ * value can never start a new line or forge another record. */
+void buf_put_log_text(relay_buf *b, const char *s, size_t n);
+/* Length of the valid, NUL-free UTF-8 sequence at p (1..4), or 0. */
+size_t utf8_seq_len(const void *p, size_t avail);
 /* Reset to empty, keeping the allocation. */
 void buf_clear(relay_buf *b);
 /* Free the allocation and zero the struct. */

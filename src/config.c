@@ -40,6 +40,8 @@ const char *options_usage(void)
            "  --relay-group-id ID         PGTRICKLE_RELAY_GROUP_ID      (default)\n"
            "  --discovery-interval DUR    PGTRICKLE_RELAY_DISCOVERY_INTERVAL (5s)\n"
            "  --shutdown-timeout DUR      PGTRICKLE_RELAY_SHUTDOWN_TIMEOUT   (30s)\n"
+           "  --stall-timeout DUR         PGTRICKLE_RELAY_STALL_TIMEOUT      (60s) a pipeline whose\n"
+           "                              batch keeps failing this long reports degraded\n"
            "durations: 500ms, 5s, 2m, 1h, or a number of seconds\n";
 }
 
@@ -70,7 +72,8 @@ int parse_duration_ms(const char *s, int64_t *out_ms)
     return 0;
 }
 
-enum { OPT_URL, OPT_METRICS, OPT_LOGFMT, OPT_LOGLVL, OPT_GROUP, OPT_DISCOVERY, OPT_SHUTDOWN, OPT_N };
+enum { OPT_URL, OPT_METRICS, OPT_LOGFMT, OPT_LOGLVL, OPT_GROUP, OPT_DISCOVERY, OPT_SHUTDOWN,
+       OPT_STALL, OPT_N };
 
 static const struct {
     const char *flag;
@@ -83,6 +86,7 @@ static const struct {
     {"--relay-group-id", "PGTRICKLE_RELAY_GROUP_ID"},
     {"--discovery-interval", "PGTRICKLE_RELAY_DISCOVERY_INTERVAL"},
     {"--shutdown-timeout", "PGTRICKLE_RELAY_SHUTDOWN_TIMEOUT"},
+    {"--stall-timeout", "PGTRICKLE_RELAY_STALL_TIMEOUT"},
 };
 
 /* Apply one value; `origin` is the flag or env name for messages. */
@@ -136,15 +140,18 @@ static int apply_option(relay_options *o, int which, const char *v, const char *
         return 0;
     case OPT_DISCOVERY:
     case OPT_SHUTDOWN:
-        if (parse_duration_ms(v, &ms) < 0 || (which == OPT_DISCOVERY && ms < 100)) {
+    case OPT_STALL:
+        if (parse_duration_ms(v, &ms) < 0 || (which != OPT_SHUTDOWN && ms < 100)) {
             snprintf(err, errlen, "%s: expected a duration like 500ms, 5s or 1m%s, got \"%s\"", origin,
-                     which == OPT_DISCOVERY ? " (at least 100ms)" : "", v);
+                     which != OPT_SHUTDOWN ? " (at least 100ms)" : "", v);
             return -1;
         }
         if (which == OPT_DISCOVERY)
             o->discovery_interval_ms = ms;
-        else
+        else if (which == OPT_SHUTDOWN)
             o->shutdown_timeout_ms = ms;
+        else
+            o->stall_timeout_ms = ms;
         return 0;
     }
     return -1;
@@ -159,6 +166,7 @@ int options_parse(int argc, char **argv, relay_options *o, relay_command *cmd, c
     o->log_level = LOG_INFO;
     o->discovery_interval_ms = 5000;
     o->shutdown_timeout_ms = 30000;
+    o->stall_timeout_ms = 60000;
     *cmd = CMD_RUN;
 
     for (int i = 0; i < OPT_N; i++) {

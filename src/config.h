@@ -24,6 +24,8 @@ typedef struct relay_options {
     char *group_id;              /* default "default" */
     int64_t discovery_interval_ms; /* default 5000 */
     int64_t shutdown_timeout_ms;   /* default 30000 */
+    int64_t stall_timeout_ms;      /* default 60000: a pipeline whose batch keeps failing (or
+                                      whose loop does not come round) this long is degraded */
 } relay_options;
 
 typedef enum { CMD_RUN = 0, CMD_INIT, CMD_HELP, CMD_VERSION } relay_command;

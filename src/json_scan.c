@@ -141,6 +141,95 @@ size_t json_span(const char *s, size_t n)
     return end;
 }
 
+static int hex4(const char *s, long *v)
+{
+    long r = 0;
+    for (int i = 0; i < 4; i++) {
+        char h = s[i];
+        int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
+              : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+        if (d < 0)
+            return -1;
+        r = r * 16 + d;
+    }
+    *v = r;
+    return 0;
+}
+
+static void put_utf8(relay_buf *out, unsigned long cp)
+{
+    char b[4];
+    size_t n;
+    if (cp < 0x80) {
+        b[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        b[0] = (char)(0xC0 | (cp >> 6));
+        b[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        b[0] = (char)(0xE0 | (cp >> 12));
+        b[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        b[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        b[0] = (char)(0xF0 | (cp >> 18));
+        b[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        b[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        b[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    buf_append(out, b, n);
+}
+
+int json_string_decode(const char *s, size_t n, relay_buf *out)
+{
+    if (n < 2 || s[0] != '"' || s[n - 1] != '"')
+        return -1;
+    size_t i = 1, end = n - 1, run = 1;
+    while (i < end) {
+        if (s[i] != '\\') {
+            i++;
+            continue;
+        }
+        buf_append(out, s + run, i - run);
+        if (i + 1 >= end)
+            return -1;
+        char e = s[i + 1];
+        i += 2;
+        switch (e) {
+        case '"': buf_putc(out, '"'); break;
+        case '\\': buf_putc(out, '\\'); break;
+        case '/': buf_putc(out, '/'); break;
+        case 'b': buf_putc(out, '\b'); break;
+        case 'f': buf_putc(out, '\f'); break;
+        case 'n': buf_putc(out, '\n'); break;
+        case 'r': buf_putc(out, '\r'); break;
+        case 't': buf_putc(out, '\t'); break;
+        case 'u': {
+            long u, lo;
+            if (end - i < 4 || hex4(s + i, &u) < 0)
+                return -1;
+            i += 4;
+            if (u >= 0xD800 && u <= 0xDBFF && end - i >= 6 && s[i] == '\\' && s[i + 1] == 'u' &&
+                hex4(s + i + 2, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF) {
+                i += 6;
+                put_utf8(out, 0x10000 + (((unsigned long)u - 0xD800) << 10) +
+                                  ((unsigned long)lo - 0xDC00));
+            } else {
+                put_utf8(out, (unsigned long)u);
+            }
+            break;
+        }
+        default:
+            return -1;
+        }
+        run = i;
+    }
+    buf_append(out, s + run, end - run);
+    return 0;
+}
+
 int json_array_next(const char *s, size_t n, size_t *pos, size_t *off, size_t *len)
 {
     size_t i = *pos;

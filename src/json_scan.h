@@ -45,9 +45,10 @@ size_t json_compact_into(char *dst, const char *s, size_t n);
 /* The same, appended to a buffer. */
 void json_append_compact(relay_buf *out, const char *s, size_t n);
 
-/* 1 when s[0..n) is one JSON value (RFC 8259, surrounding whitespace
- * allowed) that PostgreSQL's jsonb accepts: valid UTF-8, no \u0000, no
- * unpaired surrogate escapes; 0 otherwise. Nesting depth is not limited
+/* Is s[0..n) one JSON value (RFC 8259, surrounding whitespace allowed)?
+ * 1: yes, and PostgreSQL's jsonb accepts it; -1: yes, but jsonb refuses it
+ * (a \u0000 escape or an unpaired surrogate escape); 0: not JSON (bad
+ * grammar, invalid UTF-8, a NUL byte, trailing text). Nesting depth is not limited
  * here (jsonb's limit depends on the server's max_stack_depth: a value too
  * deep for it is refused by the INSERT and dead-lettered). Iterative;
  * allocates only past 512 levels of nesting. */
@@ -69,6 +70,14 @@ int json_nest_top(const json_nest *st);
 /* Remove the innermost level (no-op when empty). */
 void json_nest_pop(json_nest *st);
 void json_nest_free(json_nest *st);
+
+/* Decode the JSON string literal s[0..n) (s[0] and s[n-1] are the quotes)
+ * and append its bytes to `out`: escapes resolved, \uXXXX (and surrogate
+ * pairs) as UTF-8, "\u0000" as a NUL byte (so the caller must use the
+ * length). A lone surrogate escape is appended as its 3-byte encoding
+ * (which utf8_text_valid() refuses). Returns 0, or -1 when malformed
+ * (out is then left with a partial result). */
+int json_string_decode(const char *s, size_t n, relay_buf *out);
 
 /* 1 when p[0..n) is NUL-free valid UTF-8 (storable in a text column). */
 int utf8_text_valid(const void *p, size_t n);

@@ -2,26 +2,30 @@
  * json_valid.c - is a message body JSON that PostgreSQL's jsonb accepts?
  *
  * Reverse sources use it to decide whether a broker message is stored in
- * the inbox as JSON or as a JSON string: a body jsonb would refuse must not
- * reach the INSERT (the whole batch would fail over one message).
+ * the inbox as JSON or as a JSON string. JSON that jsonb refuses (a
+ * "\u0000" escape, a lone surrogate) is reported as such (-1): it is JSON,
+ * so it must not be turned into a string, and it cannot be stored, so the
+ * inbox writer isolates it and the worker dead-letters its original bytes.
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "buf.h"
 #include "json_scan.h"
 
 /* ---- JSON check ------------------------------------------------------------
  * Is a record body JSON that PostgreSQL's jsonb accepts? A syntax check
  * (RFC 8259) that allocates nothing: a parser that builds a tree costs more
- * than everything else this source does per record. Beyond the grammar it
- * refuses what jsonb refuses: invalid UTF-8, \u0000, unpaired surrogate
- * escapes. Nesting is followed iteratively to any depth; a body deeper than
+ * than everything else this source does per record. Invalid UTF-8 is not
+ * JSON (RFC 8259 section 8.1); \u0000 and unpaired surrogate escapes are
+ * JSON that jsonb refuses. Nesting is followed iteratively to any depth; a body deeper than
  * the server's own limit is refused by the INSERT and dead-lettered, never
  * silently turned into a string. */
 
 typedef struct jcur {
     const unsigned char *p, *end;
+    int unstorable; /* RFC 8259 allows it, jsonb does not (\u0000, lone surrogates) */
 } jcur;
 
 static void j_ws(jcur *c)
@@ -87,28 +91,10 @@ static long j_hex4(jcur *c)
     return v;
 }
 
-/* Length of the UTF-8 sequence at p (valid, NUL-free), or 0. */
-static size_t utf8_seq(const unsigned char *p, size_t avail)
-{
-    unsigned char c = p[0];
-    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
-               : (c & 0xF8) == 0xF0 ? 4 : 0;
-    if (c == 0 || len == 0 || len > avail || (len == 2 && c < 0xC2) || (len == 4 && c > 0xF4))
-        return 0;
-    for (size_t k = 1; k < len; k++)
-        if ((p[k] & 0xC0) != 0x80)
-            return 0;
-    if (len == 3 && ((c == 0xE0 && p[1] < 0xA0) || (c == 0xED && p[1] >= 0xA0)))
-        return 0; /* overlong, or a UTF-16 surrogate */
-    if (len == 4 && ((c == 0xF0 && p[1] < 0x90) || (c == 0xF4 && p[1] >= 0x90)))
-        return 0;
-    return len;
-}
-
 static int utf8_text_valid_bytes(const unsigned char *p, size_t n)
 {
     for (size_t i = 0, len; i < n; i += len)
-        if ((len = utf8_seq(p + i, n - i)) == 0)
+        if ((len = utf8_seq_len(p + i, n - i)) == 0)
             return 0;
     return 1;
 }
@@ -131,21 +117,28 @@ static int j_string(jcur *c)
             unsigned char e = *c->p++;
             if (e == 'u') {
                 long u = j_hex4(c);
-                if (u <= 0 || (u >= 0xDC00 && u <= 0xDFFF))
-                    return 0; /* malformed, \u0000, or a lone low surrogate */
-                if (u >= 0xD800 && u <= 0xDBFF) {
-                    if (!j_lit(c, "\\u", 2))
-                        return 0;
-                    long lo = j_hex4(c);
-                    if (lo < 0xDC00 || lo > 0xDFFF)
-                        return 0;
+                if (u < 0)
+                    return 0;
+                if (u == 0 || (u >= 0xDC00 && u <= 0xDFFF)) {
+                    c->unstorable = 1; /* \u0000, or a lone low surrogate */
+                } else if (u >= 0xD800 && u <= 0xDBFF) {
+                    if (c->end - c->p >= 6 && c->p[0] == '\\' && c->p[1] == 'u') {
+                        c->p += 2;
+                        long lo = j_hex4(c);
+                        if (lo < 0)
+                            return 0;
+                        if (lo < 0xDC00 || lo > 0xDFFF)
+                            c->unstorable = 1; /* a high surrogate without its pair */
+                    } else {
+                        c->unstorable = 1;
+                    }
                 }
             } else if (!strchr("\"\\/bfnrt", e) || e == 0) {
                 return 0;
             }
             continue;
         }
-        size_t len = utf8_seq(c->p, (size_t)(c->end - c->p));
+        size_t len = utf8_seq_len(c->p, (size_t)(c->end - c->p));
         if (len == 0)
             return 0;
         c->p += len;
@@ -232,7 +225,7 @@ static int j_value(jcur *c, json_nest *st)
 
 int json_valid(const char *p, size_t n)
 {
-    jcur c = {(const unsigned char *)p, (const unsigned char *)p + n};
+    jcur c = {(const unsigned char *)p, (const unsigned char *)p + n, 0};
     json_nest st;
     json_nest_init(&st);
     j_ws(&c);
@@ -241,7 +234,9 @@ int json_valid(const char *p, size_t n)
     if (!ok)
         return 0;
     j_ws(&c);
-    return c.p == c.end;
+    if (c.p != c.end)
+        return 0;
+    return c.unstorable ? -1 : 1;
 }
 
 int utf8_text_valid(const void *text, size_t n)

@@ -5,7 +5,10 @@
  * json:  {"ts":"2026-11-21T12:00:00.123Z","level":"info","pipeline":"orders-to-nats","msg":"pipeline started"}
  *
  * Each line is formatted into a buffer and written with one write(2), so the
- * lines of concurrent workers never interleave without taking a lock.
+ * lines of concurrent workers never interleave without taking a lock. Text
+ * that may come from outside (pipeline names, dedup keys, broker errors) is
+ * escaped: a text line never contains a control character or a byte that is
+ * not UTF-8, a JSON line is always valid JSON, so no value can forge a line.
  */
 #include "log.h"
 
@@ -76,9 +79,12 @@ void log_msg(log_level lvl, const char *pipeline, const char *fmt, ...)
     } else {
         put_timestamp(&line);
         buf_printf(&line, " %s ", level_text[lvl]);
-        if (pipeline)
-            buf_printf(&line, "[%s] ", pipeline);
-        buf_append(&line, msg.data ? msg.data : "", msg.len);
+        if (pipeline) {
+            buf_putc(&line, '[');
+            buf_put_log_text(&line, pipeline, strlen(pipeline));
+            buf_puts(&line, "] ");
+        }
+        buf_put_log_text(&line, msg.data ? msg.data : "", msg.len);
         buf_putc(&line, '\n');
     }
     size_t off = 0;

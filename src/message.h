@@ -38,6 +38,19 @@ const char *relay_op_name(relay_op op);
 /* Parse a lower-case op name; unknown or NULL names give OP_EVENT. */
 relay_op relay_op_parse(const char *name);
 
+/* The longest dedup key an inbox's event_id takes, in bytes (a btree entry
+ * must fit in a third of a page; longer keys would fail the INSERT with
+ * SQLSTATE 54000). The webhook receiver refuses longer Idempotency-Keys
+ * with 400; other sources' messages with longer keys are dead-lettered. */
+#define RELAY_MAX_KEY_BYTES 512
+
+/* The length of a field with an optional explicit length (see relay_msg):
+ * `len` when non-zero, else strlen(s), 0 for NULL. */
+static inline size_t msg_bytes(const char *s, size_t len)
+{
+    return len ? len : s ? __builtin_strlen(s) : 0;
+}
+
 /* Delivery state of one message inside the worker loop. */
 typedef enum {
     MSG_PENDING = 0, /* not yet confirmed by the sink */
@@ -75,6 +88,16 @@ typedef struct relay_msg {
     const char *source_name;
     const char *aggregate_id;
     const char *trace_id;
+    /* Byte lengths of fields that a reverse source took from the wire and
+     * that may hold NUL bytes (a JSON "\u0000" key, a "%00" path, a binary
+     * Kafka header); 0 means strlen(). msg_bytes() reads them. The inbox
+     * writer checks these bytes and the dead-letter table keeps them
+     * exactly (docs/operations.md, "every message ends confirmed or in the
+     * dead-letter table"). */
+    size_t dedup_key_len;
+    size_t subject_len;
+    size_t aggregate_id_len;
+    size_t trace_id_len;
     /* Worker state. */
     relay_msg_state state;
     const char *error;       /* set with MSG_RETRY / MSG_REJECTED; arena or static storage */

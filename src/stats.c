@@ -289,6 +289,10 @@ static const char *check_sink(relay_stats *s, int64_t now_ms)
 static const char *check_progress(relay_stats *s, int64_t now_ms)
 {
     int64_t stall = atomic_load_explicit(&s->stall_after_ms, memory_order_relaxed);
+    int64_t failing = atomic_load_explicit(&s->failing_since_ms, memory_order_relaxed);
+    if (stall > 0 && failing > 0 && now_ms - failing > stall)
+        return "stalled: the batch in flight has kept failing for longer than --stall-timeout "
+               "(last_error says why)";
     int64_t last = atomic_load_explicit(&s->last_progress_ms, memory_order_relaxed);
     if (stall <= 0 || last <= 0 || now_ms - last <= stall)
         return NULL;

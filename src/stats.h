@@ -56,6 +56,7 @@ typedef struct relay_stats {
     _Atomic int64_t started_ms;        /* wall clock ms when the worker took ownership */
     _Atomic int64_t last_progress_ms;  /* wall clock ms of the last ack, or of the last empty poll */
     _Atomic int64_t stall_after_ms;    /* degraded when last_progress_ms is older than this (0: never) */
+    _Atomic int64_t failing_since_ms;  /* wall clock ms when the batch in flight first failed; 0: none */
     _Atomic int64_t lag_ms;            /* age of the newest acked event when acked, ms */
     _Atomic int64_t replication_lag_bytes; /* CDC only; -1 when not applicable */
     _Atomic int64_t confirmed_lsn;     /* CDC only: last LSN acknowledged to the server; -1 n/a */

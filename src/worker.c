@@ -41,11 +41,14 @@
 #include <unistd.h>
 
 #include "backoff.h"
+#include "json_scan.h"
 #include "log.h"
 #include "pg.h"
 #include "registry.h"
 
 #define ERRLEN 1024
+/* Dedup keys in log lines are cut to this many bytes (a key can be long). */
+#define LOG_KEY_MAX 200
 
 /* ---- waiting ------------------------------------------------------------ */
 
@@ -187,39 +190,33 @@ static int ensure_owned(relay_worker *w, relay_backoff *bo)
 int worker_dead_letter(relay_worker *w, const relay_msg *m, const char *error, char *err,
                        size_t errlen)
 {
-    relay_buf payload = {0};
-    const char *p = NULL;
-    if (m->payload) {
-        if (m->payload_is_json) {
-            buf_append(&payload, m->payload, m->payload_len);
-        } else {
-            buf_put_json_str(&payload, m->payload, m->payload_len);
-        }
-        p = payload.data;
+    /* Every field travels as bytes (binary parameters: no escaping, no
+     * text conversion that could fail); relay_dead_letter_bytes() stores
+     * them exactly and derives the readable columns. */
+    const char *key = m->dedup_key ? m->dedup_key : "";
+    const char *values[7] = {
+        w->cfg.name, key, m->subject, m->payload, m->payload ? (m->payload_is_json ? "t" : "f") : NULL,
+        error, relay_op_name(m->op),
+    };
+    int lengths[7] = {
+        0, (int)msg_bytes(key, m->dedup_key_len), (int)msg_bytes(m->subject, m->subject_len),
+        (int)m->payload_len, 0, (int)strlen(error), 0,
+    };
+    static const int formats[7] = {0, 1, 1, 1, 0, 1, 0};
+    static const char sql[] = "SELECT pgtrickle.relay_dead_letter_bytes($1, $2::bytea, $3::bytea, "
+                              "$4::bytea, $5::boolean, $6::bytea, $7)";
+    PGresult *r = PQexecParams(w->pg, sql, 7, NULL, values, lengths, formats, 0);
+    if (r && PQresultStatus(r) == PGRES_TUPLES_OK) {
+        PQclear(r);
+        return 0;
     }
-    const char *params[6] = {w->cfg.name, m->dedup_key, m->subject, p, error,
-                             relay_op_name(m->op)};
-    static const char sql[] = "SELECT pgtrickle.relay_dead_letter($1, $2, $3, $4::jsonb, $5, $6)";
-    int rc = pg_exec(w->pg, sql, 6, params, err, errlen);
-    if (rc < 0 && p && m->payload_is_json) {
-        /* The payload is not valid JSON after all: keep it as a string. */
-        buf_clear(&payload);
-        buf_put_json_str(&payload, m->payload, m->payload_len);
-        params[3] = payload.data;
-        if (!pg_broken(w->pg))
-            rc = pg_exec(w->pg, sql, 6, params, err, errlen);
-    }
-    if (rc < 0 && p && !pg_broken(w->pg)) {
-        /* Not storable at all (e.g. invalid UTF-8): keep the record without
-         * the body rather than retrying forever. */
-        char why[1024];
-        snprintf(why, sizeof why, "%s (payload not storable: %s)", error, err);
-        params[3] = NULL;
-        params[4] = why;
-        rc = pg_exec(w->pg, sql, 6, params, err, errlen);
-    }
-    buf_free(&payload);
-    return rc;
+    const char *msg = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (msg)
+        snprintf(err, errlen, "%s", msg);
+    else
+        pg_error(w->pg, err, errlen);
+    PQclear(r);
+    return -1;
 }
 
 /* ---- one batch ------------------------------------------------------------ */
@@ -284,7 +281,7 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
 {
     char err[ERRLEN];
     relay_msg **pending = xmalloc(b->n * sizeof *pending);
-    int result = -1, told_stopping = 0;
+    int result = -1, told_stopping = 0, told_dlq_failure = 0;
     uint64_t t0 = now_mono_us();
     encode_bodies(w, b);
     for (;;) {
@@ -349,6 +346,11 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
             const char *why = m->error ? m->error : "rejected by the sink";
             if (worker_dead_letter(w, m, why, err, sizeof err) < 0) {
                 stats_error(w->stats, ERR_POSTGRES, "dead-letter insert failed: %s", err);
+                if (!told_dlq_failure && !pg_broken(w->pg)) {
+                    told_dlq_failure = 1;
+                    log_warn(w->cfg.name, "writing a dead letter failed (%s): nothing of the "
+                             "batch is acknowledged, retrying", err);
+                }
                 failed = 1;
                 if (pg_broken(w->pg))
                     goto out;
@@ -357,10 +359,13 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
             m->state = MSG_DEAD;
             atomic_fetch_add(&w->stats->dead_lettered, 1);
             atomic_fetch_add(&w->stats->errors[ERR_PERMANENT], 1);
-            log_warn(w->cfg.name, "message %s dead-lettered: %s", m->dedup_key, why);
+            log_warn(w->cfg.name, "message %.*s%s dead-lettered: %s", (int)LOG_KEY_MAX,
+                     m->dedup_key, strlen(m->dedup_key) > LOG_KEY_MAX ? "..." : "", why);
         }
         if (!failed)
             continue;
+        if (!atomic_load(&w->stats->failing_since_ms))
+            atomic_store(&w->stats->failing_since_ms, now_wall_ms());
         if (past_deadline(w)) {
             give_up(w, n);
             goto out;
@@ -386,6 +391,7 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
     }
     stats_observe_latency(w->stats, now_mono_us() - t0);
 out:
+    atomic_store(&w->stats->failing_since_ms, 0);
     free(pending);
     return result;
 }
@@ -420,11 +426,19 @@ static int replay_dead_letters(relay_worker *w, relay_backoff *bo, int64_t *last
     if (pg_exec(w->pg, "BEGIN", 0, NULL, err, sizeof err) < 0)
         return -1;
     const char *p[1] = {w->cfg.name};
-    PGresult *r = pg_query(w->pg,
-                           "SELECT dedup_key, subject, payload::text, op"
-                           " FROM pgtrickle.relay_dlq_take_replays($1, 500)",
-                           1, p, err, sizeof err);
-    if (!r || PQntuples(r) == 0) {
+    /* The original bytes (binary results: bytea as raw bytes), or for rows
+     * written before catalog version 2 the text columns. */
+    PGresult *r = PQexecParams(w->pg,
+                               "SELECT COALESCE(dedup_key_raw, convert_to(dedup_key, 'UTF8')),"
+                               " COALESCE(subject_raw, convert_to(subject, 'UTF8')),"
+                               " COALESCE(payload_raw, convert_to(payload::text, 'UTF8')),"
+                               " op, COALESCE(payload_is_json, true)"
+                               " FROM pgtrickle.relay_dlq_take_replays($1, 500)",
+                               1, NULL, p, NULL, NULL, 1);
+    if (!r || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) == 0) {
+        if (r && PQresultStatus(r) != PGRES_TUPLES_OK)
+            log_warn(w->cfg.name, "reading dead letters to replay failed: %s",
+                     PQresultErrorMessage(r));
         PQclear(r);
         PQclear(PQexec(w->pg, "ROLLBACK"));
         return pg_broken(w->pg) ? -1 : 0;
@@ -432,13 +446,22 @@ static int replay_dead_letters(relay_worker *w, relay_backoff *bo, int64_t *last
     relay_batch b = {0};
     for (int i = 0; i < PQntuples(r); i++) {
         relay_msg *m = batch_add(&b);
-        m->dedup_key = arena_strdup(&b.arena, PQgetvalue(r, i, 0));
-        m->subject = PQgetisnull(r, i, 1) ? NULL : arena_strdup(&b.arena, PQgetvalue(r, i, 1));
-        if (!PQgetisnull(r, i, 2)) {
-            m->payload = arena_strdup(&b.arena, PQgetvalue(r, i, 2));
-            m->payload_len = (size_t)PQgetlength(r, i, 2);
+        m->dedup_key_len = (size_t)PQgetlength(r, i, 0);
+        m->dedup_key = arena_strndup(&b.arena, PQgetvalue(r, i, 0), m->dedup_key_len);
+        if (!PQgetisnull(r, i, 1)) {
+            m->subject_len = (size_t)PQgetlength(r, i, 1);
+            m->subject = arena_strndup(&b.arena, PQgetvalue(r, i, 1), m->subject_len);
         }
-        m->op = relay_op_parse(PQgetisnull(r, i, 3) ? NULL : PQgetvalue(r, i, 3));
+        if (!PQgetisnull(r, i, 2)) {
+            m->payload_len = (size_t)PQgetlength(r, i, 2);
+            m->payload = arena_strndup(&b.arena, PQgetvalue(r, i, 2), m->payload_len);
+        }
+        m->op = relay_op_parse(PQgetisnull(r, i, 3)
+                                   ? NULL
+                                   : arena_strndup(&b.arena, PQgetvalue(r, i, 3),
+                                                   (size_t)PQgetlength(r, i, 3)));
+        int was_json = !PQgetisnull(r, i, 4) && PQgetvalue(r, i, 4)[0] != 0;
+        m->payload_is_json = m->payload && was_json ? json_valid(m->payload, m->payload_len) : 0;
     }
     PQclear(r);
     log_info(w->cfg.name, "replaying %zu dead letters", b.n);
@@ -466,9 +489,10 @@ static void become_owner(relay_worker *w)
     }
     atomic_store(&w->stats->pg_up, 1);
     atomic_store(&w->stats->running, 1);
-    /* A loop that has not come round in 60 s (or three poll intervals, if
-     * longer) is stuck: /health reports it. */
-    int64_t stall = 60000;
+    /* A loop that has not come round, or a batch that has kept failing, for
+     * --stall-timeout (or three poll intervals, if longer) is stuck: /health
+     * reports it. */
+    int64_t stall = w->opts->stall_timeout_ms > 0 ? w->opts->stall_timeout_ms : 60000;
     json_t *pi = json_object_get(w->cfg.source, "poll_interval_ms");
     if (json_is_integer(pi) && 3 * json_integer_value(pi) > stall)
         stall = 3 * (int64_t)json_integer_value(pi);

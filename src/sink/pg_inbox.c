@@ -47,6 +47,7 @@
 #include <string.h>
 
 #include "../config.h"
+#include "../json_scan.h"
 #include "../log.h"
 #include "../pg.h"
 #include "../worker.h"
@@ -65,6 +66,8 @@ typedef struct inbox_sink {
     char *insert_sql;       /* prepared per connection in open() */
     relay_buf arr[6];       /* array literals, reused between batches */
     relay_buf one;          /* scratch for one value */
+    relay_msg **ok;         /* scratch: the messages of a batch the inbox can store */
+    size_t ok_cap;
 } inbox_sink;
 
 static void ib_destroy(relay_sink *base);
@@ -243,6 +246,60 @@ static void arr_add_payload(inbox_sink *s, relay_buf *a, const relay_msg *m)
     arr_add(a, s->one.data, s->one.len);
 }
 
+/* The aggregate id: verbatim when it is text; otherwise (a binary Kafka
+ * record key, say) PostgreSQL's bytea hex form "\x0a1b..." of its bytes. */
+static void arr_add_aggregate(inbox_sink *s, relay_buf *a, const relay_msg *m)
+{
+    size_t n = msg_bytes(m->aggregate_id, m->aggregate_id_len);
+    if (!m->aggregate_id || utf8_text_valid(m->aggregate_id, n)) {
+        arr_add(a, m->aggregate_id, n);
+        return;
+    }
+    static const char hex[] = "0123456789abcdef";
+    buf_clear(&s->one);
+    buf_puts(&s->one, "\\x");
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)m->aggregate_id[i];
+        char h[2] = {hex[c >> 4], hex[c & 15]};
+        buf_append(&s->one, h, 2);
+    }
+    arr_add(a, s->one.data, s->one.len);
+}
+
+/* ---- what the inbox can store ---------------------------------------------- */
+
+/* Why the inbox cannot store `m` exactly, or NULL when it can. The rule
+ * (docs/operations.md): the event id, the event type's fallback (subject),
+ * the trace id and the body are stored exactly or not at all -- a message
+ * that does not fit is REJECTED, so the worker dead-letters its original
+ * bytes and the batch moves on. Checked before the INSERT so that one
+ * message never fails the statement of the whole batch. */
+static const char *unstorable(const relay_msg *m, char *why, size_t whylen)
+{
+    size_t k = msg_bytes(m->dedup_key, m->dedup_key_len);
+    if (k == 0)
+        return "the dedup key (event_id) is empty";
+    if (!utf8_text_valid(m->dedup_key, k))
+        return "the dedup key is not valid UTF-8 or holds a NUL byte: event_id (text) cannot "
+               "store it";
+    if (k > RELAY_MAX_KEY_BYTES) {
+        snprintf(why, whylen, "the dedup key is %zu bytes long: event_id keys are limited to %d "
+                 "bytes", k, RELAY_MAX_KEY_BYTES);
+        return why;
+    }
+    if (m->subject && !utf8_text_valid(m->subject, msg_bytes(m->subject, m->subject_len)))
+        return "the subject (the event_type fallback) is not valid UTF-8 or holds a NUL byte";
+    if (m->trace_id && !utf8_text_valid(m->trace_id, msg_bytes(m->trace_id, m->trace_id_len)))
+        return "the trace id is not valid UTF-8 or holds a NUL byte";
+    if (m->payload && m->payload_is_json < 0)
+        return "the body is JSON that jsonb cannot store (a \\u0000 escape or an unpaired "
+               "surrogate)";
+    if (m->payload && !m->payload_is_json && !utf8_text_valid(m->payload, m->payload_len))
+        return "the body is neither JSON nor UTF-8 text without NUL bytes: it cannot be stored "
+               "as a JSON string";
+    return NULL;
+}
+
 /* ---- publish ------------------------------------------------------------- */
 
 /* Insert msgs[0..n). Returns rows inserted, or -1 with *sqlstate set. */
@@ -253,11 +310,11 @@ static long insert_rows(inbox_sink *s, relay_msg **msgs, size_t n, char *sqlstat
         arr_begin(&s->arr[i]);
     for (size_t i = 0; i < n; i++) {
         const relay_msg *m = msgs[i];
-        arr_add_str(&s->arr[0], m->dedup_key);
-        arr_add_str(&s->arr[1], m->subject);
+        arr_add(&s->arr[0], m->dedup_key, msg_bytes(m->dedup_key, m->dedup_key_len));
+        arr_add(&s->arr[1], m->subject, msg_bytes(m->subject, m->subject_len));
         arr_add_str(&s->arr[2], m->source_name);
-        arr_add_str(&s->arr[3], m->aggregate_id);
-        arr_add_str(&s->arr[4], m->trace_id);
+        arr_add_aggregate(s, &s->arr[3], m);
+        arr_add(&s->arr[4], m->trace_id, msg_bytes(m->trace_id, m->trace_id_len));
         arr_add_payload(s, &s->arr[5], m);
     }
     for (int i = 0; i < 6; i++)
@@ -283,9 +340,14 @@ static long insert_rows(inbox_sink *s, relay_msg **msgs, size_t n, char *sqlstat
     return -1;
 }
 
+/* An error that belongs to some row, not to the statement: data exceptions
+ * (class 22: invalid text, out of range ...), integrity constraints (23: a
+ * CHECK, a foreign key ...) and program limits (54: an index row too large,
+ * a value nested too deep for jsonb). */
 static int is_data_error(const char *sqlstate)
 {
-    return strncmp(sqlstate, "22", 2) == 0 || strncmp(sqlstate, "23", 2) == 0;
+    return strncmp(sqlstate, "22", 2) == 0 || strncmp(sqlstate, "23", 2) == 0 ||
+           strncmp(sqlstate, "54", 2) == 0;
 }
 
 static int ib_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, size_t errlen)
@@ -297,6 +359,25 @@ static int ib_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, s
         snprintf(err, errlen, "PostgreSQL connection lost");
         return -1;
     }
+    /* Messages the inbox cannot store exactly are rejected up front; the
+     * rest are written. */
+    if (n > s->ok_cap) {
+        s->ok_cap = n;
+        s->ok = xrealloc(s->ok, n * sizeof *s->ok);
+    }
+    size_t keep = 0;
+    for (size_t i = 0; i < n; i++) {
+        char why[160];
+        const char *bad = unstorable(msgs[i], why, sizeof why);
+        if (bad)
+            msg_set_error(msgs[i], MSG_REJECTED, "inbox cannot store the message: %s", bad);
+        else
+            s->ok[keep++] = msgs[i];
+    }
+    msgs = s->ok;
+    n = keep;
+    if (n == 0)
+        return 0;
     long inserted = insert_rows(s, msgs, n, sqlstate, err, errlen);
     if (inserted >= 0) {
         for (size_t i = 0; i < n; i++)
@@ -355,6 +436,7 @@ static void ib_destroy(relay_sink *base)
     for (int i = 0; i < 6; i++)
         buf_free(&s->arr[i]);
     buf_free(&s->one);
+    free(s->ok);
     free(s->base.subject_template);
     free(s);
 }

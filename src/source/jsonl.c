@@ -40,6 +40,7 @@
 #include <jansson.h>
 
 #include "../config.h"
+#include "../json_scan.h"
 #include "../log.h"
 #include "../pg.h"
 #include "../worker.h"
@@ -59,6 +60,7 @@ typedef struct jsonl_source {
     int eof;               /* the input ended (stdin closed, or end of a non-followed file) */
     int eof_reported;
     relay_buf pending;     /* bytes read, starting at the first unacked line */
+    relay_buf key;         /* scratch: a line's decoded dedup_key */
     int64_t pending_start; /* input offset of pending.data[0] */
     size_t parse_pos;      /* bytes of `pending` already handed out in batches */
     size_t batch_end;      /* parse_pos after the last poll: what ack() releases */
@@ -241,6 +243,34 @@ static void fallback_key(jsonl_source *s, relay_msg *m, relay_batch *b, int64_t 
                                 (unsigned long long)(v[1] & 0xFFFFFFFFFFFFULL));
 }
 
+/* The top-level "dedup_key" string of a JSON object line, decoded into
+ * `out` (it may hold any bytes, "\u0000" included). Returns 1 found and
+ * non-empty, 0 otherwise. Scans without building a tree: a line can be
+ * tens of megabytes. */
+static int line_dedup_key(const char *line, size_t n, relay_buf *out)
+{
+    size_t i = json_skip_ws(line, n, 0), pos = 0, off, len, klen;
+    if (i >= n || line[i] != '{')
+        return 0;
+    const char *obj = line + i, *k;
+    size_t on = json_span(obj, n - i);
+    static const char name[] = "dedup_key";
+    while (on && json_object_next(obj, on, &pos, &k, &klen, &off, &len) == 1) {
+        int match = klen == sizeof name - 1 && memcmp(k, name, klen) == 0;
+        if (!match && memchr(k, '\\', klen)) { /* an escaped key: compare it decoded */
+            relay_buf dk = {0};
+            match = json_string_decode(k - 1, klen + 2, &dk) == 0 && dk.len == sizeof name - 1 &&
+                    memcmp(dk.data, name, dk.len) == 0;
+            buf_free(&dk);
+        }
+        if (!match)
+            continue;
+        buf_clear(out);
+        return obj[off] == '"' && json_string_decode(obj + off, len, out) == 0 && out->len > 0;
+    }
+    return 0;
+}
+
 static void add_line(jsonl_source *s, relay_batch *b, const char *line, size_t n, int64_t offset)
 {
     relay_msg *m = batch_add(b);
@@ -249,14 +279,13 @@ static void add_line(jsonl_source *s, relay_batch *b, const char *line, size_t n
     m->source_name = s->is_stdin ? "stdin" : arena_printf(&b->arena, "file:%s", s->path);
     m->payload = arena_strndup(&b->arena, line, n);
     m->payload_len = n;
-    json_t *v = json_loadb(line, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
-    m->payload_is_json = v != NULL;
-    const char *key = json_is_object(v) ? json_string_value(json_object_get(v, "dedup_key")) : NULL;
-    if (key && *key)
-        m->dedup_key = arena_strdup(&b->arena, key);
-    else
+    m->payload_is_json = json_valid(line, n);
+    if (m->payload_is_json && line_dedup_key(line, n, &s->key)) {
+        m->dedup_key = arena_strndup(&b->arena, s->key.data, s->key.len);
+        m->dedup_key_len = s->key.len;
+    } else {
         fallback_key(s, m, b, offset);
-    json_decref(v);
+    }
 }
 
 static void add_too_long(jsonl_source *s, relay_batch *b, const char *line, int64_t offset)
@@ -389,6 +418,7 @@ static void js_destroy(relay_source *base)
     if (s->fd >= 0 && !s->is_stdin)
         close(s->fd);
     buf_free(&s->pending);
+    buf_free(&s->key);
     free(s->path);
     free(s);
 }

@@ -593,22 +593,12 @@ static int kc_open(relay_source *base, char *err, size_t errlen)
 
 /* ---- polling ----------------------------------------------------------------------- */
 
-/* Bytes as text for a TEXT column: verbatim when NUL-free UTF-8, else "0x" + hex. */
-static const char *text_of(relay_arena *a, const void *v, size_t n)
+/* A header value or record key, copied with its length: its bytes are
+ * checked (and kept exactly in the dead-letter table) by the inbox writer. */
+static const char *bytes_of(relay_arena *a, const void *v, size_t n, size_t *len)
 {
-    if (utf8_text_valid(v, n))
-        return arena_strndup(a, v, n);
-    static const char hex[] = "0123456789abcdef";
-    char *out = arena_alloc(a, 2 * n + 3);
-    const unsigned char *b = v;
-    out[0] = '0';
-    out[1] = 'x';
-    for (size_t i = 0; i < n; i++) {
-        out[2 + 2 * i] = hex[b[i] >> 4];
-        out[3 + 2 * i] = hex[b[i] & 15];
-    }
-    out[2 * n + 2] = '\0';
-    return out;
+    *len = n;
+    return arena_strndup(a, v, n);
 }
 
 /* Per-topic strings shared by the records of one batch. */
@@ -630,6 +620,7 @@ static void add_record(kafka_source *s, relay_batch *b, const rd_kafka_message_t
     }
     relay_msg *rm = batch_add(b);
     const char *dedup = NULL, *idem = NULL, *trace = NULL;
+    size_t dedup_len = 0, idem_len = 0, trace_len = 0;
     rd_kafka_headers_t *h = NULL;
     if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         const char *name;
@@ -639,20 +630,27 @@ static void add_record(kafka_source *s, relay_batch *b, const rd_kafka_message_t
             if (!val || len == 0)
                 continue;
             if (!dedup && strcasecmp(name, "pgtrickle-dedup-key") == 0)
-                dedup = text_of(a, val, len);
+                dedup = bytes_of(a, val, len, &dedup_len);
             else if (!idem && strcasecmp(name, "idempotency-key") == 0)
-                idem = text_of(a, val, len);
+                idem = bytes_of(a, val, len, &idem_len);
             else if (!trace && strcasecmp(name, "traceparent") == 0)
-                trace = text_of(a, val, len);
+                trace = bytes_of(a, val, len, &trace_len);
         }
     }
-    rm->dedup_key = dedup ? dedup : idem ? idem
-                  : arena_printf(a, "kafka:%s:%d:%" PRId64, tn->topic, (int)m->partition, m->offset);
+    if (dedup || idem) {
+        rm->dedup_key = dedup ? dedup : idem;
+        rm->dedup_key_len = dedup ? dedup_len : idem_len;
+    } else {
+        rm->dedup_key = arena_printf(a, "kafka:%s:%d:%" PRId64, tn->topic, (int)m->partition,
+                                     m->offset);
+    }
     rm->op = OP_EVENT;
     rm->subject = tn->topic;
     rm->source_name = tn->source_name;
     rm->trace_id = trace;
-    rm->aggregate_id = m->key ? text_of(a, m->key, m->key_len) : NULL;
+    rm->trace_id_len = trace_len;
+    if (m->key)
+        rm->aggregate_id = bytes_of(a, m->key, m->key_len, &rm->aggregate_id_len);
     if (m->payload) {
         rm->payload = arena_strndup(a, m->payload, m->len);
         rm->payload_len = m->len;

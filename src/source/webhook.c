@@ -100,7 +100,7 @@
 #define DEFAULT_MAX_BODY ((int64_t)10 * 1024 * 1024)
 #define DEFAULT_MAX_PENDING ((int64_t)64 * 1024 * 1024)
 #define POLL_INTERVAL_MS 1000
-#define MAX_KEY_LEN 512
+#define MAX_KEY_LEN RELAY_MAX_KEY_BYTES
 #define MAX_EVENTS_PER_REQUEST 100000
 #define STOP_DRAIN_MS 2000
 
@@ -127,7 +127,8 @@ typedef struct wh_req {
     int resumed;              /* answered after a suspension (counted in answering) */
     relay_buf body;
     int too_large;
-    char *path;               /* the subject of its events */
+    char *path;               /* the subject of its events: the decoded path */
+    size_t path_len;          /* its bytes (it may hold "%00") */
     char *trace_id;
     wh_event *events;
     size_t nevents;
@@ -418,13 +419,52 @@ static const char *unavailable(webhook_source *s, size_t incoming_bytes)
     return why;
 }
 
-/* "/inbox" matches "/inbox", "/inbox/" and "/inbox/anything". */
+/* libmicrohttpd's URL unescaping turns "%00" into a NUL that cuts the path
+ * short, and the path handler sees a C string. Keep the request target as
+ * sent (MHD_OPTION_UNESCAPE_CALLBACK) and decode it here, with its length:
+ * the path becomes the events' subject byte for byte, and the inbox writer
+ * decides whether those bytes can be stored (else: dead letter). */
+static size_t keep_escapes(void *cls, struct MHD_Connection *conn, char *s)
+{
+    (void)cls;
+    (void)conn;
+    return strlen(s);
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Percent-decode a request path (RFC 3986 section 2.1) into `out`; a '%' not
+ * followed by two hex digits is kept as it is. */
+static void decode_path(const char *url, relay_buf *out)
+{
+    buf_clear(out);
+    for (size_t i = 0; url[i]; i++) {
+        int hi, lo;
+        if (url[i] == '%' && (hi = hexval(url[i + 1])) >= 0 && (lo = hexval(url[i + 2])) >= 0) {
+            char c = (char)(hi * 16 + lo);
+            buf_append(out, &c, 1);
+            i += 2;
+        } else {
+            buf_append(out, url + i, 1);
+        }
+    }
+}
+
+/* "/inbox" matches "/inbox", "/inbox/" and "/inbox/anything" (decoded). */
 static int path_matches(const webhook_source *s, const char *url)
 {
-    size_t n = strlen(s->path);
     if (strcmp(s->path, "/") == 0)
         return url[0] == '/';
-    return strncmp(url, s->path, n) == 0 && (url[n] == '\0' || url[n] == '/');
+    relay_buf d = {0};
+    decode_path(url, &d);
+    size_t n = strlen(s->path);
+    int ok = d.len >= n && memcmp(d.data, s->path, n) == 0 && (d.len == n || d.data[n] == '/');
+    buf_free(&d);
+    return ok;
 }
 
 static int check_auth(webhook_source *s, struct MHD_Connection *conn, const char **why)
@@ -778,7 +818,11 @@ static enum MHD_Result request_complete(webhook_source *s, struct MHD_Connection
         st = parse_body(s, conn, r, idem, why, sizeof why);
     if (st != 0)
         return reject(s, conn, st, why);
-    r->path = xstrdup(url);
+    relay_buf path = {0};
+    decode_path(url, &path);
+    r->path_len = path.len;
+    r->path = path.len ? buf_steal(&path) : xstrdup("");
+    buf_free(&path);
     r->trace_id = trace_header(conn);
 
     reason = unavailable(s, r->body.len);
@@ -1025,6 +1069,7 @@ static int wh_open(relay_source *base, char *err, size_t errlen)
                               MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
                               MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                              MHD_OPTION_UNESCAPE_CALLBACK, keep_escapes, NULL,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
                               MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->max_connections,
                               MHD_OPTION_END);
@@ -1067,6 +1112,7 @@ static void fill_batch(wh_req *list, relay_batch *b)
             relay_msg *m = batch_add(b);
             m->dedup_key = r->events[i].key;
             m->subject = r->path;
+            m->subject_len = r->path_len;
             m->op = OP_EVENT;
             m->payload = r->events[i].payload;
             m->payload_len = r->events[i].len;

@@ -48,8 +48,8 @@ ok "$(grep -l '^\\' "$SQL_DIR"/*.sql >/dev/null && echo 1 || echo 0)" "no psql m
 
 setup_db
 pass "init installed the catalog"
-is "$(q "SELECT pgtrickle.relay_catalog_version()")" "1" "relay_catalog_version() = 1"
-is "$(q "SELECT value FROM pgtrickle.relay_catalog_meta WHERE key = 'version'")" "1" "relay_catalog_meta version = 1"
+is "$(q "SELECT pgtrickle.relay_catalog_version()")" "2" "relay_catalog_version() = 2"
+is "$(q "SELECT value FROM pgtrickle.relay_catalog_meta WHERE key = 'version'")" "2" "relay_catalog_meta version = 2"
 
 # --- exact table layouts ---------------------------------------------------
 cache_cols pgtrickle
@@ -77,7 +77,7 @@ is "$(cols pgtrickle pgt_inbox_config)" \
 is "$(cols pgtrickle pgt_inbox_ordering_config)" "inbox_name text NO,aggregate_id_col text NO,sequence_num_col text NO,created_at timestamp with time zone NO" "pgt_inbox_ordering_config columns"
 is "$(cols pgtrickle pgt_inbox_priority_config)" "inbox_name text NO,priority_col text NO,tiers jsonb YES,created_at timestamp with time zone NO" "pgt_inbox_priority_config columns"
 is "$(cols pgtrickle relay_dlq)" \
-   "id bigint NO,pipeline text NO,dedup_key text NO,subject text YES,payload jsonb YES,error text NO,failed_at timestamp with time zone NO,replayed_at timestamp with time zone YES,replay_count integer NO,replay_requested_at timestamp with time zone YES,op text YES" \
+   "id bigint NO,pipeline text NO,dedup_key text NO,subject text YES,payload jsonb YES,error text NO,failed_at timestamp with time zone NO,replayed_at timestamp with time zone YES,replay_count integer NO,replay_requested_at timestamp with time zone YES,op text YES,dedup_key_raw bytea YES,subject_raw bytea YES,payload_raw bytea YES,payload_is_json boolean YES" \
    "relay_dlq columns"
 
 # --- security model ----------------------------------------------------------
@@ -242,7 +242,7 @@ is "$(as_relay "SELECT pgtrickle.relay_get_offset('default', 'never')")" "0" "re
 is "$(q "SELECT last_change_id, worker_id FROM pgtrickle.relay_consumer_offsets WHERE relay_group_id = 'default' AND pipeline_id = 'fwd1'")" \
    "10|host:2" "relay_consumer_offsets row: kept offset, latest worker"
 is "$(as_relay "SELECT pgtrickle.relay_commit_offset('default', 'fwd1', 12, 'host:2')")" "12" "relay_commit_offset moves forward"
-is "$(as_relay "SELECT pgtrickle.relay_catalog_version()")" "1" "relay login can call relay_catalog_version()"
+is "$(as_relay "SELECT pgtrickle.relay_catalog_version()")" "2" "relay login can call relay_catalog_version()"
 like "$(as_plain "SELECT pgtrickle.set_relay_outbox('zz', 'o', NULL, '{\"type\":\"nats\"}')")" "permission denied" \
    "ordinary login cannot execute set_relay_outbox"
 sql "GRANT USAGE ON SCHEMA pgtrickle TO $PLAIN_LOGIN" >/dev/null
@@ -431,6 +431,25 @@ ok "$([ -n "$D4" ] && [ "$D4" != "$D1" ] && echo 0 || echo 1)" "a replayed messa
 is "$(as_relay "SELECT pgtrickle.relay_dlq_replay('fwd1', ARRAY[$D1])")" "1" "an already replayed row can be replayed again by id"
 is "$(q "SELECT replay_count FROM pgtrickle.relay_dlq WHERE id = $D1")" "2" "  ... replay_count 2"
 is "$(as_relay "SELECT pgtrickle.relay_dlq_replay('other', ARRAY[$D1])")" "0" "relay_dlq_replay ignores ids of another pipeline"
+
+# relay_dead_letter_bytes (what the daemon calls): any bytes, kept exactly
+long=$(printf 'k%.0s' $(seq 1 600))
+B1=$(as_relay "SELECT pgtrickle.relay_dead_letter_bytes('raw', '\\x6261645c7866ff6964'::bytea, '\\x2f696e626f782fff'::bytea,
+                 '\\x7b2261223a22005c7530303030227d'::bytea, true, '\\x6572722000ff'::bytea, 'event')")
+is "$(q "SELECT dedup_key = 'pgtrickle-key-sha256:' || encode(sha256('\\x6261645c7866ff6964'::bytea), 'hex'),
+                encode(dedup_key_raw, 'hex'), subject, encode(subject_raw, 'hex'), payload IS NULL,
+                encode(payload_raw, 'hex'), payload_is_json, error, op FROM pgtrickle.relay_dlq WHERE id = $B1")" \
+   "t|6261645c7866ff6964|/inbox/\\377|2f696e626f782fff|t|7b2261223a22005c7530303030227d|t|err \\000\\377|event" \
+   "relay_dead_letter_bytes: invalid UTF-8 and NUL bytes kept exactly; key mapped to its SHA-256; readable escapes"
+B2=$(as_relay "SELECT pgtrickle.relay_dead_letter_bytes('raw', convert_to('$long', 'UTF8'), NULL, convert_to('{\"a\": 1}', 'UTF8'), true, convert_to('e', 'UTF8'), 'event')")
+is "$(q "SELECT left(dedup_key, 21), octet_length(dedup_key_raw), payload::text, convert_from(payload_raw, 'UTF8') FROM pgtrickle.relay_dlq WHERE id = $B2")" \
+   'pgtrickle-key-sha256:|600|{"a": 1}|{"a": 1}' "a 600-byte key: hashed in dedup_key, whole in dedup_key_raw; JSON in payload and payload_raw"
+B3=$(as_relay "SELECT pgtrickle.relay_dead_letter_bytes('raw', convert_to('plain', 'UTF8'), NULL, convert_to('not json', 'UTF8'), false, convert_to('e', 'UTF8'), 'event')")
+is "$(q "SELECT dedup_key, payload::text FROM pgtrickle.relay_dlq WHERE id = $B3")" 'plain|"not json"' "a valid key is kept as it is; a text body is a JSON string"
+is "$(as_relay "SELECT pgtrickle.relay_dead_letter_bytes('raw', '\\x6261645c7866ff6964'::bytea, NULL, NULL, NULL, convert_to('again', 'UTF8'), 'event')")" "$B1" \
+   "the same raw key again updates its row (the mapping is deterministic)"
+is "$(q "SELECT pgtrickle.relay_dlq_key(convert_to('pgtrickle-key-sha256:x', 'UTF8')) <> 'pgtrickle-key-sha256:x'")" "t" \
+   "a key that looks like a mapped one is mapped too (no collision with a real key)"
 
 # --- init again: a no-op that keeps the data -----------------------------------
 before=$(q "SELECT (SELECT count(*) FROM pgtrickle.relay_outbox_config) || '/' || (SELECT count(*) FROM pgtrickle.relay_inbox_config) || '/' ||

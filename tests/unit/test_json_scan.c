@@ -117,6 +117,35 @@ static void truncations(void **state)
     assert_int_equal(json_span(s, n), n);
 }
 
+static void expect_decoded(const char *lit, const char *want, size_t wantlen)
+{
+    relay_buf b = {0};
+    assert_int_equal(json_string_decode(lit, strlen(lit), &b), 0);
+    assert_int_equal(b.len, wantlen);
+    assert_memory_equal(b.data ? b.data : "", want, wantlen);
+    buf_free(&b);
+}
+
+static void string_decoding(void **state)
+{
+    (void)state;
+    expect_decoded("\"plain\"", "plain", 5);
+    expect_decoded("\"\"", "", 0);
+    expect_decoded("\"a\\\"b\\\\c\\/d\\n\\t\\b\\f\\r\"", "a\"b\\c/d\n\t\b\f\r", 12);
+    expect_decoded("\"nk\\u0000A\"", "nk\0A", 4); /* issue 10: keys differing after \u0000 */
+    expect_decoded("\"\\u00e9\\u20ac\"", "\xc3\xa9\xe2\x82\xac", 5);
+    expect_decoded("\"\\ud83d\\ude00\"", "\xf0\x9f\x98\x80", 4);
+    expect_decoded("\"\\ud800x\"", "\xed\xa0\x80x", 4); /* lone surrogate: kept, not text */
+    relay_buf b = {0};
+    const char *bad[] = {"\"abc", "abc\"", "\"\\x\"", "\"\\u12\"", "\"\\u12g4\"", "\"\\\"", "\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        buf_clear(&b);
+        if (json_string_decode(bad[i], strlen(bad[i]), &b) != -1)
+            fail_msg("should be malformed: %s", bad[i]);
+    }
+    buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -125,6 +154,7 @@ int main(void)
         cmocka_unit_test(objects),
         cmocka_unit_test(compact),
         cmocka_unit_test(truncations),
+        cmocka_unit_test(string_decoding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

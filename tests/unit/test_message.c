@@ -164,6 +164,18 @@ static void json_string_escaping(void **state)
     buf_clear(&b);
     buf_put_i64(&b, INT64_MIN);
     assert_string_equal(b.data, "-9223372036854775808");
+    /* bytes that are not UTF-8 never make invalid JSON (issue 10: /status
+     * and logs carried broker bytes) */
+    buf_clear(&b);
+    const char bad[] = "a\xff\xc3(\xed\xa0\x80\xf0\x9f\x98\x80\x00z";
+    buf_put_json_str(&b, bad, sizeof bad - 1);
+    assert_string_equal(b.data, "\"a\\ufffd\\ufffd(\\ufffd\\ufffd\\ufffd\xf0\x9f\x98\x80\\u0000z\"");
+    /* text log lines: no control character or stray byte gets through */
+    buf_clear(&b);
+    const char forged[] = "p\n2026-01-01T00:00:00Z ERROR  [x] forged\r\t\x7f\xff\xc3\xa9";
+    buf_put_log_text(&b, forged, sizeof forged - 1);
+    assert_string_equal(b.data, "p\\n2026-01-01T00:00:00Z ERROR  [x] forged\\r\\t\\x7f\\xff\xc3\xa9");
+    assert_null(memchr(b.data, '\n', b.len));
     buf_free(&b);
 }
 
