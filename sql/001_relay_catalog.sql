@@ -8,7 +8,8 @@
 --   * the README call form set_relay_outbox(name, config) /
 --     set_relay_inbox(name, config) taking flat keys;
 --   * set_relay_cdc(name, config) for logical-replication pipelines;
---   * a role pgtrickle_relay that can only EXECUTE the API.
+--   * a role pgtrickle_relay that can only EXECUTE the runtime API (the
+--     setters belong to pgtrickle_relay_admin, see 007_roles.sql).
 --
 -- Applied by `pgtrickle-relay init` inside one transaction; idempotent.
 -- Skipped when the pg_trickle extension is installed (its own objects win).
@@ -738,13 +739,7 @@ REVOKE ALL ON FUNCTION pgtrickle.delete_relay(TEXT) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle.get_relay_config(TEXT) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtrickle.list_relay_configs() FROM PUBLIC;
 
-GRANT EXECUTE ON FUNCTION pgtrickle.set_relay_outbox(TEXT, TEXT, TEXT, JSONB, INT, BOOLEAN) TO pgtrickle_relay;
-GRANT EXECUTE ON FUNCTION pgtrickle.set_relay_outbox(TEXT, JSONB) TO pgtrickle_relay;
-GRANT EXECUTE ON FUNCTION pgtrickle.set_relay_inbox(TEXT, TEXT, JSONB, INT, TEXT, BOOLEAN, INT, BOOLEAN) TO pgtrickle_relay;
-GRANT EXECUTE ON FUNCTION pgtrickle.set_relay_inbox(TEXT, JSONB) TO pgtrickle_relay;
-GRANT EXECUTE ON FUNCTION pgtrickle.set_relay_cdc(TEXT, JSONB) TO pgtrickle_relay;
-GRANT EXECUTE ON FUNCTION pgtrickle.enable_relay(TEXT) TO pgtrickle_relay;
-GRANT EXECUTE ON FUNCTION pgtrickle.disable_relay(TEXT) TO pgtrickle_relay;
-GRANT EXECUTE ON FUNCTION pgtrickle.delete_relay(TEXT) TO pgtrickle_relay;
+-- The setters are granted to pgtrickle_relay_admin, never to the daemon's
+-- role: 007_roles.sql (which also runs with pg_trickle installed).
 GRANT EXECUTE ON FUNCTION pgtrickle.get_relay_config(TEXT) TO pgtrickle_relay;
 GRANT EXECUTE ON FUNCTION pgtrickle.list_relay_configs() TO pgtrickle_relay;

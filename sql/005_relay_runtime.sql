@@ -366,7 +366,7 @@ GRANT EXECUTE ON FUNCTION pgtrickle.relay_commit_offset(text, text, bigint, text
 GRANT EXECUTE ON FUNCTION pgtrickle.relay_outbox_source(text) TO pgtrickle_relay;
 GRANT EXECUTE ON FUNCTION pgtrickle.relay_dead_letter(text, text, text, jsonb, text) TO pgtrickle_relay;
 GRANT EXECUTE ON FUNCTION pgtrickle.relay_dlq_list(text, int) TO pgtrickle_relay;
-GRANT EXECUTE ON FUNCTION pgtrickle.relay_dlq_replay(text, bigint[]) TO pgtrickle_relay;
+-- relay_dlq_replay: an operator's call, granted to pgtrickle_relay_admin (007_roles.sql).
 GRANT EXECUTE ON FUNCTION pgtrickle.relay_dlq_take_replays(text, int) TO pgtrickle_relay;
 
 -- With a pg_trickle-installed catalog, let the relay role call the pg_trickle

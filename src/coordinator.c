@@ -607,6 +607,20 @@ int coordinator_run(const relay_options *opts)
             }
             next_tick = now_mono_ms() + opts->discovery_interval_ms;
         }
+        /* Notifications that arrived while reconcile's queries ran were read
+         * by libpq with the query results: they wait in its queue, and the
+         * socket will not wake the poll below for them. Take them now, or a
+         * burst of changes would wait for the next discovery tick. */
+        int queued = drain_notifications();
+        if (queued < 0 || pg_broken(co.pg)) {
+            log_warn(NULL, "coordinator lost its PostgreSQL connection");
+            disconnect();
+            continue;
+        }
+        if (queued) {
+            next_tick = 0;
+            continue;
+        }
         int timeout = (int)(next_tick - now_mono_ms());
         if (co.nstopping && timeout > 50)
             timeout = 50;

@@ -8,6 +8,7 @@
 
 SQL_DIR="$(cd "$(dirname "$0")/../../sql" && pwd)"
 RELAY_LOGIN=t_catalog_relay_login     # granted pgtrickle_relay
+ADMIN_LOGIN=t_catalog_admin_login     # granted pgtrickle_relay_admin
 PLAIN_LOGIN=t_catalog_plain_login     # not granted anything relay-related
 
 q()    { sql "$1" 2>/dev/null; }                                   # rows, errors dropped
@@ -18,6 +19,7 @@ state() {  # SQLSTATE of the error raised by $1
 }
 as_relay() { sql_as "$RELAY_LOGIN" "$1" 2>&1; }
 as_plain() { sql_as "$PLAIN_LOGIN" "$1" 2>&1; }
+as_admin() { sql_as "$ADMIN_LOGIN" "$1" 2>&1; }
 cfg()  { q "SELECT config FROM pgtrickle.relay_outbox_config WHERE name = '$1'"; }
 icfg() { q "SELECT config FROM pgtrickle.relay_inbox_config WHERE name = '$1'"; }
 jeq()  { q "SELECT ('$1')::jsonb = ('$2')::jsonb"; }               # JSON equality
@@ -98,6 +100,35 @@ is "$(q "SELECT string_agg(t || '=' || has_table_privilege('pgtrickle_relay', 'p
 sql "DO \$\$ BEGIN CREATE ROLE $RELAY_LOGIN LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END \$\$" >/dev/null 2>&1
 sql "DO \$\$ BEGIN CREATE ROLE $PLAIN_LOGIN LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END \$\$" >/dev/null 2>&1
 sql "GRANT pgtrickle_relay TO $RELAY_LOGIN" >/dev/null 2>&1
+sql "DO \$\$ BEGIN CREATE ROLE $ADMIN_LOGIN LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END \$\$" >/dev/null 2>&1
+sql "GRANT pgtrickle_relay_admin TO $ADMIN_LOGIN" >/dev/null 2>&1
+
+# --- two roles (issue 11): the daemon's login cannot reconfigure it ----------
+is "$(q "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'pgtrickle_relay_admin'")" "f" "role pgtrickle_relay_admin exists, NOLOGIN"
+setters="set_relay_outbox('x', 'orders', NULL, '{\"type\":\"file\",\"output\":\"/tmp/x/pwned.jsonl\"}')
+set_relay_outbox('x', '{\"stream_table\":\"orders\",\"sink_type\":\"stdout\"}')
+set_relay_inbox('x', 'in', '{\"type\":\"stdin\"}')
+set_relay_inbox('x', '{\"source_type\":\"stdin\",\"inbox_table\":\"in\"}')
+set_relay_cdc('x', '{\"source\":{\"publication\":\"p\"},\"sink\":{\"type\":\"stdout\"}}')
+enable_relay('x')
+disable_relay('x')
+delete_relay('x')
+relay_dlq_replay('x')"
+refused=0 total=0
+while IFS= read -r call; do
+    total=$((total + 1))
+    if [[ "$(as_relay "SELECT pgtrickle.$call")" == *"permission denied for function"* ]]; then refused=$((refused + 1))
+    else diag "pgtrickle_relay may call $call"; fi
+done <<<"$setters"
+is "$refused/$total" "9/9" "the runtime role pgtrickle_relay is refused every setter (and relay_dlq_replay)"
+is "$(q "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+          WHERE n.nspname = 'pgtrickle' AND p.proname ~ '^(set_relay_|enable_relay|disable_relay|delete_relay|relay_dlq_replay)'
+            AND has_function_privilege('pgtrickle_relay', p.oid, 'EXECUTE')")" 0 \
+   "  ... checked in the catalog too: no setter is executable by pgtrickle_relay"
+is "$(as_admin "SELECT pgtrickle.set_relay_outbox('adm1', 'orders', NULL, '{\"type\":\"stdout\"}'); SELECT pgtrickle.disable_relay('adm1'); SELECT pgtrickle.delete_relay('adm1'); SELECT 'ok'" | tail -1)" ok \
+   "the admin role can set, disable and delete pipelines"
+like "$(as_admin "SELECT * FROM pgtrickle.relay_outbox_config")" "permission denied for table relay_outbox_config" \
+   "  ... but not touch the config tables directly"
 
 # --- set_relay_outbox (6 args) ---------------------------------------------
 q "SELECT pgtrickle.set_relay_outbox('fwd1', 'orders', NULL, '{\"type\":\"nats\",\"url\":\"nats://localhost:4222\"}')" >/dev/null
@@ -416,11 +447,11 @@ is "$(as_relay "SELECT string_agg(id::text, ',') FROM pgtrickle.relay_dlq_list('
 is "$(as_relay "SELECT count(*) FROM pgtrickle.relay_dlq_list()")" "3" "relay_dlq_list() lists every pipeline"
 is "$(as_relay "SELECT count(*) FROM pgtrickle.relay_dlq_list('fwd1', 1)")" "1" "relay_dlq_list honours the limit"
 is "$(as_relay "SELECT count(*) FROM pgtrickle.relay_dlq_take_replays('fwd1', 10)")" "0" "nothing to take before a replay request"
-is "$(as_relay "SELECT pgtrickle.relay_dlq_replay('fwd1', ARRAY[$D1])")" "1" "relay_dlq_replay of one id"
+is "$(as_admin "SELECT pgtrickle.relay_dlq_replay('fwd1', ARRAY[$D1])")" "1" "relay_dlq_replay of one id"
 is "$(q "SELECT replay_count, replayed_at IS NOT NULL, replay_requested_at IS NOT NULL FROM pgtrickle.relay_dlq WHERE id = $D1")" "1|t|t" \
    "  ... replayed_at set, replay_count+1, replay requested"
-is "$(as_relay "SELECT pgtrickle.relay_dlq_replay('fwd1')")" "1" "relay_dlq_replay(pipeline) replays the remaining un-replayed rows"
-is "$(as_relay "SELECT pgtrickle.relay_dlq_replay('fwd1')")" "0" "  ... and nothing twice"
+is "$(as_admin "SELECT pgtrickle.relay_dlq_replay('fwd1')")" "1" "relay_dlq_replay(pipeline) replays the remaining un-replayed rows"
+is "$(as_admin "SELECT pgtrickle.relay_dlq_replay('fwd1')")" "0" "  ... and nothing twice"
 is "$(as_relay "BEGIN; SELECT string_agg(id::text || ':' || replay_count || ':' || (replay_requested_at IS NULL), ',') FROM pgtrickle.relay_dlq_take_replays('fwd1', 1); ROLLBACK;")" \
    "$D1:1:true" "relay_dlq_take_replays returns requested rows (oldest first), cleared"
 is "$(q "SELECT count(*) FROM pgtrickle.relay_dlq WHERE pipeline = 'fwd1' AND replay_requested_at IS NOT NULL")" "2" "  ... a rolled-back take leaves them requested"
@@ -428,9 +459,9 @@ is "$(as_relay "SELECT string_agg(id::text, ',') FROM pgtrickle.relay_dlq_take_r
 is "$(as_relay "SELECT count(*) FROM pgtrickle.relay_dlq_take_replays('fwd1', 10)")" "0" "  ... taken rows are not returned again"
 D4=$(as_relay "SELECT pgtrickle.relay_dead_letter('fwd1', 'outbox_orders:1:0', 's', '{}', 'failed again')")
 ok "$([ -n "$D4" ] && [ "$D4" != "$D1" ] && echo 0 || echo 1)" "a replayed message that fails again gets a new row"
-is "$(as_relay "SELECT pgtrickle.relay_dlq_replay('fwd1', ARRAY[$D1])")" "1" "an already replayed row can be replayed again by id"
+is "$(as_admin "SELECT pgtrickle.relay_dlq_replay('fwd1', ARRAY[$D1])")" "1" "an already replayed row can be replayed again by id"
 is "$(q "SELECT replay_count FROM pgtrickle.relay_dlq WHERE id = $D1")" "2" "  ... replay_count 2"
-is "$(as_relay "SELECT pgtrickle.relay_dlq_replay('other', ARRAY[$D1])")" "0" "relay_dlq_replay ignores ids of another pipeline"
+is "$(as_admin "SELECT pgtrickle.relay_dlq_replay('other', ARRAY[$D1])")" "0" "relay_dlq_replay ignores ids of another pipeline"
 
 # relay_dead_letter_bytes (what the daemon calls): any bytes, kept exactly
 long=$(printf 'k%.0s' $(seq 1 600))
@@ -471,5 +502,16 @@ is "$(q "SELECT md5(string_agg(oid::regprocedure::text || coalesce(proacl::text,
 is "$(as_relay "SELECT pgtrickle.relay_commit_offset('default', 'fwd1', 1, 'w')")" "12" "  ... offsets still only move forward"
 is "$(listen pgtrickle_relay_config "SELECT pgtrickle.enable_relay('fwd2')")" \
    '{"direction" : "relay_outbox_config", "event" : "UPDATE", "name" : "fwd2", "enabled" : true}' "  ... the NOTIFY trigger still fires once"
+unlike() { if [[ "$1" =~ $2 ]]; then fail "$3"; diag "got: '$1'"; else pass "$3"; fi; }
+unlike "$(cat "$TEST_TMP/init2.log")" "WARNING" "  ... without a warning"
+
+# --- upgrade from the one-role catalog: the runtime role loses the setters -------
+q "GRANT EXECUTE ON FUNCTION pgtrickle.set_relay_outbox(text, jsonb), pgtrickle.delete_relay(text) TO pgtrickle_relay" >/dev/null
+like "$(as_relay "SELECT pgtrickle.delete_relay('nope')")" "pipeline \"nope\" not found" "(the old catalog let pgtrickle_relay call the setters)"
+"$RELAY_BIN" init --postgres-url "$DB_URL" >"$TEST_TMP/init3.log" 2>&1
+is "$?" "0" "init upgrades it"
+like "$(cat "$TEST_TMP/init3.log")" "WARNING: +pgtrickle-relay: the runtime role pgtrickle_relay may no longer call .*delete_relay.*grant pgtrickle_relay_admin" \
+   "  ... with a WARNING naming what was revoked and what to grant"
+like "$(as_relay "SELECT pgtrickle.delete_relay('nope')")" "permission denied for function delete_relay" "  ... after which the runtime role is refused"
 
 done_testing

@@ -67,5 +67,31 @@ sql "SELECT pgtrickle.delete_relay('orders-file')" >/dev/null
 wait_until 5 '[ "$(owned)" = 0 ]'
 is "$(owned)" 0 "delete_relay stops the pipeline"
 like "$(relay_log r1)" "stopping pipeline \(disabled\)" "log names why the pipeline stopped"
+
+# --- bursts (issue 11): 20 changes from one session in a row, 10 times ------------
+# Each statement commits on its own and notifies; notifications that arrive
+# while the relay is reloading must not wait for the (30 s) discovery tick.
+burst() {   # burst <on|off>: 20 set_relay_outbox (on) or disable_relay (off) calls
+    local i
+    for i in $(seq 1 20); do
+        if [ "$1" = on ]; then
+            echo "SELECT pgtrickle.set_relay_outbox('b$i', 'orders', NULL, '$(file_sink "$TEST_TMP/b$i.jsonl")');"
+        else
+            echo "SELECT pgtrickle.disable_relay('b$i');"
+        fi
+    done | "${PSQL[@]}" -d "$TEST_DB" >/dev/null
+}
+slow=0 worst=0
+for round in $(seq 1 10); do
+    if [ $((round % 2)) = 1 ]; then want=20; mode=on; else want=0; mode=off; fi
+    t0=$(now_ms)
+    burst $mode
+    wait_until 10 '[ "$(owned)" = '$want' ]'
+    elapsed=$(( $(now_ms) - t0 ))
+    [ "$elapsed" -gt "$worst" ] && worst=$elapsed
+    [ "$elapsed" -gt 1000 ] && slow=$((slow + 1))
+done
+diag "20-change bursts, 10 rounds: the slowest took effect in ${worst} ms"
+is "$slow" 0 "every burst of 20 changes is in effect within 1 s (10 rounds)"
 stop_relay r1
 done_testing
