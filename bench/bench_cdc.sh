@@ -78,7 +78,7 @@ run_relay() {
     bsql "SELECT pgtrickle.set_relay_cdc('bench-cdc', '{\"source\":{\"publication\":\"$PUB\",\"slot\":\"$slot\",\"batch_size\":$BATCH,\"create_slot\":false},\"sink\":$sink_cfg}')" >/dev/null
     local t0 t1
     t0=$(now_ms)
-    "$RELAY_BIN" --postgres-url "$BENCH_DB_URL" --metrics-addr "127.0.0.1:$port" --log-level warn \
+    "$RELAY_BIN" --postgres-url "$BENCH_DB_URL" --metrics-addr "127.0.0.1:$port" --log-level warn --allow-path "$BENCH_TMP" \
         >"$BENCH_TMP/relay.log" 2>&1 &
     local pid=$!
     local got=0

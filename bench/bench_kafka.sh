@@ -75,7 +75,7 @@ metric_wait() {
 run_relay() {
     local port=$((30000 + RANDOM % 20000)) t0 first last
     t0=$(now_ms)
-    "$RELAY_BIN" --postgres-url "$BENCH_DB_URL" --metrics-addr "127.0.0.1:$port" --log-level warn \
+    "$RELAY_BIN" --postgres-url "$BENCH_DB_URL" --metrics-addr "127.0.0.1:$port" --log-level warn --allow-path "$BENCH_TMP" \
         >"$BENCH_TMP/relay.log" 2>&1 &
     RELAY_PID=$!
     read -r first last < <(metric_wait "$port" "pgtrickle_relay_messages_published_total{pipeline=\"$1\",sink=\"$2\"}" "$RELAY_PID")

@@ -53,7 +53,7 @@ metric_of() {  # metric_of <port> <exact metric>
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 RELAY_PID=""
 start_relay() {   # start_relay <port>
-    "$RELAY_BIN" --postgres-url "$BENCH_DB_URL" --metrics-addr "127.0.0.1:$1" --log-level warn \
+    "$RELAY_BIN" --postgres-url "$BENCH_DB_URL" --metrics-addr "127.0.0.1:$1" --log-level warn --allow-path "$BENCH_TMP" \
         --discovery-interval 1s >>"$BENCH_TMP/relay.log" 2>&1 &
     RELAY_PID=$!
 }

@@ -124,7 +124,10 @@ say "the pipeline as stored:"
 # --- 4. relay -----------------------------------------------------------------
 section "4. Starting the relay in the background"
 MPORT=$(pick_port 19090)
-RELAY_ARGS=(--postgres-url "$PG_URL" --metrics-addr "127.0.0.1:$MPORT" --discovery-interval 1s --log-level info)
+# --allow-path: the only directory whose files pipeline configs may name (the
+# file sink's output above); without it the relay refuses the pipeline.
+RELAY_ARGS=(--postgres-url "$PG_URL" --metrics-addr "127.0.0.1:$MPORT" --discovery-interval 1s --log-level info
+            --allow-path "$WORK")
 say "\$ pgtrickle-relay ${RELAY_ARGS[*]} &"
 "$RELAY_BIN" "${RELAY_ARGS[@]}" >"$WORK/relay.log" 2>&1 &
 RELAY_PID=$!

@@ -16,11 +16,13 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "buf.h"
+#include "hostpath.h"
 #include "log.h"
 #include "secrets.h"
 
@@ -42,6 +44,10 @@ const char *options_usage(void)
            "  --shutdown-timeout DUR      PGTRICKLE_RELAY_SHUTDOWN_TIMEOUT   (30s)\n"
            "  --stall-timeout DUR         PGTRICKLE_RELAY_STALL_TIMEOUT      (60s) a pipeline whose\n"
            "                              batch keeps failing this long reports degraded\n"
+           "  --allow-path PATH           PGTRICKLE_RELAY_ALLOW_PATH (':'-separated) repeatable: a\n"
+           "                              directory (or file) whose files pipeline configs may\n"
+           "                              name (file sinks, file sources, ${file:} secrets, TLS\n"
+           "                              files); none by default\n"
            "durations: 500ms, 5s, 2m, 1h, or a number of seconds\n";
 }
 
@@ -73,7 +79,7 @@ int parse_duration_ms(const char *s, int64_t *out_ms)
 }
 
 enum { OPT_URL, OPT_METRICS, OPT_LOGFMT, OPT_LOGLVL, OPT_GROUP, OPT_DISCOVERY, OPT_SHUTDOWN,
-       OPT_STALL, OPT_N };
+       OPT_STALL, OPT_ALLOW, OPT_N };
 
 static const struct {
     const char *flag;
@@ -87,6 +93,7 @@ static const struct {
     {"--discovery-interval", "PGTRICKLE_RELAY_DISCOVERY_INTERVAL"},
     {"--shutdown-timeout", "PGTRICKLE_RELAY_SHUTDOWN_TIMEOUT"},
     {"--stall-timeout", "PGTRICKLE_RELAY_STALL_TIMEOUT"},
+    {"--allow-path", "PGTRICKLE_RELAY_ALLOW_PATH"},
 };
 
 /* Apply one value; `origin` is the flag or env name for messages. */
@@ -138,6 +145,26 @@ static int apply_option(relay_options *o, int which, const char *v, const char *
         free(o->group_id);
         o->group_id = xstrdup(v);
         return 0;
+    case OPT_ALLOW: {
+        /* Repeatable; the environment variable holds a ':'-separated list.
+         * Given on the command line, the flags replace the variable's list. */
+        if (origin[0] == '-' && !o->allow_from_flags) {
+            hostpath_reset();
+            o->allow_from_flags = 1;
+        }
+        char *list = xstrdup(v), *save = NULL;
+        int rc = 0;
+        for (char *p = strtok_r(list, origin[0] == '-' ? "" : ":", &save); p && rc == 0;
+             p = strtok_r(NULL, origin[0] == '-' ? "" : ":", &save)) {
+            char why[PATH_MAX + 200];
+            if (hostpath_allow(p, why, sizeof why) < 0) {
+                snprintf(err, errlen, "%s: %s", origin, why + strlen("--allow-path: "));
+                rc = -1;
+            }
+        }
+        free(list);
+        return rc;
+    }
     case OPT_DISCOVERY:
     case OPT_SHUTDOWN:
     case OPT_STALL:
@@ -354,6 +381,20 @@ int cfg_str_required(const json_t *obj, const char *path, const char *key, const
         return -1;
     }
     return 0;
+}
+
+int cfg_host_path(const json_t *obj, const char *path, const char *key, const char **out,
+                  char *err, size_t errlen)
+{
+    if (cfg_str(obj, path, key, NULL, out, err, errlen) < 0)
+        return -1;
+    if (!*out || !**out) {
+        *out = NULL;
+        return 0;
+    }
+    char name[200];
+    snprintf(name, sizeof name, "%s.%s", path, key);
+    return hostpath_check(name, *out, err, errlen);
 }
 
 int cfg_int(const json_t *obj, const char *path, const char *key, int64_t def, int64_t min,

@@ -26,6 +26,7 @@ typedef struct relay_options {
     int64_t shutdown_timeout_ms;   /* default 30000 */
     int64_t stall_timeout_ms;      /* default 60000: a pipeline whose batch keeps failing (or
                                       whose loop does not come round) this long is degraded */
+    int allow_from_flags;          /* --allow-path given (hostpath.h holds the list) */
 } relay_options;
 
 typedef enum { CMD_RUN = 0, CMD_INIT, CMD_HELP, CMD_VERSION } relay_command;
@@ -72,6 +73,12 @@ int cfg_str(const json_t *obj, const char *path, const char *key, const char *de
 /* Like cfg_str, but a missing or empty value is an error naming the key. */
 int cfg_str_required(const json_t *obj, const char *path, const char *key,
                      const char **out, char *err, size_t errlen);
+/* An optional path on the relay's host (a file to write or read, a TLS or
+ * credentials file): NULL when absent or empty, else it must lie under an
+ * --allow-path entry (hostpath.h), or -1 with err naming the key. Every
+ * config key that names a host path reads it through this. */
+int cfg_host_path(const json_t *obj, const char *path, const char *key, const char **out,
+                  char *err, size_t errlen);
 int cfg_int(const json_t *obj, const char *path, const char *key, int64_t def,
             int64_t min, int64_t max, int64_t *out, char *err, size_t errlen);
 int cfg_bool(const json_t *obj, const char *path, const char *key, int def,

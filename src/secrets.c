@@ -4,7 +4,9 @@
  * References are resolved when a pipeline is loaded (and on every reload),
  * so a rotated secret is picked up by the next config change or restart.
  * Resolution failures name the reference, never any resolved value, and
- * disable only the pipeline that holds them.
+ * disable only the pipeline that holds them. A ${file:} path must lie under
+ * an --allow-path entry (hostpath.h): a config cannot read arbitrary files
+ * of the relay's host into a token or a header.
  */
 #include "secrets.h"
 
@@ -15,6 +17,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "hostpath.h"
 
 #define SECRET_FILE_MAX (1 << 20)
 
@@ -108,7 +111,10 @@ char *secrets_expand(const char *s, char *err, size_t errlen)
                 return NULL;
             }
             snprintf(path, sizeof path, "%.*s", (int)n, arg);
-            if (read_secret_file(path, &out, err, errlen) < 0) {
+            char what[4200];
+            snprintf(what, sizeof what, "${file:%s}", path);
+            if (hostpath_check(what, path, err, errlen) < 0 ||
+                read_secret_file(path, &out, err, errlen) < 0) {
                 buf_free(&out);
                 return NULL;
             }

@@ -23,6 +23,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "hostpath.h"
 #include "log.h"
 #include "stats.h"
 #include "worker.h"
@@ -55,6 +56,37 @@ static const kafka_reserved common_reserved[] = {
     {"sasl.password", "sasl_password"},
     {NULL, NULL},
 };
+
+/* librdkafka properties that would let a pipeline config run code on the
+ * relay's host (load a library, run a command): never settable from a
+ * config. Properties naming a file of the host (*.location, the Kerberos
+ * keytab) must lie under an --allow-path entry (hostpath.h). */
+static const char *const host_code_properties[] = {
+    "plugin.library.paths", "ssl.engine.location", "sasl.kerberos.kinit.cmd", NULL,
+};
+
+static int names_host_file(const char *name)
+{
+    size_t n = strlen(name);
+    return (n > 9 && strcmp(name + n - 9, ".location") == 0) ||
+           strcmp(name, "sasl.kerberos.keytab") == 0;
+}
+
+/* Refuse or check a passthrough property that reaches the host. */
+static int check_host_property(const char *key, const char *name, const char *value, char *err,
+                               size_t errlen)
+{
+    for (size_t i = 0; host_code_properties[i]; i++) {
+        if (strcmp(name, host_code_properties[i]) == 0) {
+            snprintf(err, errlen, "%s: not allowed in a pipeline config (it would load code or run "
+                     "a command on the relay's host)", key);
+            return -1;
+        }
+    }
+    if (names_host_file(name) && strcmp(value, "probe") != 0)
+        return hostpath_check(key, value, err, errlen);
+    return 0;
+}
 
 static int is_secret_key(const char *key)
 {
@@ -158,7 +190,8 @@ static int apply_passthrough(rd_kafka_conf_t *conf, const json_t *cfg, const cha
             snprintf(err, errlen, "%s: expected a string, number or boolean", key);
             return -1;
         }
-        if (kafka_conf_set(conf, key, name, value, err, errlen) < 0)
+        if (check_host_property(key, name, value, err, errlen) < 0 ||
+            kafka_conf_set(conf, key, name, value, err, errlen) < 0)
             return -1;
     }
     return 0;
@@ -259,7 +292,8 @@ rd_kafka_conf_t *kafka_conf_build(const json_t *cfg, const char *path, rd_kafka_
             snprintf(err, errlen, "%s: must not be empty", key);
             goto fail;
         }
-        if (kafka_conf_set(conf, key, key_map[i].name, v, err, errlen) < 0)
+        if (check_host_property(key, key_map[i].name, v, err, errlen) < 0 ||
+            kafka_conf_set(conf, key, key_map[i].name, v, err, errlen) < 0)
             goto fail;
     }
     for (size_t i = 0; defaults && defaults[i].name; i++)

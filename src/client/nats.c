@@ -54,6 +54,17 @@ static int cfg_opt_str(const json_t *cfg, const char *path, const char *key, cha
     return 0;
 }
 
+/* A file of the relay's host (--allow-path, hostpath.h), copied. */
+static int cfg_opt_path(const json_t *cfg, const char *path, const char *key, char **out,
+                        char *err, size_t errlen)
+{
+    const char *v;
+    if (cfg_host_path(cfg, path, key, &v, err, errlen) < 0)
+        return -1;
+    *out = v ? xstrdup(v) : NULL;
+    return 0;
+}
+
 /* "nats://user:pass@host:4222" -> "nats://host:4222" */
 static void put_redacted_url(relay_buf *out, const char *url)
 {
@@ -123,10 +134,10 @@ int nats_conn_parse(relay_nats_conn *c, const json_t *cfg, const char *path,
         cfg_opt_str(cfg, path, "token", &c->token, err, errlen) < 0 ||
         cfg_opt_str(cfg, path, "nkey_seed", &c->nkey_seed, err, errlen) < 0 ||
         cfg_opt_str(cfg, path, "nkey", &c->nkey_pub, err, errlen) < 0 ||
-        cfg_opt_str(cfg, path, "creds_file", &c->creds_file, err, errlen) < 0 ||
-        cfg_opt_str(cfg, path, "tls_ca", &c->tls_ca, err, errlen) < 0 ||
-        cfg_opt_str(cfg, path, "tls_cert", &c->tls_cert, err, errlen) < 0 ||
-        cfg_opt_str(cfg, path, "tls_key", &c->tls_key, err, errlen) < 0 ||
+        cfg_opt_path(cfg, path, "creds_file", &c->creds_file, err, errlen) < 0 ||
+        cfg_opt_path(cfg, path, "tls_ca", &c->tls_ca, err, errlen) < 0 ||
+        cfg_opt_path(cfg, path, "tls_cert", &c->tls_cert, err, errlen) < 0 ||
+        cfg_opt_path(cfg, path, "tls_key", &c->tls_key, err, errlen) < 0 ||
         cfg_int(cfg, path, "connect_timeout_ms", 2000, 100, 600000, &c->connect_timeout_ms, err,
                 errlen) < 0 ||
         cfg_int(cfg, path, "reconnect_wait_ms", 1000, 10, 600000, &c->reconnect_wait_ms, err,

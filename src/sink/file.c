@@ -123,8 +123,11 @@ static int parse_output(const json_t *cfg, int stdout_type, const char **out, ch
     }
     if (cfg_str_required(cfg, "sink", "output", &path, err, errlen) < 0)
         return -1;
-    *out = strcmp(path, "-") == 0 ? NULL : path;
-    return 0;
+    if (strcmp(path, "-") == 0) {
+        *out = NULL;
+        return 0;
+    }
+    return cfg_host_path(cfg, "sink", "output", out, err, errlen);
 }
 
 static int parse_subject_template(const json_t *cfg, char **out, char *err, size_t errlen)

@@ -322,7 +322,7 @@ static int parse_secret(webhook_sink *ws, const json_t *cfg, char *err, size_t e
 static int parse_tls_ca(webhook_sink *ws, const json_t *cfg, char *err, size_t errlen)
 {
     const char *ca;
-    if (cfg_str(cfg, "sink", "tls_ca", NULL, &ca, err, errlen) < 0)
+    if (cfg_host_path(cfg, "sink", "tls_ca", &ca, err, errlen) < 0)
         return -1;
     if (!ca)
         return 0;

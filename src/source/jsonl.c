@@ -97,6 +97,9 @@ static relay_source *create(const json_t *cfg, relay_worker *w, int is_stdin, ch
         snprintf(err, errlen, "source.input: required (the path of the JSONL file)");
         return NULL;
     }
+    if (!is_stdin && cfg_host_path(cfg, "source", input == path2 ? "path" : "input", &input, err,
+                                   errlen) < 0)
+        return NULL;
     jsonl_source *s = xcalloc(1, sizeof *s);
     s->base.w = w;
     s->is_stdin = is_stdin || (input && strcmp(input, "-") == 0);

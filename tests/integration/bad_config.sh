@@ -9,9 +9,9 @@ sql "SELECT pgtrickle.enable_outbox('orders')" >/dev/null
 sql "SELECT pgtrickle.set_relay_outbox('good', 'orders', NULL, '$(file_sink "$GOOD")')" >/dev/null
 sql "SELECT pgtrickle.set_relay_outbox('bad-type', 'orders', NULL, '{\"type\":\"carrier-pigeon\"}')" >/dev/null
 sql "SELECT pgtrickle.set_relay_outbox('bad-secret', 'orders', NULL, '{\"type\":\"file\",\"output\":\"\${env:RELAY_TEST_UNSET_VAR}\"}')" >/dev/null
-sql "SELECT pgtrickle.set_relay_outbox('bad-format', 'orders', NULL, '{\"type\":\"file\",\"output\":\"/tmp/x\",\"format\":\"xml\"}')" >/dev/null
-sql "SELECT pgtrickle.set_relay_outbox('bad-template', 'orders', NULL, '{\"type\":\"file\",\"output\":\"/tmp/x\",\"subject_template\":\"a.{nope}\"}')" >/dev/null
-sql "SELECT pgtrickle.set_relay_outbox('bad-batch', 'orders', NULL, '{\"type\":\"file\",\"output\":\"/tmp/x\"}')" >/dev/null
+sql "SELECT pgtrickle.set_relay_outbox('bad-format', 'orders', NULL, '{\"type\":\"file\",\"output\":\"$TEST_TMP/x\",\"format\":\"xml\"}')" >/dev/null
+sql "SELECT pgtrickle.set_relay_outbox('bad-template', 'orders', NULL, '{\"type\":\"file\",\"output\":\"$TEST_TMP/x\",\"subject_template\":\"a.{nope}\"}')" >/dev/null
+sql "SELECT pgtrickle.set_relay_outbox('bad-batch', 'orders', NULL, '{\"type\":\"file\",\"output\":\"$TEST_TMP/x\"}')" >/dev/null
 sql "UPDATE pgtrickle.relay_outbox_config SET config = jsonb_set(config, '{source,batch_size}', '\"lots\"') WHERE name = 'bad-batch'" >/dev/null
 # Malformed: stored by hand, bypassing the setter's checks.
 sql "INSERT INTO pgtrickle.relay_outbox_config (name, config) VALUES ('bad-shape', '{\"source\": \"orders\", \"sink\": 42}')" >/dev/null

@@ -11,7 +11,7 @@ A=$TEST_TMP/a.jsonl
 B=$TEST_TMP/b.jsonl
 sql "SELECT pgtrickle.enable_outbox('orders')" >/dev/null
 sql "SELECT pgtrickle.set_relay_outbox('orders-file', 'orders', NULL, '$(file_sink "$A")')" >/dev/null
-DISCOVERY=30s start_relay r1   # a long tick: every change below must come from NOTIFY
+DISCOVERY=30s start_relay r1 --allow-path /dev/full  # a long tick: every change below must come from NOTIFY
 owned() { metric r1 pgtrickle_relay_pipelines_owned; }
 wait_until 10 '[ "$(owned)" = 1 ]'
 write_rows orders 1 100

@@ -96,7 +96,8 @@ free_port() {
 
 # start_relay <id> [extra flags...]: runs the daemon in the background;
 # log in $TEST_TMP/<id>.log, metrics port in RELAY_PORT_<id>, stdin from
-# $RELAY_STDIN (default /dev/null).
+# $RELAY_STDIN (default /dev/null). Pipeline configs may name files under
+# $TEST_TMP (--allow-path; RELAY_ALLOW_PATH overrides; more with extra flags).
 start_relay() {
     local id=$1; shift
     local port try
@@ -104,7 +105,8 @@ start_relay() {
         port=$(free_port)
         eval "RELAY_PORT_$id=$port"
         "$RELAY_BIN" --postgres-url "${RELAY_URL:-$DB_URL}" --metrics-addr "127.0.0.1:$port" \
-            --discovery-interval "${DISCOVERY:-1s}" --log-level "${RELAY_LOG_LEVEL:-debug}" "$@" \
+            --discovery-interval "${DISCOVERY:-1s}" --log-level "${RELAY_LOG_LEVEL:-debug}" \
+            --allow-path "${RELAY_ALLOW_PATH:-$TEST_TMP}" "$@" \
             <"${RELAY_STDIN:-/dev/null}" >>"$TEST_TMP/$id.log" 2>&1 &
         RELAY_PIDS[$id]=$!
         wait_until 10 "curl -sf -o /dev/null http://127.0.0.1:$port/metrics || ! kill -0 ${RELAY_PIDS[$id]}"

@@ -10,11 +10,13 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "backoff.h"
 #include "config.h"
+#include "hostpath.h"
 #include "log.h"
 #include "secrets.h"
 
@@ -217,8 +219,13 @@ static void secret_files_and_literals(void **state)
     assert_true(fd >= 0);
     assert_int_equal(write(fd, "pa$$word\n", 9), 9);
     close(fd);
-    char tmpl[256], err[256];
+    char tmpl[256], err[512];
     snprintf(tmpl, sizeof tmpl, "user:${file:%s}@host ${other} $${", path);
+    /* ${file:} reads only under --allow-path (issue 11) */
+    hostpath_reset();
+    assert_null(secrets_expand(tmpl, err, sizeof err));
+    assert_non_null(strstr(err, "no --allow-path was given"));
+    assert_int_equal(hostpath_allow("/tmp", err, sizeof err), 0);
     char *s = secrets_expand(tmpl, err, sizeof err);
     assert_non_null(s);
     assert_string_equal(s, "user:pa$$word@host ${other} $${");
@@ -229,6 +236,52 @@ static void secret_files_and_literals(void **state)
     assert_non_null(strstr(err, path));
     assert_null(secrets_expand("${env:1BAD}", err, sizeof err));
     assert_non_null(strstr(err, "invalid"));
+    hostpath_reset();
+}
+
+/* The --allow-path check: resolved paths, symlinks and ".." cannot escape. */
+static void host_paths(void **state)
+{
+    (void)state;
+    char err[1024];
+    char dir[] = "/tmp/relay-allow-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char sub[256], link[256], p[512];
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    snprintf(link, sizeof link, "%s/etc", dir);
+    assert_int_equal(symlink("/etc", link), 0);
+    hostpath_reset();
+    assert_int_equal(hostpath_check("sink.output", "/tmp/x", err, sizeof err), -1);
+    assert_non_null(strstr(err, "sink.output: /tmp/x is not a path this relay may use"));
+    assert_int_equal(hostpath_allow(sub, err, sizeof err), 0);
+    assert_int_equal(hostpath_allow("relative/path", err, sizeof err), -1);
+    assert_int_equal(hostpath_allow("/nonexistent-relay-dir", err, sizeof err), -1);
+    snprintf(p, sizeof p, "%s/sub/out.jsonl", dir);
+    assert_int_equal(hostpath_check("sink.output", p, err, sizeof err), 0); /* need not exist */
+    snprintf(p, sizeof p, "%s/sub/new/deeper/out.jsonl", dir);
+    assert_int_equal(hostpath_check("sink.output", p, err, sizeof err), 0);
+    snprintf(p, sizeof p, "%s/sub/../x", dir);
+    assert_int_equal(hostpath_check("sink.output", p, err, sizeof err), -1);
+    assert_non_null(strstr(err, "outside the paths"));
+    snprintf(p, sizeof p, "%s/sub/new/../../x", dir); /* ".." after a missing part */
+    assert_int_equal(hostpath_check("sink.output", p, err, sizeof err), -1);
+    snprintf(p, sizeof p, "%s/subx/y", dir); /* a prefix of the name is not "under" */
+    assert_int_equal(hostpath_check("sink.output", p, err, sizeof err), -1);
+    /* a symlink inside an allowed directory that leads out of it */
+    assert_int_equal(hostpath_allow(dir, err, sizeof err), 0);
+    snprintf(p, sizeof p, "%s/etc/passwd", dir);
+    assert_int_equal(hostpath_check("source.input", p, err, sizeof err), -1);
+    assert_non_null(strstr(err, "source.input"));
+    assert_int_equal(hostpath_check("k", "relative", err, sizeof err), -1);
+    /* a file can be allowed by itself */
+    assert_int_equal(hostpath_allow("/dev/full", err, sizeof err), 0);
+    assert_int_equal(hostpath_check("sink.output", "/dev/full", err, sizeof err), 0);
+    assert_int_equal(hostpath_check("sink.output", "/dev/null", err, sizeof err), -1);
+    hostpath_reset();
+    unlink(link);
+    rmdir(sub);
+    rmdir(dir);
 }
 
 static void accessors(void **state)
@@ -292,6 +345,7 @@ int main(void)
         cmocka_unit_test(pipeline_types_read_after_secrets),
         cmocka_unit_test(pipeline_secrets),
         cmocka_unit_test(secret_files_and_literals),
+        cmocka_unit_test(host_paths),
         cmocka_unit_test(accessors),
         cmocka_unit_test(backoff_grows_with_jitter_and_caps),
     };
