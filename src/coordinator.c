@@ -276,6 +276,7 @@ static void start_pipeline(pipeline *p, const char *direction, int enabled, cons
         if (p->worker) {
             free(p->failed_config);
             p->failed_config = NULL;
+            stats_clear_rejected(p->name, p->forward);
             log_debug(p->name, "worker started, acquiring ownership");
             return;
         }
@@ -285,6 +286,7 @@ static void start_pipeline(pipeline *p, const char *direction, int enabled, cons
               "retried when the config changes)", err);
     free(p->failed_config);
     p->failed_config = xstrdup(config);
+    stats_set_rejected(p->name, p->forward, err);
 }
 
 /* ---- sharing the pipelines between the relays of a group ------------------- */
@@ -392,6 +394,11 @@ static int reconcile(void)
         if (!p)
             p = add_pipe(name, forward);
         p->seen = 1;
+        if (!enabled && p->failed_config) {
+            free(p->failed_config);
+            p->failed_config = NULL;
+            stats_clear_rejected(name, forward);
+        }
         if (p->worker) {
             if (!enabled)
                 stop_worker(p, "disabled", RELOAD_GRACE_MS);
@@ -473,6 +480,7 @@ static int reconcile(void)
     for (size_t i = 0; i < co.npipes;) {
         pipeline *p = &co.pipes[i];
         if (!p->seen && !p->worker) {
+            stats_clear_rejected(p->name, p->forward);
             free(p->name);
             free(p->failed_config);
             co.pipes[i] = co.pipes[--co.npipes];
@@ -581,6 +589,7 @@ int coordinator_run(const relay_options *opts)
                 break;
             }
             if (rc < 0) {
+                stats_set_database(0, err);
                 if (first || was_connected)
                     log_warn(NULL, "cannot connect to PostgreSQL: %s (retrying)", err);
                 was_connected = 0;
@@ -591,6 +600,7 @@ int coordinator_run(const relay_options *opts)
                 reap();
                 continue;
             }
+            stats_set_database(1, NULL);
             if (!first)
                 log_info(NULL, "coordinator reconnected to PostgreSQL");
             first = 0;
@@ -602,6 +612,7 @@ int coordinator_run(const relay_options *opts)
         if (now >= next_tick) {
             if (reconcile() < 0) {
                 log_warn(NULL, "coordinator lost its PostgreSQL connection");
+                stats_set_database(0, "connection lost; reconnecting");
                 disconnect();
                 continue;
             }
@@ -636,6 +647,7 @@ int coordinator_run(const relay_options *opts)
             int got = drain_notifications();
             if (got < 0 || pg_broken(co.pg)) {
                 log_warn(NULL, "coordinator lost its PostgreSQL connection");
+                stats_set_database(0, "connection lost; reconnecting");
                 disconnect();
                 continue;
             }

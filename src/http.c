@@ -299,6 +299,21 @@ static void put_process_families(relay_buf *out, const snapshot *snap)
     put_family(out, "pgtrickle_relay_fair_share", "gauge",
                "Pipelines this relay runs at most while every pipeline has an owner.");
     buf_printf(out, "pgtrickle_relay_fair_share %d\n", share);
+    char dberr[512];
+    int db = stats_get_database(dberr, sizeof dberr);
+    put_family(out, "pgtrickle_relay_database_up", "gauge",
+               "1 while the relay reaches its PostgreSQL database (the coordinator is connected).");
+    buf_printf(out, "pgtrickle_relay_database_up %d\n", db == 1);
+    size_t nrej;
+    relay_rejected *rej = stats_rejected_list(&nrej);
+    put_family(out, "pgtrickle_relay_pipeline_rejected", "gauge",
+               "1 for each pipeline this relay could not load (its error is in /status).");
+    for (size_t i = 0; i < nrej; i++) {
+        buf_puts(out, "pgtrickle_relay_pipeline_rejected{pipeline=");
+        put_label_value(out, rej[i].name);
+        buf_printf(out, ",direction=\"%s\"} 1\n", rej[i].forward ? "forward" : "reverse");
+    }
+    stats_rejected_free(rej, nrej);
     put_family(out, "pgtrickle_relay_uptime_seconds", "gauge", "Seconds since the process started.");
     buf_printf(out, "pgtrickle_relay_uptime_seconds %" PRId64 "\n", stats_uptime_seconds());
     put_family(out, "pgtrickle_relay_info", "gauge", "Build information.");
@@ -379,10 +394,20 @@ int http_render_health(relay_buf *out)
             json_array_append_new(degraded, json_pack("{s:o, s:s}", "pipeline",
                                                       json_text(snap.e[i]->name), "reason", why));
     }
-    int healthy = json_array_size(degraded) == 0;
+    char dberr[512];
+    int db = stats_get_database(dberr, sizeof dberr);
+    int healthy = json_array_size(degraded) == 0 && db == 1;
     json_t *doc = json_pack("{s:s, s:I, s:I}", "status", healthy ? "healthy" : "degraded",
                             "pipelines_owned", (json_int_t)owned_count(&snap), "uptime_seconds",
                             (json_int_t)stats_uptime_seconds());
+    if (db != 1) {
+        char why[700];
+        if (db < 0)
+            snprintf(why, sizeof why, "connecting to PostgreSQL");
+        else
+            snprintf(why, sizeof why, "cannot reach PostgreSQL: %s", dberr);
+        json_object_set_new(doc, "reason", json_text(why));
+    }
     if (healthy)
         json_decref(degraded);
     else
@@ -477,10 +502,23 @@ void http_render_status(relay_buf *out)
     snapshot_release(&snap);
     int relays, share;
     stats_get_group(&relays, &share);
-    dump_json(out, json_pack("{s:I, s:s, s:I, s:{s:i, s:i}, s:o}", "uptime_seconds",
-                             (json_int_t)stats_uptime_seconds(), "version", RELAY_VERSION,
-                             "pipelines_owned", owned, "group", "relays", relays, "fair_share",
-                             share, "pipelines", pipelines));
+    size_t nrej;
+    relay_rejected *rej = stats_rejected_list(&nrej);
+    json_t *rejected = json_array();
+    for (size_t i = 0; i < nrej; i++)
+        json_array_append_new(rejected, json_pack("{s:o, s:s, s:o}", "name", json_text(rej[i].name),
+                                                  "direction",
+                                                  rej[i].forward ? "forward" : "reverse", "error",
+                                                  json_text(rej[i].error)));
+    stats_rejected_free(rej, nrej);
+    char dberr[512];
+    int db = stats_get_database(dberr, sizeof dberr);
+    dump_json(out, json_pack("{s:I, s:s, s:I, s:{s:b, s:o}, s:{s:i, s:i}, s:o, s:o}",
+                             "uptime_seconds", (json_int_t)stats_uptime_seconds(), "version",
+                             RELAY_VERSION, "pipelines_owned", owned, "database", "reachable",
+                             db == 1, "error", db == 0 ? json_text(dberr) : json_null(), "group",
+                             "relays", relays, "fair_share", share, "pipelines", pipelines,
+                             "rejected", rejected));
 }
 
 /* ---- request handling -------------------------------------------------- */

@@ -106,6 +106,92 @@ void stats_get_group(int *relays, int *fair_share)
     *fair_share = atomic_load(&g_fair_share);
 }
 
+/* ---- the database, as the coordinator sees it ---------------------------- */
+
+static pthread_mutex_t g_db_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_db_state = -1;
+static char g_db_error[512];
+
+void stats_set_database(int up, const char *error)
+{
+    pthread_mutex_lock(&g_db_mu);
+    g_db_state = up ? 1 : 0;
+    snprintf(g_db_error, sizeof g_db_error, "%s", up || !error ? "" : error);
+    /* libpq's messages end with a newline and may span lines */
+    for (char *p = g_db_error; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    size_t n = strlen(g_db_error);
+    while (n && g_db_error[n - 1] == ' ')
+        g_db_error[--n] = '\0';
+    pthread_mutex_unlock(&g_db_mu);
+}
+
+int stats_get_database(char *err, size_t errlen)
+{
+    pthread_mutex_lock(&g_db_mu);
+    int st = g_db_state;
+    snprintf(err, errlen, "%s", g_db_error);
+    pthread_mutex_unlock(&g_db_mu);
+    return st;
+}
+
+/* ---- pipelines rejected at load ------------------------------------------- */
+
+static pthread_mutex_t g_rej_mu = PTHREAD_MUTEX_INITIALIZER;
+static relay_rejected *g_rej;
+static size_t g_rej_n;
+
+void stats_set_rejected(const char *name, int forward, const char *error)
+{
+    pthread_mutex_lock(&g_rej_mu);
+    size_t i = 0;
+    while (i < g_rej_n && !(g_rej[i].forward == forward && strcmp(g_rej[i].name, name) == 0))
+        i++;
+    if (i == g_rej_n) {
+        g_rej = xrealloc(g_rej, (g_rej_n + 1) * sizeof *g_rej);
+        g_rej[g_rej_n++] = (relay_rejected){xstrdup(name), forward, NULL};
+    }
+    free(g_rej[i].error);
+    g_rej[i].error = xstrdup(error);
+    pthread_mutex_unlock(&g_rej_mu);
+}
+
+void stats_clear_rejected(const char *name, int forward)
+{
+    pthread_mutex_lock(&g_rej_mu);
+    for (size_t i = 0; i < g_rej_n; i++) {
+        if (g_rej[i].forward == forward && strcmp(g_rej[i].name, name) == 0) {
+            free(g_rej[i].name);
+            free(g_rej[i].error);
+            g_rej[i] = g_rej[--g_rej_n];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_rej_mu);
+}
+
+relay_rejected *stats_rejected_list(size_t *n)
+{
+    pthread_mutex_lock(&g_rej_mu);
+    relay_rejected *copy = xcalloc(g_rej_n + 1, sizeof *copy);
+    for (size_t i = 0; i < g_rej_n; i++)
+        copy[i] = (relay_rejected){xstrdup(g_rej[i].name), g_rej[i].forward,
+                                   xstrdup(g_rej[i].error)};
+    *n = g_rej_n;
+    pthread_mutex_unlock(&g_rej_mu);
+    return copy;
+}
+
+void stats_rejected_free(relay_rejected *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(list[i].name);
+        free(list[i].error);
+    }
+    free(list);
+}
+
 /* ---- registry ---------------------------------------------------------- */
 
 static pthread_mutex_t g_reg_mu = PTHREAD_MUTEX_INITIALIZER;

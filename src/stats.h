@@ -111,6 +111,30 @@ int64_t stats_uptime_seconds(void);
 void stats_set_group(int relays, int fair_share);
 void stats_get_group(int *relays, int *fair_share);
 
+/* Whether the coordinator reaches the database: up = 1 once it connected
+ * and found the catalog, 0 with the error text (copied; libpq's message,
+ * never a secret) while it cannot. Before the first attempt the state is
+ * "connecting". /health is 503 while the database is not reachable. */
+void stats_set_database(int up, const char *error);
+/* 1 up, 0 down (error copied into err), -1 not yet connected. */
+int stats_get_database(char *err, size_t errlen);
+
+/* Pipelines this relay could not load (a bad key, a missing secret, an
+ * unknown type): listed in /status, counted in
+ * pgtrickle_relay_pipeline_rejected and reported to relay_status.
+ * stats_set_rejected records or replaces the error (copied);
+ * stats_clear_rejected forgets it. */
+void stats_set_rejected(const char *name, int forward, const char *error);
+void stats_clear_rejected(const char *name, int forward);
+typedef struct relay_rejected {
+    char *name;
+    int forward;
+    char *error;
+} relay_rejected;
+/* A copy of the list (caller frees with stats_rejected_free). */
+relay_rejected *stats_rejected_list(size_t *n);
+void stats_rejected_free(relay_rejected *list, size_t n);
+
 /* Wall-clock and monotonic time in milliseconds. */
 int64_t now_wall_ms(void);
 int64_t now_mono_ms(void);

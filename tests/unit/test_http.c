@@ -85,6 +85,7 @@ static int setup(void **state)
 {
     (void)state;
     stats_init();
+    stats_set_database(1, NULL); /* the coordinator reached it */
     return 0;
 }
 
@@ -355,6 +356,53 @@ static void test_health_degraded(void **state)
     stats_unregister(c);
 }
 
+/* Issue 11: /health is 503 while the database cannot be reached, naming
+ * the cause; a pipeline that could not be loaded is in /status and the
+ * metrics, with its error. */
+static void test_database_down_and_rejected(void **state)
+{
+    (void)state;
+    relay_buf b = {0};
+    stats_set_database(0, "FATAL:  password authentication failed for user \"relay\"\n");
+    assert_int_equal(http_render_health(&b), 503);
+    json_t *doc = parse_json(b.data);
+    assert_string_equal(json_string_value(json_object_get(doc, "status")), "degraded");
+    assert_string_equal(json_string_value(json_object_get(doc, "reason")),
+                        "cannot reach PostgreSQL: FATAL:  password authentication failed for user "
+                        "\"relay\"");
+    json_decref(doc);
+    buf_clear(&b);
+    http_render_metrics(&b);
+    assert_non_null(strstr(b.data, "\npgtrickle_relay_database_up 0\n"));
+    stats_set_database(1, NULL);
+    buf_clear(&b);
+    assert_int_equal(http_render_health(&b), 200);
+
+    stats_set_rejected("bad", 1, "config.sink.type: unknown sink type \"nope\"");
+    stats_set_rejected("bad", 1, "sink.output: /x is outside the paths this relay may use");
+    stats_set_rejected("bad2", 0, "secret not found: env var X is not set");
+    buf_clear(&b);
+    http_render_metrics(&b);
+    assert_non_null(strstr(b.data, "\npgtrickle_relay_database_up 1\n"));
+    assert_non_null(strstr(b.data, "pgtrickle_relay_pipeline_rejected{pipeline=\"bad\",direction=\"forward\"} 1\n"));
+    assert_non_null(strstr(b.data, "pgtrickle_relay_pipeline_rejected{pipeline=\"bad2\",direction=\"reverse\"} 1\n"));
+    buf_clear(&b);
+    http_render_status(&b);
+    doc = parse_json(b.data);
+    json_t *rej = json_object_get(doc, "rejected");
+    assert_int_equal(json_array_size(rej), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(rej, 0), "error")),
+                        "sink.output: /x is outside the paths this relay may use");
+    assert_true(json_is_true(json_object_get(json_object_get(doc, "database"), "reachable")));
+    json_decref(doc);
+    stats_clear_rejected("bad", 1);
+    stats_clear_rejected("bad2", 0);
+    buf_clear(&b);
+    http_render_metrics(&b);
+    assert_null(strstr(b.data, "pgtrickle_relay_pipeline_rejected{"));
+    buf_free(&b);
+}
+
 /* ---- /status ----------------------------------------------------------- */
 
 static json_t *render_status_doc(void)
@@ -617,6 +665,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_stats_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_database_down_and_rejected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_degraded_reasons, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_refcount_outlives_registry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_time, setup, teardown),
