@@ -522,6 +522,16 @@ BEGIN
     -- backend-prefixed flat keys must match the sink type
     PERFORM pgtrickle.relay_check_prefixes(v_in, '^(nats|kafka|webhook|redis|sqs)_', v_type, 'sink_type');
 
+    -- kafka_key_field names a payload field: the record key is its value
+    IF v_in ? 'kafka_key_field' THEN
+        IF jsonb_typeof(v_in -> 'kafka_key_field') <> 'string' OR v_in ->> 'kafka_key_field' = ''
+           OR v_in ->> 'kafka_key_field' ~ '[{}]' THEN
+            RAISE EXCEPTION 'relay.invalid_config: "kafka_key_field" must be the name of a payload field. Got: %',
+                v_in -> 'kafka_key_field';
+        END IF;
+        v_sink := v_sink || jsonb_build_object('key_template', '{payload.' || (v_in ->> 'kafka_key_field') || '}');
+    END IF;
+
     -- same shape as the 6-argument form: group (null when absent) and retention_hours always set
     v_source := jsonb_build_object('group', NULL, 'retention_hours', 24) || v_source;
 

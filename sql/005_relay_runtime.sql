@@ -107,6 +107,12 @@ BEGIN
     IF p_group IS NULL OR p_pipeline IS NULL OR p_last_change_id IS NULL THEN
         RAISE EXCEPTION 'relay_commit_offset: p_group, p_pipeline and p_last_change_id must not be NULL';
     END IF;
+    -- A pipeline deleted while its worker finished a batch keeps no offset
+    -- (a new pipeline of the same name must not resume there).
+    IF NOT EXISTS (SELECT 1 FROM pgtrickle.relay_outbox_config WHERE name = p_pipeline)
+       AND NOT EXISTS (SELECT 1 FROM pgtrickle.relay_inbox_config WHERE name = p_pipeline) THEN
+        RETURN p_last_change_id;
+    END IF;
 
     INSERT INTO pgtrickle.relay_consumer_offsets AS o
         (relay_group_id, pipeline_id, last_change_id, worker_id, updated_at)

@@ -148,6 +148,19 @@ size_t utf8_seq_len(const void *p, size_t avail)
     return len;
 }
 
+void utf8_sanitize(char *s)
+{
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n;) {
+        size_t l = utf8_seq_len(s + i, n - i);
+        if (l == 0) {
+            s[i++] = '?';
+            continue;
+        }
+        i += l;
+    }
+}
+
 void buf_put_json_str(relay_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";

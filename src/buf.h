@@ -41,6 +41,10 @@ void buf_put_json_str(relay_buf *b, const char *s, size_t n);
  * that are not UTF-8 become visible escapes (\n, \r, \t, \xNN), so a
  * value can never start a new line or forge another record. */
 void buf_put_log_text(relay_buf *b, const char *s, size_t n);
+/* Make the NUL-terminated `s` valid UTF-8 in place: every byte that does
+ * not belong to a valid sequence (including one cut short at the end)
+ * becomes '?'. For texts kept for /status, metrics and reports. */
+void utf8_sanitize(char *s);
 /* Length of the valid, NUL-free UTF-8 sequence at p (1..4), or 0. */
 size_t utf8_seq_len(const void *p, size_t avail);
 /* Reset to empty, keeping the allocation. */

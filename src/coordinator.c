@@ -445,6 +445,10 @@ static int reconcile(void)
         pipeline *p = find_pipe(name, forward);
         if (!enabled || p->worker || still_stopping(name, forward) || in_list(locked, nlocked, name)) {
             p->free_since_ms = 0;
+            /* Another relay took over what we handed over: if it comes back
+             * later (that relay left), it was not handed back to us. */
+            if (!p->worker && in_list(locked, nlocked, name))
+                p->handed_over_ms = 0;
             continue;
         }
         if (unusable_here(p, PQgetvalue(r, i, 3)))
@@ -464,6 +468,18 @@ static int reconcile(void)
             log_info(p->name, "no other relay took the pipeline over: keeping it");
             p->keep_until_ms = now + NO_REHANDOVER_MS;
         }
+    }
+    /* Pipelines this relay just failed to load no longer count: the share
+     * (and what /status and relay_status show) follows what it can run. */
+    size_t total_now = 0;
+    for (int i = 0; i < rows; i++) {
+        pipeline *p = find_pipe(PQgetvalue(r, i, 0), strcmp(PQgetvalue(r, i, 1), "forward") == 0);
+        total_now += strcmp(PQgetvalue(r, i, 2), "t") == 0 && !unusable_here(p, PQgetvalue(r, i, 3));
+    }
+    if (total_now != total) {
+        total = total_now;
+        share = (total + (size_t)members - 1) / (size_t)members;
+        stats_set_group(members, (int)share);
     }
     if (members > 1 && nfree == 0 && nlocked + mine >= total && mine > share)
         hand_over_surplus(mine, share, members);
@@ -489,6 +505,88 @@ static int reconcile(void)
         }
     }
     return 0;
+}
+
+/* ---- relay_status and clean deletes ------------------------------------------ */
+
+/* Write this relay's view of its pipelines to pgtrickle.relay_status
+ * (sql/008_relay_status.sql): the pipelines it owns with their state,
+ * last error, progress and lag, and those it rejected. `clear` reports
+ * nothing (at shutdown: its rows go away). Failures are logged at debug
+ * level only: the report is informational. */
+static void report_status(int clear)
+{
+    char err[ERRLEN];
+    if (!co.pg)
+        return;
+    json_t *rows = json_array();
+    if (!clear) {
+        size_t n;
+        relay_stats **snap = stats_snapshot(&n);
+        int64_t now = now_wall_ms();
+        for (size_t i = 0; i < n; i++) {
+            relay_stats *s = snap[i];
+            if (atomic_load(&s->running)) {
+                const char *why = stats_degraded_reason(s, now);
+                char last_error[sizeof s->last_error];
+                pthread_mutex_lock(&s->mu);
+                memcpy(last_error, s->last_error, sizeof last_error);
+                pthread_mutex_unlock(&s->mu);
+                last_error[sizeof last_error - 1] = '\0'; /* valid UTF-8 (stats_error) */
+                json_array_append_new(
+                    rows, json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:I, s:f}", "direction",
+                                    s->direction, "pipeline", s->name, "state",
+                                    why ? "degraded" : "running", "reason", why, "last_error",
+                                    last_error[0] ? last_error : NULL, "last_progress_ms",
+                                    (json_int_t)atomic_load(&s->last_progress_ms), "lag_seconds",
+                                    (double)atomic_load(&s->lag_ms) / 1000.0));
+            }
+            stats_unref(s);
+        }
+        free(snap);
+        relay_rejected *rej = stats_rejected_list(&n);
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(rows, json_pack("{s:s, s:s, s:s, s:s}", "direction",
+                                                  rej[i].forward ? "forward" : "reverse",
+                                                  "pipeline", rej[i].name, "state", "rejected",
+                                                  "last_error", rej[i].error));
+        stats_rejected_free(rej, n);
+    }
+    char *text = json_dumps(rows, JSON_COMPACT);
+    json_decref(rows);
+    char host[256] = "relay", pid[32], interval[32];
+    gethostname(host, sizeof host - 1);
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    snprintf(interval, sizeof interval, "%lld", (long long)co.opts->discovery_interval_ms);
+    const char *params[5] = {co.opts->group_id, host, pid, interval, text ? text : "[]"};
+    if (pg_exec(co.pg, "SELECT pgtrickle.relay_report_status($1, $2, $3::int, $4::int, $5::jsonb)",
+                5, params, err, sizeof err) < 0)
+        log_debug(NULL, "writing relay_status failed: %s", err);
+    free(text);
+}
+
+/* Drop the replication slots of deleted CDC pipelines that no session uses
+ * any more (a slot still in use is retried on the next reconcile, once its
+ * worker stopped). */
+static void drop_deleted_slots(void)
+{
+    char err[ERRLEN];
+    PGresult *r = pg_query(co.pg, "SELECT slot, pipeline FROM pgtrickle.relay_pending_slot_drops()"
+                                  " WHERE NOT active", 0, NULL, err, sizeof err);
+    if (!r) {
+        log_debug(NULL, "reading slot drop requests failed: %s", err);
+        return;
+    }
+    for (int i = 0; i < PQntuples(r); i++) {
+        const char *slot = PQgetvalue(r, i, 0), *pipe = PQgetvalue(r, i, 1);
+        int rc = pg_honour_slot_drop(co.pg, slot, err, sizeof err);
+        if (rc > 0)
+            log_info(pipe, "dropped replication slot %s of the deleted pipeline", slot);
+        else if (rc < 0)
+            log_warn(pipe, "cannot drop replication slot %s of the deleted pipeline: %s "
+                     "(retrying)", slot, err);
+    }
+    PQclear(r);
 }
 
 /* ---- connection ------------------------------------------------------------ */
@@ -578,8 +676,8 @@ int coordinator_run(const relay_options *opts)
 
     relay_backoff bo;
     backoff_init(&bo);
-    int first = 1, exit_code = 0, was_connected = 0;
-    int64_t next_tick = 0;
+    int first = 1, exit_code = 0, was_connected = 0, dirty_report = 0;
+    int64_t next_tick = 0, last_report = 0;
     while (!atomic_load(&stop_requested)) {
         if (!co.pg) {
             int rc = connect_coordinator(first, err, sizeof err);
@@ -616,7 +714,17 @@ int coordinator_run(const relay_options *opts)
                 disconnect();
                 continue;
             }
+            drop_deleted_slots();
             next_tick = now_mono_ms() + opts->discovery_interval_ms;
+        }
+        /* relay_status: on every discovery interval, and at most once a
+         * second after changes */
+        int64_t since = now_mono_ms() - last_report;
+        if (last_report == 0 || since >= opts->discovery_interval_ms ||
+            (dirty_report && since >= 1000)) {
+            report_status(0);
+            last_report = now_mono_ms();
+            dirty_report = 0;
         }
         /* Notifications that arrived while reconcile's queries ran were read
          * by libpq with the query results: they wait in its queue, and the
@@ -635,6 +743,8 @@ int coordinator_run(const relay_options *opts)
         int timeout = (int)(next_tick - now_mono_ms());
         if (co.nstopping && timeout > 50)
             timeout = 50;
+        if (dirty_report && timeout > 1000 - (now_mono_ms() - last_report))
+            timeout = (int)(1000 - (now_mono_ms() - last_report));
         if (timeout < 0)
             timeout = 0;
         struct pollfd p[2] = {{.fd = co.sig_pipe[0], .events = POLLIN},
@@ -657,6 +767,8 @@ int coordinator_run(const relay_options *opts)
             dirty = 1; /* a pipeline may be startable again */
         if (dirty)
             next_tick = 0;
+        if (dirty)
+            dirty_report = 1;
     }
 
     if (atomic_load(&stop_requested))
@@ -664,6 +776,7 @@ int coordinator_run(const relay_options *opts)
                  (long long)opts->shutdown_timeout_ms);
     leave_group();
     shutdown_all();
+    report_status(1);
     if (notify_group("relay left", err, sizeof err) < 0) /* take its pipelines now */
         log_debug(NULL, "departure notification failed: %s", err);
     for (size_t i = 0; i < co.npipes; i++) {

@@ -107,3 +107,30 @@ char *pg_quote_ident(PGconn *c, const char *ident)
     PQfreemem(q);
     return r;
 }
+
+int pg_honour_slot_drop(PGconn *c, const char *slot, char *err, size_t errlen)
+{
+    const char *p[1] = {slot};
+    PGresult *r = pg_query(c,
+                           "SELECT (SELECT s.active FROM pg_catalog.pg_replication_slots s"
+                           "         WHERE s.slot_name = d.slot)"
+                           " FROM pgtrickle.relay_pending_slot_drops() d WHERE d.slot = $1",
+                           1, p, err, errlen);
+    if (!r)
+        return -1;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return 0;
+    }
+    int exists = !PQgetisnull(r, 0, 0);
+    int active = exists && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    if (active) {
+        snprintf(err, errlen, "replication slot %s of a deleted pipeline is still in use", slot);
+        return -1;
+    }
+    if (exists && pg_exec(c, "SELECT pg_catalog.pg_drop_replication_slot($1)", 1, p, err,
+                          errlen) < 0)
+        return -1;
+    return pg_exec(c, "SELECT pgtrickle.relay_slot_dropped($1)", 1, p, err, errlen) < 0 ? -1 : 1;
+}

@@ -37,6 +37,14 @@ int pg_broken(PGconn *c);
 /* Quote an identifier ("schema"."name" style) into a malloc'd string. */
 char *pg_quote_ident(PGconn *c, const char *ident);
 
+/* The slot-drop requests of deleted CDC pipelines (sql/008_relay_status.sql):
+ * when a drop of `slot` was requested, drop the slot (unless a session uses
+ * it) and forget the request. Returns 1 when the request was honoured (the
+ * slot dropped, or already gone), 0 when there was no request, -1 when the
+ * slot is still in use or a query failed (err; the request stays). Needs
+ * the REPLICATION attribute (pg_drop_replication_slot). */
+int pg_honour_slot_drop(PGconn *c, const char *slot, char *err, size_t errlen);
+
 /* Copy the first line of the connection's error message into err. */
 void pg_error(PGconn *c, char *err, size_t errlen);
 

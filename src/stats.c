@@ -121,6 +121,7 @@ void stats_set_database(int up, const char *error)
     for (char *p = g_db_error; *p; p++)
         if (*p == '\n' || *p == '\r')
             *p = ' ';
+    utf8_sanitize(g_db_error);
     size_t n = strlen(g_db_error);
     while (n && g_db_error[n - 1] == ' ')
         g_db_error[--n] = '\0';
@@ -154,6 +155,7 @@ void stats_set_rejected(const char *name, int forward, const char *error)
     }
     free(g_rej[i].error);
     g_rej[i].error = xstrdup(error);
+    utf8_sanitize(g_rej[i].error);
     pthread_mutex_unlock(&g_rej_mu);
 }
 
@@ -319,6 +321,7 @@ void stats_error(relay_stats *s, relay_err_kind kind, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    utf8_sanitize(text); /* a broker's bytes, or a cut in mid-character */
     int64_t now = now_wall_ms();
     pthread_mutex_lock(&s->mu);
     memcpy(s->last_error, text, sizeof text);

@@ -832,6 +832,12 @@ static int cdc_open(relay_source *base, char *err, size_t errlen)
     s->phase = PHASE_STREAM;
     if (check_publication(s, err, errlen) < 0)
         return -1;
+    /* A deleted pipeline's slot of this name waits to be dropped
+     * (sql/008_relay_status.sql): drop it now, never resume at the deleted
+     * pipeline's position. A user-made slot (create_slot false) is never
+     * queued. */
+    if (s->create_slot && pg_honour_slot_drop(s->base.w->pg, s->slot, err, errlen) < 0)
+        return -1;
     int exists = check_slot(s, err, errlen);
     if (exists < 0)
         return -1;

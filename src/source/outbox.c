@@ -13,6 +13,9 @@
  *   visibility_seconds group mode: lease length of a polled batch (30)
  *   auto_offset_reset group mode: where a new group starts, "earliest" (default)
  *                     or "latest"
+ *   start             simple mode: where a pipeline without a stored offset
+ *                     starts, "earliest" (default: every row in the outbox)
+ *                     or "latest" (only rows written from its first start on)
  *   retention_hours   stored by set_relay_outbox; not used by the relay
  *
  * Reading.  The outbox table is pgt_outbox_config.outbox_table_name, else
@@ -91,6 +94,7 @@ typedef struct outbox_source {
     char *consumer_id;
     int64_t visibility_seconds;
     char *auto_offset_reset;
+    int start_latest;     /* simple mode, "start": "latest" */
     int64_t last_heartbeat_ms;
     int64_t last_lease_ms;
     /* resolved by open() */
@@ -126,14 +130,15 @@ static relay_source *ob_create(const json_t *cfg, relay_worker *w, char *err, si
 {
     static const char *const keys[] = {"type", "outbox", "group", "batch_size", "poll_interval_ms",
                                        "retention_hours", "consumer_id", "visibility_seconds",
-                                       "auto_offset_reset", NULL};
-    const char *outbox, *group, *consumer, *reset;
+                                       "auto_offset_reset", "start", NULL};
+    const char *outbox, *group, *consumer, *reset, *start;
     int64_t batch, interval, visibility;
     if (cfg_known_keys(cfg, "source", keys, err, errlen) < 0 ||
         cfg_str_required(cfg, "source", "outbox", &outbox, err, errlen) < 0 ||
         cfg_str(cfg, "source", "group", NULL, &group, err, errlen) < 0 ||
         cfg_str(cfg, "source", "consumer_id", NULL, &consumer, err, errlen) < 0 ||
         cfg_str(cfg, "source", "auto_offset_reset", "earliest", &reset, err, errlen) < 0 ||
+        cfg_str(cfg, "source", "start", "earliest", &start, err, errlen) < 0 ||
         cfg_int(cfg, "source", "batch_size", 500, 1, 100000, &batch, err, errlen) < 0 ||
         cfg_int(cfg, "source", "poll_interval_ms", 1000, 10, 3600000, &interval, err, errlen) < 0 ||
         cfg_int(cfg, "source", "visibility_seconds", 30, 2, 86400, &visibility, err, errlen) < 0)
@@ -142,7 +147,17 @@ static relay_source *ob_create(const json_t *cfg, relay_worker *w, char *err, si
         snprintf(err, errlen, "source.auto_offset_reset: expected \"earliest\" or \"latest\", got \"%s\"", reset);
         return NULL;
     }
+    if (strcmp(start, "earliest") != 0 && strcmp(start, "latest") != 0) {
+        snprintf(err, errlen, "source.start: expected \"earliest\" or \"latest\", got \"%s\"", start);
+        return NULL;
+    }
+    if (group && *group && json_object_get(cfg, "start")) {
+        snprintf(err, errlen, "source.start: simple mode only (with source.group, use "
+                 "source.auto_offset_reset)");
+        return NULL;
+    }
     outbox_source *s = xcalloc(1, sizeof *s);
+    s->start_latest = strcmp(start, "latest") == 0;
     if (group && *group) {
         s->group = xstrdup(group);
         s->consumer_id = xstrdup(consumer && *consumer ? consumer : w->cfg.name);
@@ -277,15 +292,25 @@ static int ob_open(relay_source *base, char *err, size_t errlen)
                " WHERE outbox_id = $1 ORDER BY row_num", qd);
     s->cursor_sql = xstrdup(q.data);
     buf_free(&q);
-    free(qt);
     free(qd);
 
     if (s->group) {
+        free(qt);
         if (group_open(s, err, errlen) < 0)
             return -1;
     } else {
-        const char *p3[2] = {w->opts->group_id, w->cfg.name};
-        r = pg_query(c, "SELECT pgtrickle.relay_get_offset($1, $2)", 2, p3, err, errlen);
+        /* The stored offset; a pipeline without one stores where it starts
+         * first (0, or with "start": "latest" the outbox's last id), so a
+         * restart never jumps past rows written meanwhile. */
+        relay_buf sq = {0};
+        buf_printf(&sq, "SELECT pgtrickle.relay_start_offset($1, $2, %s, $3)",
+                   s->start_latest ? "(SELECT COALESCE(max(id), 0) FROM pgtrickle." : "0");
+        if (s->start_latest)
+            buf_printf(&sq, "%s)", qt);
+        const char *p3[3] = {w->opts->group_id, w->cfg.name, w->worker_id};
+        r = pg_query(c, sq.data, 3, p3, err, errlen);
+        buf_free(&sq);
+        free(qt);
         if (!r)
             return -1;
         s->offset = strtoll(PQgetvalue(r, 0, 0), NULL, 10);

@@ -195,9 +195,11 @@ is "$(listen pgtrickle_relay_config "SELECT pgtrickle.enable_relay('rev1')")" \
 # --- README call form: set_relay_outbox(name, config) -----------------------
 q "SELECT pgtrickle.set_relay_outbox('six', 'orders_stream', NULL, '{\"type\":\"nats\",\"url\":\"nats://localhost:4222\",\"stream\":\"pgtrickle\",\"subject_template\":\"pgtrickle.{stream_table}.{op}\"}'); SELECT pgtrickle.set_relay_outbox('flat', config => '{\"stream_table\":\"orders_stream\",\"sink_type\":\"nats\",\"nats_url\":\"nats://localhost:4222\",\"nats_stream\":\"pgtrickle\",\"subject_template\":\"pgtrickle.{stream_table}.{op}\"}'::jsonb)" >/dev/null
 is "$(jeq "$(cfg flat)" "$(cfg six)")" "t" "flat README config stores exactly what the 6-argument form stores"
-q "SELECT pgtrickle.set_relay_outbox('kflat', '{\"stream_table\":\"s\",\"group\":\"g\",\"batch_size\":10,\"poll_interval_ms\":50,\"retention_hours\":6,\"sink_type\":\"kafka\",\"kafka_brokers\":\"b:9092\",\"kafka_topic\":\"t.{op}\",\"kafka_key_field\":\"{dedup_key}\",\"enabled\":false}')" >/dev/null
-is "$(jeq "$(cfg kflat)" '{"source_type":"outbox","source":{"outbox":"s","group":"g","retention_hours":6,"batch_size":10,"poll_interval_ms":50},"sink_type":"kafka","sink":{"type":"kafka","brokers":"b:9092","topic_template":"t.{op}","key_template":"{dedup_key}"}}')" \
-   "t" "flat kafka/source keys map to source.* and sink.*"
+q "SELECT pgtrickle.set_relay_outbox('kflat', '{\"stream_table\":\"s\",\"group\":\"g\",\"batch_size\":10,\"poll_interval_ms\":50,\"retention_hours\":6,\"sink_type\":\"kafka\",\"kafka_brokers\":\"b:9092\",\"kafka_topic\":\"t.{op}\",\"kafka_key_field\":\"customer_id\",\"enabled\":false}')" >/dev/null
+is "$(jeq "$(cfg kflat)" '{"source_type":"outbox","source":{"outbox":"s","group":"g","retention_hours":6,"batch_size":10,"poll_interval_ms":50},"sink_type":"kafka","sink":{"type":"kafka","brokers":"b:9092","topic_template":"t.{op}","key_template":"{payload.customer_id}"}}')" \
+   "t" "flat kafka/source keys map to source.* and sink.*; kafka_key_field names a payload field (issue 11 #4)"
+like "$(err "SELECT pgtrickle.set_relay_outbox('kbad', '{\"stream_table\":\"s\",\"sink_type\":\"kafka\",\"kafka_brokers\":\"b\",\"kafka_key_field\":\"{dedup_key}\"}')")" \
+   'kafka_key_field" must be the name of a payload field' "kafka_key_field that is not a field name is refused"
 is "$(q "SELECT enabled FROM pgtrickle.relay_outbox_config WHERE name = 'kflat'")" "f" "flat \"enabled\": false is honoured"
 q "SELECT pgtrickle.set_relay_outbox('wflat', '{\"stream_table\":\"s\",\"sink_type\":\"webhook\",\"webhook_url\":\"http://h/x\",\"webhook_headers\":{\"A\":\"b\"}}')" >/dev/null
 is "$(q "SELECT config->'sink' = '{\"type\":\"webhook\",\"url\":\"http://h/x\",\"headers\":{\"A\":\"b\"}}'::jsonb FROM pgtrickle.relay_outbox_config WHERE name = 'wflat'")" "t" "flat webhook keys"

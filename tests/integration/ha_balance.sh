@@ -86,4 +86,36 @@ sleep 3   # three discovery ticks
 is "$(handovers) $(owned_by r4)" "$before" "then ownership stays put: no handover in three discovery ticks"
 stop_relay r5
 stop_relay r4
+
+# A short-lived relay joins and leaves (issue 11 #5): the pipeline handed
+# over to it comes back, and the relays left keep exactly their fair share
+# within two discovery intervals -- the one that had handed it over must
+# not "keep" it as if nobody had taken it.
+sql "SELECT pgtrickle.set_relay_outbox('p3', 'o3', NULL, '$(file_sink "$TEST_TMP/p3b.jsonl")'),
+            pgtrickle.set_relay_outbox('p4', 'o4', NULL, '$(file_sink "$TEST_TMP/p4b.jsonl")'),
+            pgtrickle.set_relay_outbox('p6', 'o1', NULL, '$(file_sink "$TEST_TMP/p6.jsonl")')" >/dev/null
+sql "SELECT pgtrickle.delete_relay('p5')" >/dev/null
+owned_sum() { local n=0 r; for r in "$@"; do n=$((n + $(owned_count "$r"))); done; echo $n; }
+DISCOVERY=1s start_relay r6
+wait_until 15 '[ "$(owned_count r6)" = 5 ]'
+DISCOVERY=1s start_relay r7
+wait_until 15 '[ "$(owned_sum r6 r7)" = 5 ] && [ "$(owned_count r6)" -le 3 ] && [ "$(owned_count r7)" -le 3 ]'
+diag "two relays: r6 $(owned_by r6)/ r7 $(owned_by r7)"
+DISCOVERY=1s start_relay r8
+wait_until 15 '[ "$(owned_count r8)" -ge 1 ] && [ "$(owned_sum r6 r7 r8)" = 5 ]'
+diag "three relays: r6 $(owned_by r6)/ r7 $(owned_by r7)/ r8 $(owned_by r8)"
+ok "$([ "$(owned_count r8)" -ge 1 ] && echo 0 || echo 1)" "a third relay joins and is handed pipelines"
+kill9_relay r8
+# its connections die with it; after at most two discovery intervals (plus
+# the moves they trigger) the two relays left run ceil(5 / 2) = 3 at most
+wait_until 20 '[ "$(owned_sum r6 r7)" = 5 ] && [ "$(owned_count r6)" -le 3 ] && [ "$(owned_count r7)" -le 3 ]'
+sleep 3   # and it stays so over three more discovery intervals
+diag "r8 gone: r6 $(owned_by r6)/ r7 $(owned_by r7)"
+is "$(owned_sum r6 r7)" 5 "the relays left run all five pipelines"
+ok "$([ "$(owned_count r6)" -le 3 ] && [ "$(owned_count r7)" -le 3 ] && echo 0 || echo 1)" \
+   "  ... neither runs more than its fair share (3)"
+is "$(cat "$TEST_TMP/r6.log" "$TEST_TMP/r7.log" | grep -c 'no other relay took the pipeline over')" 0 \
+   "  ... and neither claims nobody took the pipeline it handed over"
+stop_relay r7
+stop_relay r6
 done_testing
