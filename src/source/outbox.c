@@ -303,10 +303,11 @@ static int ob_open(relay_source *base, char *err, size_t errlen)
          * first (0, or with "start": "latest" the outbox's last id), so a
          * restart never jumps past rows written meanwhile. */
         relay_buf sq = {0};
-        buf_printf(&sq, "SELECT pgtrickle.relay_start_offset($1, $2, %s, $3)",
-                   s->start_latest ? "(SELECT COALESCE(max(id), 0) FROM pgtrickle." : "0");
         if (s->start_latest)
-            buf_printf(&sq, "%s)", qt);
+            buf_printf(&sq, "SELECT pgtrickle.relay_start_offset($1, $2,"
+                            " (SELECT COALESCE(max(id), 0) FROM pgtrickle.%s), $3)", qt);
+        else
+            buf_puts(&sq, "SELECT pgtrickle.relay_start_offset($1, $2, 0, $3)");
         const char *p3[3] = {w->opts->group_id, w->cfg.name, w->worker_id};
         r = pg_query(c, sq.data, 3, p3, err, errlen);
         buf_free(&sq);
