@@ -76,6 +76,7 @@
 #include "../log.h"
 #include "../pg.h"
 #include "../worker.h"
+#include "outbox.h"
 #include "source.h"
 
 #define ERRLEN 512
@@ -522,6 +523,16 @@ static int decode_row(row_ctx *rc, const char *payload, size_t plen, int64_t ins
     if (rc->b->n == before)
         refresh_event(rc, full, ins, del); /* an empty delta still reaches the sink */
     return 0;
+}
+
+int outbox_decode_payload(relay_batch *b, const char *outbox_table, const char *stream_table,
+                          int64_t id, const char *refresh_id, const char *payload, size_t plen,
+                          int64_t ins, int64_t del, int claim_check, int *full_refresh)
+{
+    /* decode_row only reads these two names of its source. */
+    outbox_source s = {.outbox_table = (char *)outbox_table, .stream_table = (char *)stream_table};
+    row_ctx rc = {.s = &s, .b = b, .id = id, .refresh_id = refresh_id};
+    return decode_row(&rc, payload, plen, ins, del, claim_check, full_refresh);
 }
 
 /* ---- claim-check streaming ----------------------------------------------------- */
