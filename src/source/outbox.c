@@ -466,11 +466,13 @@ static int decode_row(row_ctx *rc, const char *payload, size_t plen, int64_t ins
     while (n && (p[n - 1] == ' ' || p[n - 1] == '\n' || p[n - 1] == '\t' || p[n - 1] == '\r'))
         n--;
     size_t before = rc->b->n;
+    int64_t index_before = rc->index; /* a rejected row is one event, index 0 */
     if (n && p[0] == '[') {
         if (claim_check)
             return 1;
         if (json_span(p, n) != n || emit_rows(rc, p, n, OP_SNAPSHOT, 1) < 0) {
             rc->b->n = before;
+            rc->index = index_before;
             reject(rc, payload, "undecodable outbox payload: malformed JSON array");
         }
         return 0;
@@ -517,6 +519,7 @@ static int decode_row(row_ctx *rc, const char *payload, size_t plen, int64_t ins
     if ((ins_len && emit_rows(rc, p + ins_off, ins_len, full ? OP_SNAPSHOT : OP_INSERT, full) < 0) ||
         (del_len && emit_rows(rc, p + del_off, del_len, OP_DELETE, full) < 0)) {
         rc->b->n = before;
+        rc->index = index_before;
         reject(rc, payload, "undecodable outbox payload: malformed row array");
         return 0;
     }
