@@ -6,20 +6,26 @@
 #   make sanitize   build in build-asan with ASan+UBSan and run every test with it
 #   make valgrind   run the unit tests under valgrind
 #   make bench      run the benchmarks (bench/run.sh)
+#   make fuzz       build the fuzz targets with clang+libFuzzer in build-fuzz and
+#                   fuzz each for FUZZ_SECONDS (scripts/fuzz.sh, docs/fuzzing.md)
 #   make clean      remove the build directories
 #
 # Variables: BUILD (build), ASAN_BUILD (build-asan), BUILDTYPE (debugoptimized),
-# MESON_ARGS (extra `meson setup` options, e.g. -Dkafka=disabled).
+# MESON_ARGS (extra `meson setup` options, e.g. -Dkafka=disabled),
+# FUZZ_BUILD (build-fuzz), FUZZ_SECONDS (30 per target), FUZZ_TARGETS (all).
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 BUILDTYPE  ?= debugoptimized
 MESON_ARGS ?=
 VALGRIND   ?= valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS ?=
 
 SHELL := /bin/bash
 
-.PHONY: all build deps test demo sanitize valgrind bench clean
+.PHONY: all build deps test demo sanitize valgrind bench fuzz clean
 
 all: build
 
@@ -62,5 +68,11 @@ bench: build
 		echo "bench/run.sh does not exist yet"; exit 1; \
 	fi
 
+# Every target for FUZZ_SECONDS each; fails on any finding and prints its
+# reproducer.
+fuzz:
+	scripts/install-deps.sh
+	FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_TARGETS)
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -20,6 +20,8 @@ PACKAGES=(
     libnats-dev nats-server librdkafka-dev libhiredis-dev librabbitmq-dev
     jq curl valgrind python3 iproute2
     libssl-dev openssl
+    # scripts/fuzz.sh: clang, libFuzzer's runtime, llvm-symbolizer for the stacks
+    clang libclang-rt-14-dev llvm
 )
 PACKAGES+=("$@")
 if [ -n "${EXTRA_PACKAGES:-}" ]; then

@@ -58,7 +58,7 @@ int parse_duration_ms(const char *s, int64_t *out_ms)
     errno = 0;
     char *end;
     double v = strtod(s, &end);
-    if (errno || end == s || v < 0)
+    if (errno || end == s || !(v >= 0)) /* !(v >= 0): also NaN ("nan" is a strtod number) */
         return -1;
     double mult;
     if (!*end || strcmp(end, "s") == 0)

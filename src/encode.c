@@ -122,7 +122,14 @@ int msg_encode_msgpack(const relay_msg *m, relay_buf *out, char *err, size_t err
             return -1;
         }
     } else if (m->payload) {
+        /* A body that is not JSON travels as one string column; one that is
+         * not even UTF-8 has no faithful MessagePack string: refuse it (the
+         * worker dead-letters the event) rather than drop the payload. */
         payload = json_stringn(m->payload, m->payload_len);
+        if (!payload) {
+            snprintf(err, errlen, "the payload is neither JSON nor UTF-8 text");
+            return -1;
+        }
     }
 
     msgpack_pack_map(&pk, 6);

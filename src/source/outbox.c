@@ -79,6 +79,7 @@
 #include "../log.h"
 #include "../pg.h"
 #include "../worker.h"
+#include "outbox.h"
 #include "source.h"
 
 #define ERRLEN 512
@@ -491,11 +492,13 @@ static int decode_row(row_ctx *rc, const char *payload, size_t plen, int64_t ins
     while (n && (p[n - 1] == ' ' || p[n - 1] == '\n' || p[n - 1] == '\t' || p[n - 1] == '\r'))
         n--;
     size_t before = rc->b->n;
+    int64_t index_before = rc->index; /* a rejected row is one event, index 0 */
     if (n && p[0] == '[') {
         if (claim_check)
             return 1;
         if (json_span(p, n) != n || emit_rows(rc, p, n, OP_SNAPSHOT, 1) < 0) {
             rc->b->n = before;
+            rc->index = index_before;
             reject(rc, payload, "undecodable outbox payload: malformed JSON array");
         }
         return 0;
@@ -542,12 +545,23 @@ static int decode_row(row_ctx *rc, const char *payload, size_t plen, int64_t ins
     if ((ins_len && emit_rows(rc, p + ins_off, ins_len, full ? OP_SNAPSHOT : OP_INSERT, full) < 0) ||
         (del_len && emit_rows(rc, p + del_off, del_len, OP_DELETE, full) < 0)) {
         rc->b->n = before;
+        rc->index = index_before;
         reject(rc, payload, "undecodable outbox payload: malformed row array");
         return 0;
     }
     if (rc->b->n == before)
         refresh_event(rc, full, ins, del); /* an empty delta still reaches the sink */
     return 0;
+}
+
+int outbox_decode_payload(relay_batch *b, const char *outbox_table, const char *stream_table,
+                          int64_t id, const char *refresh_id, const char *payload, size_t plen,
+                          int64_t ins, int64_t del, int claim_check, int *full_refresh)
+{
+    /* decode_row only reads these two names of its source. */
+    outbox_source s = {.outbox_table = (char *)outbox_table, .stream_table = (char *)stream_table};
+    row_ctx rc = {.s = &s, .b = b, .id = id, .refresh_id = refresh_id};
+    return decode_row(&rc, payload, plen, ins, del, claim_check, full_refresh);
 }
 
 /* ---- claim-check streaming ----------------------------------------------------- */

@@ -94,6 +94,7 @@
 #include "../client/webhook.h"
 #include "../worker.h"
 #include "source.h"
+#include "webhook.h"
 
 #define DEFAULT_LISTEN "127.0.0.1:8080"
 #define DEFAULT_PATH "/inbox"
@@ -680,8 +681,8 @@ static int content_type_is_json(struct MHD_Connection *conn)
 }
 
 /* Split the body into events. Returns 0, or the status to answer (and *why). */
-static unsigned parse_body(webhook_source *s, struct MHD_Connection *conn, wh_req *r,
-                           const char *idem, char *why, size_t whylen)
+static unsigned parse_body(webhook_source *s, int declared_json, wh_req *r, const char *idem,
+                           char *why, size_t whylen)
 {
     char *p = r->body.data;
     size_t n = r->body.len;
@@ -703,7 +704,7 @@ static unsigned parse_body(webhook_source *s, struct MHD_Connection *conn, wh_re
     if (p[start] == '{' || p[start] == '[')
         root = json_loadb(p + start, n - start, JSON_DECODE_INT_AS_REAL, &jerr);
     if (!root) {
-        if (content_type_is_json(conn)) {
+        if (declared_json) {
             if (p[start] == '{' || p[start] == '[')
                 snprintf(why, whylen, "invalid JSON: %s (line %d, column %d)", jerr.text,
                          jerr.line, jerr.column);
@@ -815,7 +816,7 @@ static enum MHD_Result request_complete(webhook_source *s, struct MHD_Connection
     }
     unsigned st = check_idempotency_key(conn, &idem, why, sizeof why);
     if (st == 0)
-        st = parse_body(s, conn, r, idem, why, sizeof why);
+        st = parse_body(s, content_type_is_json(conn), r, idem, why, sizeof why);
     if (st != 0)
         return reject(s, conn, st, why);
     relay_buf path = {0};
@@ -1316,3 +1317,24 @@ const relay_source_ops relay_source_http_ops = {
     .position = wh_position,
     .destroy = wh_destroy,
 };
+
+unsigned webhook_body_events(const char *body, size_t len, int declared_json,
+                             const char *idempotency_key, const char *element_key_field,
+                             relay_batch *b, char *why, size_t whylen)
+{
+    /* parse_body only reads element_key_field of its source. */
+    webhook_source s = {.element_key_field = (char *)element_key_field};
+    wh_req *r = xcalloc(1, sizeof *r);
+    buf_append(&r->body, body, len);
+    unsigned st = parse_body(&s, declared_json, r, idempotency_key, why, whylen);
+    for (size_t i = 0; st == 0 && i < r->nevents; i++) {
+        relay_msg *m = batch_add(b);
+        m->op = OP_EVENT;
+        m->payload = arena_strndup(&b->arena, r->events[i].payload, r->events[i].len);
+        m->payload_len = r->events[i].len;
+        m->payload_is_json = r->events[i].is_json;
+        m->dedup_key = arena_strdup(&b->arena, r->events[i].key);
+    }
+    req_free(r);
+    return st;
+}

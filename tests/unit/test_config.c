@@ -136,6 +136,12 @@ static void durations(void **state)
     assert_int_equal(parse_duration_ms("-1s", &ms), -1);
     assert_int_equal(parse_duration_ms("5 days", &ms), -1);
     assert_int_equal(parse_duration_ms("", &ms), -1);
+    /* strtod reads these as numbers (found by fuzz_config: NaN reached an
+     * undefined float-to-integer conversion) */
+    assert_int_equal(parse_duration_ms("nan", &ms), -1);
+    assert_int_equal(parse_duration_ms("nans", &ms), -1);
+    assert_int_equal(parse_duration_ms("-nan", &ms), -1);
+    assert_int_equal(parse_duration_ms("inf", &ms), -1);
 }
 
 static void pipeline_shapes(void **state)

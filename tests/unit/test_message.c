@@ -232,6 +232,45 @@ static void msgpack_matches_seed_shape(void **state)
     batch_free(&b);
 }
 
+/* A body that is neither JSON nor UTF-8 has no MessagePack string: the event
+ * is refused (the worker dead-letters it) instead of losing its payload
+ * (found by fuzz_envelope: it was encoded with no column at all). */
+static void msgpack_refuses_non_utf8_text(void **state)
+{
+    (void)state;
+    relay_batch b = {0};
+    relay_msg *m = batch_add(&b);
+    m->dedup_key = "k";
+    m->op = OP_EVENT;
+    m->payload = "bad \xff\xfe";
+    m->payload_len = strlen(m->payload);
+    m->payload_is_json = 0;
+    relay_buf out = {0};
+    buf_puts(&out, "keep");
+    char err[256];
+    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &out, err, sizeof err), -1);
+    assert_non_null(strstr(err, "UTF-8"));
+    assert_string_equal(out.data, "keep");
+    /* valid UTF-8 text (NUL bytes included) is one string column */
+    m->payload = "text\0more";
+    m->payload_len = 9;
+    buf_clear(&out);
+    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &out, err, sizeof err), 0);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.len, &off), MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object *cols = map_get(&u.data, "columns");
+    assert_int_equal(cols->via.array.size, 1);
+    const msgpack_object *v = map_get(&cols->via.array.ptr[0], "value");
+    assert_int_equal(v->type, MSGPACK_OBJECT_STR);
+    assert_int_equal(v->via.str.size, 9);
+    assert_memory_equal(v->via.str.ptr, "text\0more", 9);
+    msgpack_unpacked_destroy(&u);
+    buf_free(&out);
+    batch_free(&b);
+}
+
 static void format_config(void **state)
 {
     (void)state;
@@ -262,6 +301,7 @@ int main(void)
         cmocka_unit_test(op_names),
         cmocka_unit_test(json_string_escaping),
         cmocka_unit_test(msgpack_matches_seed_shape),
+        cmocka_unit_test(msgpack_refuses_non_utf8_text),
         cmocka_unit_test(format_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
