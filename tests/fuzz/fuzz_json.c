@@ -5,9 +5,12 @@
  *
  * Input: any bytes, used as the text to scan.
  * Checks, with jansson as the independent oracle:
- *   - json_valid agrees with jansson (JSON_DECODE_ANY, no NUL in strings),
- *     except where jsonb and jansson differ on purpose: numbers that
- *     overflow jansson's int64/double, nesting deeper than json_valid's 512;
+ *   - json_valid agrees with jansson (JSON_DECODE_ANY, no NUL in strings):
+ *     1 (JSON jsonb stores) only where jansson parses it, except numbers that
+ *     overflow jansson's int64/double and nesting deeper than jansson's
+ *     limit (json_valid has none); -1 (JSON jsonb refuses: \u0000, lone
+ *     surrogates) only where jansson refuses too; 0 never where jansson
+ *     parses;
  *   - utf8_text_valid agrees with jansson's UTF-8 decoder;
  *   - json_span never claims more than the input and, on valid JSON, spans
  *     exactly the value;
@@ -22,8 +25,7 @@
 
 #include "json_scan.h"
 
-#define SPAN_MAX_DEPTH 256   /* json_scan.c MAX_DEPTH */
-#define VALID_MAX_DEPTH 512  /* json_valid.c JSON_MAX_DEPTH */
+#define JANSSON_MAX_DEPTH 2048 /* jansson's JSON_PARSER_MAX_DEPTH */
 
 static int is_ws(char c)
 {
@@ -64,7 +66,7 @@ static void check_compact(const char *v, size_t n, const json_t *tree)
     relay_buf b = {0};
     json_append_compact(&b, v, n);
     FUZZ_CHECK(b.len <= n, "compact copy is longer (%zu > %zu)", b.len, n);
-    FUZZ_CHECK(json_valid(b.data, b.len), "compact copy of valid JSON is not valid: %.200s", b.data);
+    FUZZ_CHECK(json_valid(b.data, b.len) == 1, "compact copy of valid JSON is not valid: %.200s", b.data);
     if (tree) {
         json_t *c = fuzz_jansson(b.data, b.len, 0, NULL);
         FUZZ_CHECK(c && json_equal(c, tree), "compact copy differs from the value: %.200s", b.data);
@@ -86,7 +88,7 @@ static void check_compact(const char *v, size_t n, const json_t *tree)
     buf_free(&b);
 }
 
-/* v[0..n) is a valid value (trimmed), nested at most SPAN_MAX_DEPTH deep. */
+/* v[0..n) is a valid value (trimmed), any depth. */
 static void check_valid_value(const char *v, size_t n, const json_t *tree)
 {
     FUZZ_CHECK(json_span(v, n) == n, "json_span %zu of a valid %zu-byte value", json_span(v, n), n);
@@ -96,7 +98,7 @@ static void check_valid_value(const char *v, size_t n, const json_t *tree)
     int r;
     if (v[0] == '[') {
         while ((r = json_array_next(v, n, &pos, &off, &len)) == 1) {
-            FUZZ_CHECK(json_valid(v + off, len), "array element %zu is not valid: %.*s", count,
+            FUZZ_CHECK(json_valid(v + off, len) == 1, "array element %zu is not valid: %.*s", count,
                        (int)(len < 200 ? len : 200), v + off);
             if (tree) {
                 json_t *el = fuzz_jansson(v + off, len, 0, NULL);
@@ -112,7 +114,7 @@ static void check_valid_value(const char *v, size_t n, const json_t *tree)
                        json_array_size(tree));
     } else if (v[0] == '{') {
         while ((r = json_object_next(v, n, &pos, &k, &kl, &off, &len)) == 1) {
-            FUZZ_CHECK(json_valid(v + off, len), "member %zu is not valid", count);
+            FUZZ_CHECK(json_valid(v + off, len) == 1, "member %zu is not valid", count);
             FUZZ_CHECK(k > v && k[-1] == '"' && k[kl] == '"', "key %zu is not the string's body", count);
             count++;
         }
@@ -147,12 +149,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int overflow = 0;
     json_t *tree = fuzz_jansson(s, size, 0, &overflow);
     int depth = fuzz_json_depth(s, size);
-    if (valid && !tree)
-        FUZZ_CHECK(overflow, "json_valid accepts what jansson refuses");
-    if (!valid && tree)
-        FUZZ_CHECK(depth > VALID_MAX_DEPTH, "json_valid refuses what jansson accepts (depth %d)", depth);
+    if (valid == 1 && !tree)
+        FUZZ_CHECK(overflow || depth > JANSSON_MAX_DEPTH, "json_valid accepts what jansson refuses");
+    if (valid == -1)
+        FUZZ_CHECK(!tree, "json_valid says jsonb refuses what jansson accepts");
+    if (valid == 0)
+        FUZZ_CHECK(!tree, "json_valid refuses what jansson accepts (depth %d)", depth);
 
-    if (valid && depth <= SPAN_MAX_DEPTH) {
+    if (valid == 1) {
         size_t a = json_skip_ws(s, size, 0), e = size;
         while (e > a && is_ws(s[e - 1]))
             e--;

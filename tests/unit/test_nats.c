@@ -16,6 +16,7 @@
 
 #include "json_scan.h"
 #include "client/nats.h"
+#include "hostpath.h"
 #include "sink/sink.h"
 #include "source/source.h"
 
@@ -180,12 +181,20 @@ static void connection_keys_are_checked(void **state)
         {"{\"connect_timeout_ms\":5}", "sink.connect_timeout_ms"},
         {"{\"url\":42}", "sink.url"},
     };
+    /* The checks below are about the keys; host paths are allowed (the
+     * --allow-path check itself is the last case). */
+    char why[512];
+    hostpath_reset();
+    assert_int_equal(hostpath_allow("/", why, sizeof why), 0);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         err[0] = '\0';
         if (conn_parse(cases[i].cfg, err, sizeof err, NULL) != -1 || !strstr(err, cases[i].expect))
             fail_msg("%s: expected error containing \"%s\", got \"%s\"", cases[i].cfg,
                      cases[i].expect, err);
     }
+    hostpath_reset();
+    assert_int_equal(conn_parse("{\"tls_ca\":\"/etc/ssl/ca.pem\"}", err, sizeof err, NULL), -1);
+    assert_non_null(strstr(err, "sink.tls_ca: /etc/ssl/ca.pem is not a path this relay may use"));
 }
 
 static int sink_create(const char *json, char *err, size_t errlen)
