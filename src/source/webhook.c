@@ -144,7 +144,18 @@
 #define STOP_DRAIN_MS 2000
 #define DEFAULT_REQUEST_TIMEOUT_MS 30000
 #define CHUNKED_FIRST_CAP 4096
+/* Under AddressSanitizer every body comes from malloc, so that its bounds are
+ * checked (a mapping of ours would not be). */
+#if defined(__SANITIZE_ADDRESS__)
+#define BODY_MMAP_MIN SIZE_MAX
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BODY_MMAP_MIN SIZE_MAX
+#endif
+#endif
+#ifndef BODY_MMAP_MIN
 #define BODY_MMAP_MIN ((size_t)128 * 1024)
+#endif
 
 typedef enum {
     REQ_READING = 0, /* headers/body being received */

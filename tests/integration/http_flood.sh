@@ -40,11 +40,11 @@ sql "SELECT pgtrickle.set_relay_inbox('wh-crowd', 'crowd', '{\"type\":\"webhook\
 # hooks: 8 MiB of bodies at most, for the held uploads
 sql "SELECT pgtrickle.set_relay_inbox('wh-hooks', 'hooks', '{\"type\":\"webhook\",\"listen_addr\":\"127.0.0.1:$HOOKS_PORT\",
      \"auth_token\":\"\${env:FLOOD_TOKEN}\",\"max_pending_bytes\":$((8 * MIB)),\"max_body_bytes\":$((2 * MIB)),
-     \"max_connections\":256,\"request_timeout_ms\":3000}')" >/dev/null
+     \"max_connections\":256,\"request_timeout_ms\":5000}')" >/dev/null
 # signed: the signature is the only check; unsigned bodies may hold 2 MiB
 sql "SELECT pgtrickle.set_relay_inbox('wh-signed', 'signed', '{\"type\":\"webhook\",\"listen_addr\":\"127.0.0.1:$SIGNED_PORT\",
      \"signing_secret\":\"$SECRET\",\"max_pending_bytes\":$((8 * MIB)),\"max_unverified_bytes\":$((2 * MIB)),
-     \"max_body_bytes\":$((2 * MIB)),\"max_connections\":256,\"request_timeout_ms\":3000}')" >/dev/null
+     \"max_body_bytes\":$((2 * MIB)),\"max_connections\":256,\"request_timeout_ms\":5000}')" >/dev/null
 # bad values, each named by its key
 sql "SELECT pgtrickle.set_relay_inbox('cfg-timeout', 'hooks', '{\"type\":\"webhook\",\"listen_addr\":\"127.0.0.1:1\",\"request_timeout_ms\":50}')" >/dev/null
 sql "SELECT pgtrickle.set_relay_inbox('cfg-unverified', 'hooks', '{\"type\":\"webhook\",\"listen_addr\":\"127.0.0.1:1\",\"max_unverified_bytes\":\"lots\"}')" >/dev/null
@@ -151,10 +151,10 @@ base=$(rss_kb)
 ( while [ ! -f "$TEST_TMP/rss.stop" ]; do rss_kb >>"$TEST_TMP/rss"; position wh-hooks body_bytes >>"$TEST_TMP/held"; sleep 0.05; done ) &
 sampler=$!
 # 100 chunked uploads of 512 KiB, then silence (each holds a 1 MiB buffer when admitted)
-"${SLOW[@]}" upload --port "$HOOKS_PORT" --clients 100 "${AUTH[@]}" --send $((MIB / 2)) --chunked --hold 5 \
+"${SLOW[@]}" upload --port "$HOOKS_PORT" --clients 100 "${AUTH[@]}" --send $((MIB / 2)) --chunked --hold 7 \
     >"$TEST_TMP/up-chunked.json"
 # 100 uploads declaring 1 MiB, sending 256 KiB: reserved whole when the headers arrive
-"${SLOW[@]}" upload --port "$HOOKS_PORT" --clients 100 "${AUTH[@]}" --send $((MIB / 4)) --content-length $MIB --hold 5 \
+"${SLOW[@]}" upload --port "$HOOKS_PORT" --clients 100 "${AUTH[@]}" --send $((MIB / 4)) --content-length $MIB --hold 7 \
     >"$TEST_TMP/up-length.json"
 touch "$TEST_TMP/rss.stop"; wait $sampler
 chunked_503=$(jq '.statuses["503"] // 0' "$TEST_TMP/up-chunked.json")
@@ -164,15 +164,20 @@ ok "$([ "$chunked_503" -ge 85 ] && echo 0 || echo 1)" \
 ok "$([ "$length_503" -ge 90 ] && echo 0 || echo 1)" \
    "uploads whose Content-Length does not fit get 503 ($(jq -c .statuses "$TEST_TMP/up-length.json"); 8 fit)"
 is "$(jq '[.answer_ms[] | select(. > 1000)] | length' "$TEST_TMP/up-length.json")" 0 "... at once, from the headers"
-like "$(jq -c '[.closed_ms[] | select(. < 2900 or . > 4500)]' "$TEST_TMP/up-length.json")" '^\[\]$' \
-     "the admitted uploads that never finish are cut at the 3 s deadline"
+like "$(jq -c '[.closed_ms[] | select(. < 4900 or . > 6500)]' "$TEST_TMP/up-length.json")" '^\[\]$' \
+     "the admitted uploads that never finish are cut at the 5 s deadline"
 max_rss=$(sort -n "$TEST_TMP/rss" | tail -1)
 max_held=$(grep -E '^[0-9]+$' "$TEST_TMP/held" | sort -n | tail -1)
 # The documented margin: 64 KiB per connection (libmicrohttpd's buffer and
 # ours) for 64 of them, plus 4 MiB of allocator slack.
 limit_kb=$(( (8 * MIB + 64 * 65536 + 4 * MIB) / 1024 ))
-ok "$([ $((max_rss - base)) -le $limit_kb ] && echo 0 || echo 1)" \
-   "RSS grew by $((max_rss - base)) kB at most, under max_pending_bytes + margin ($limit_kb kB)"
+if [ "$(ldd "$RELAY_BIN" 2>/dev/null | grep -c libasan)" != 0 ]; then
+    # AddressSanitizer keeps freed memory in quarantine and pads allocations.
+    pass "RSS grew by $((max_rss - base)) kB (not checked under AddressSanitizer) # SKIP"
+else
+    ok "$([ $((max_rss - base)) -le $limit_kb ] && echo 0 || echo 1)" \
+       "RSS grew by $((max_rss - base)) kB at most, under max_pending_bytes + margin ($limit_kb kB)"
+fi
 ok "$([ "${max_held:-0}" -le $((8 * MIB)) ] && echo 0 || echo 1)" "body_bytes in /status never passed max_pending_bytes (max $max_held)"
 wait_until 5 '[ "$(position wh-hooks body_bytes)" = 0 ]'
 is "$(position wh-hooks body_bytes)" 0 "every reservation is returned once the uploads are gone"
@@ -186,7 +191,7 @@ ts=$(date +%s)
 ( while [ ! -f "$TEST_TMP/unv.stop" ]; do position wh-signed unverified_body_bytes >>"$TEST_TMP/unv"; sleep 0.1; done ) &
 sampler=$!
 "${SLOW[@]}" upload --port "$SIGNED_PORT" --clients 100 -H "X-Pgtrickle-Timestamp: $ts" \
-    -H "X-Pgtrickle-Signature: sha256=$(sign "$ts" forged)" --send $((MIB / 4)) --chunked --hold 5 >"$TEST_TMP/up-signed.json"
+    -H "X-Pgtrickle-Signature: sha256=$(sign "$ts" forged)" --send $((MIB / 4)) --chunked --hold 7 >"$TEST_TMP/up-signed.json"
 touch "$TEST_TMP/unv.stop"; wait $sampler
 signed_503=$(jq '.statuses["503"] // 0' "$TEST_TMP/up-signed.json")
 ok "$([ "$signed_503" -ge 90 ] && echo 0 || echo 1)" \
