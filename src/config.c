@@ -37,6 +37,7 @@ const char *options_usage(void)
            "options (each also read from the environment variable shown):\n"
            "  --postgres-url URL          PGTRICKLE_RELAY_POSTGRES_URL  (required) libpq URI or conninfo\n"
            "  --metrics-addr HOST:PORT    PGTRICKLE_RELAY_METRICS_ADDR  (0.0.0.0:9090)\n"
+           "  --metrics-request-timeout DUR  PGTRICKLE_RELAY_METRICS_REQUEST_TIMEOUT (10s)\n"
            "  --log-format text|json      PGTRICKLE_RELAY_LOG_FORMAT    (text)\n"
            "  --log-level LEVEL           PGTRICKLE_RELAY_LOG_LEVEL     (info: error warn info debug trace)\n"
            "  --relay-group-id ID         PGTRICKLE_RELAY_GROUP_ID      (default)\n"
@@ -78,8 +79,19 @@ int parse_duration_ms(const char *s, int64_t *out_ms)
     return 0;
 }
 
-enum { OPT_URL, OPT_METRICS, OPT_LOGFMT, OPT_LOGLVL, OPT_GROUP, OPT_DISCOVERY, OPT_SHUTDOWN,
-       OPT_STALL, OPT_ALLOW, OPT_N };
+enum {
+    OPT_URL,
+    OPT_METRICS,
+    OPT_METRICS_TIMEOUT,
+    OPT_LOGFMT,
+    OPT_LOGLVL,
+    OPT_GROUP,
+    OPT_DISCOVERY,
+    OPT_SHUTDOWN,
+    OPT_STALL,
+    OPT_ALLOW,
+    OPT_N
+};
 
 static const struct {
     const char *flag;
@@ -87,6 +99,7 @@ static const struct {
 } opt_names[OPT_N] = {
     {"--postgres-url", "PGTRICKLE_RELAY_POSTGRES_URL"},
     {"--metrics-addr", "PGTRICKLE_RELAY_METRICS_ADDR"},
+    {"--metrics-request-timeout", "PGTRICKLE_RELAY_METRICS_REQUEST_TIMEOUT"},
     {"--log-format", "PGTRICKLE_RELAY_LOG_FORMAT"},
     {"--log-level", "PGTRICKLE_RELAY_LOG_LEVEL"},
     {"--relay-group-id", "PGTRICKLE_RELAY_GROUP_ID"},
@@ -118,6 +131,15 @@ static int apply_option(relay_options *o, int which, const char *v, const char *
         }
         free(o->metrics_addr);
         o->metrics_addr = xstrdup(v);
+        return 0;
+    case OPT_METRICS_TIMEOUT:
+        if (parse_duration_ms(v, &ms) < 0 || ms < 100 || ms > 3600000) {
+            snprintf(err, errlen,
+                     "%s: expected a duration from 100ms to 1h, like 500ms, 5s or 1m, got \"%s\"",
+                     origin, v);
+            return -1;
+        }
+        o->metrics_request_timeout_ms = ms;
         return 0;
     case OPT_LOGFMT:
         if (strcmp(v, "text") == 0)
@@ -189,6 +211,7 @@ int options_parse(int argc, char **argv, relay_options *o, relay_command *cmd, c
 {
     memset(o, 0, sizeof *o);
     o->metrics_addr = xstrdup("0.0.0.0:9090");
+    o->metrics_request_timeout_ms = 10000;
     o->group_id = xstrdup("default");
     o->log_level = LOG_INFO;
     o->discovery_interval_ms = 5000;

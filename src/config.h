@@ -19,6 +19,7 @@
 typedef struct relay_options {
     char *postgres_url;          /* required */
     char *metrics_addr;          /* default "0.0.0.0:9090" */
+    int64_t metrics_request_timeout_ms; /* default 10000: total time of one request */
     int log_json;                /* 0 text, 1 json */
     int log_level;               /* log_level */
     char *group_id;              /* default "default" */

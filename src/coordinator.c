@@ -667,7 +667,7 @@ int coordinator_run(const relay_options *opts)
         return 1;
     }
     stats_init();
-    if (http_start(opts->metrics_addr, err, sizeof err) < 0) {
+    if (http_start(opts->metrics_addr, opts->metrics_request_timeout_ms, err, sizeof err) < 0) {
         log_error(NULL, "cannot serve metrics on %s: %s", opts->metrics_addr, err);
         return 1;
     }

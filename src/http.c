@@ -14,6 +14,12 @@
  * Any other path is 404, any method other than GET/HEAD is 405 (HEAD gets
  * the GET headers with no body; libmicrohttpd drops the body itself).
  *
+ * Slow clients: the listener allows 64 connections; src/http_guard.c bounds
+ * each request's total time (--metrics-request-timeout, 10 s by default) and,
+ * near the limit, closes the connection that has been receiving its request
+ * the longest, so /health and /metrics keep answering under a flood of
+ * clients that trickle their headers (http_guard.c explains how).
+ *
  * Binding: we create the listening socket ourselves (getaddrinfo on the
  * "host:port" / "[v6]:port" string, SO_REUSEADDR, bind, listen) and hand it
  * to libmicrohttpd with MHD_OPTION_LISTEN_SOCKET. That way a bad address or
@@ -41,6 +47,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "http_guard.h"
 #include "log.h"
 #include "net.h"
 #include "stats.h"
@@ -53,7 +60,10 @@
 #define CONTENT_TYPE_JSON "application/json"
 #define CONTENT_TYPE_TEXT "text/plain; charset=utf-8"
 
+#define METRICS_MAX_CONNECTIONS 64
+
 static struct MHD_Daemon *g_daemon;
+static http_guard *g_guard;
 
 /* ---- snapshots --------------------------------------------------------- */
 
@@ -322,6 +332,52 @@ static void put_process_families(relay_buf *out, const snapshot *snap)
     buf_puts(out, "} 1\n");
 }
 
+/* The listeners' own counters (http_guard.h): the metrics server and each
+ * webhook receiver. */
+static void put_listener_labels(relay_buf *out, const char *name, const http_guard_counts *c)
+{
+    buf_printf(out, "%s{server=", name);
+    put_label_value(out, c->server);
+    if (c->pipeline) {
+        buf_puts(out, ",pipeline=");
+        put_label_value(out, c->pipeline);
+    }
+    buf_putc(out, '}');
+}
+
+static void put_open_line(const http_guard_counts *c, void *arg)
+{
+    put_listener_labels(arg, "pgtrickle_relay_http_connections", c);
+    buf_printf(arg, " %u\n", c->open);
+}
+
+static void put_shed_line(const http_guard_counts *c, void *arg)
+{
+    put_listener_labels(arg, "pgtrickle_relay_http_connections_shed_total", c);
+    put_u64_line(arg, c->shed);
+}
+
+static void put_timed_out_line(const http_guard_counts *c, void *arg)
+{
+    put_listener_labels(arg, "pgtrickle_relay_http_requests_timed_out_total", c);
+    put_u64_line(arg, c->timed_out);
+}
+
+static void put_listener_families(relay_buf *out)
+{
+    put_family(out, "pgtrickle_relay_http_connections", "gauge",
+               "Open client connections of an HTTP listener.");
+    http_guard_foreach(put_open_line, out);
+    put_family(out, "pgtrickle_relay_http_connections_shed_total", "counter",
+               "Connections closed while still receiving their request, to keep room near "
+               "the listener's connection limit.");
+    http_guard_foreach(put_shed_line, out);
+    put_family(out, "pgtrickle_relay_http_requests_timed_out_total", "counter",
+               "Connections closed because a request (or its response) took longer than the "
+               "request deadline.");
+    http_guard_foreach(put_timed_out_line, out);
+}
+
 void http_render_metrics(relay_buf *out)
 {
     snapshot snap = snapshot_take();
@@ -342,6 +398,7 @@ void http_render_metrics(relay_buf *out)
     put_lag_families(out, &snap);
     put_latency_family(out, &snap);
     put_process_families(out, &snap);
+    put_listener_families(out);
     snapshot_release(&snap);
 }
 
@@ -537,6 +594,7 @@ static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, rel
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
     enum MHD_Result ret = MHD_queue_response(conn, status, r);
     MHD_destroy_response(r);
+    http_guard_responding(conn);
     return ret;
 }
 
@@ -571,43 +629,52 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return respond(conn, MHD_HTTP_NOT_FOUND, &body, CONTENT_TYPE_TEXT);
 }
 
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
 {
     (void)cls;
-    relay_buf line = {0};
-    buf_vprintf(&line, fmt, ap);
-    /* libmicrohttpd terminates its messages with a newline; log.c adds its own. */
-    while (line.len && (line.data[line.len - 1] == '\n' || line.data[line.len - 1] == '\r'))
-        line.data[--line.len] = '\0';
-    log_warn(NULL, "http: %s", line.data ? line.data : "");
-    buf_free(&line);
+    (void)con_cls;
+    (void)toe;
+    http_guard_request_done(conn);
 }
 
 /* ---- listening socket -------------------------------------------------- */
 
-int http_start(const char *addr, char *err, size_t errlen)
+int http_start(const char *addr, int64_t request_timeout_ms, char *err, size_t errlen)
 {
     if (g_daemon) {
         snprintf(err, errlen, "metrics server already running");
         return -1;
     }
     int family = AF_INET;
-    int fd = net_listen(addr, 64, &family, "metrics address", err, errlen);
+    int fd = net_listen(addr, METRICS_MAX_CONNECTIONS, &family, "metrics address", err, errlen);
     if (fd < 0)
         return -1;
+    http_guard_cfg gc = {.server = "metrics", .pipeline = NULL,
+                         .max_connections = METRICS_MAX_CONNECTIONS,
+                         .request_timeout_ms = request_timeout_ms};
+    g_guard = http_guard_create(&gc);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG;
     if (family == AF_INET6)
         flags |= MHD_USE_IPv6;
     /* The port argument is ignored when a listening socket is supplied. */
     g_daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL,
-                                MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+                                MHD_OPTION_EXTERNAL_LOGGER, http_guard_mhd_log, g_guard,
                                 MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_MAX_CONNECTIONS,
+                                MHD_OPTION_NOTIFY_CONNECTION, http_guard_on_connection, g_guard,
+                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                                 MHD_OPTION_END);
     if (!g_daemon) {
         close(fd);
+        http_guard_destroy(g_guard);
+        g_guard = NULL;
         snprintf(err, errlen, "metrics address %s: cannot start the HTTP server", addr);
+        return -1;
+    }
+    if (http_guard_start(g_guard, err, errlen) < 0) {
+        http_stop();
         return -1;
     }
     log_info(NULL, "serving /metrics, /health and /status on %s", addr);
@@ -620,4 +687,6 @@ void http_stop(void)
         return;
     MHD_stop_daemon(g_daemon);
     g_daemon = NULL;
+    http_guard_destroy(g_guard); /* after the daemon: it reported every connection closed */
+    g_guard = NULL;
 }

@@ -9,10 +9,14 @@
 #define RELAY_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
-/* Start serving on `addr` ("host:port", "0.0.0.0:9090", "[::1]:9090").
- * Returns 0, or -1 with a message in err (bad address, port in use). */
-int http_start(const char *addr, char *err, size_t errlen);
+/* Start serving on `addr` ("host:port", "0.0.0.0:9090", "[::1]:9090"), at
+ * most 64 connections; a request (headers, and its response) taking longer
+ * than request_timeout_ms in total is cut off (--metrics-request-timeout,
+ * see http_guard.h). Returns 0, or -1 with a message in err (bad address,
+ * port in use). */
+int http_start(const char *addr, int64_t request_timeout_ms, char *err, size_t errlen);
 /* Stop the server and wait for in-flight requests. Safe to call when not started. */
 void http_stop(void);
 

@@ -117,9 +117,8 @@ static int parse_timestamp(const char *s, int64_t *out)
     return 0;
 }
 
-int webhook_verify(const char *secret, size_t secret_len, const char *timestamp,
-                   const char *signature, const void *body, size_t body_len, int64_t now_s,
-                   int64_t tolerance_s, const char **why)
+int webhook_check_signature_headers(const char *timestamp, const char *signature, int64_t now_s,
+                                    int64_t tolerance_s, const char **why)
 {
     int64_t ts;
     if (!timestamp || !*timestamp) {
@@ -144,6 +143,16 @@ int webhook_verify(const char *secret, size_t secret_len, const char *timestamp,
         *why = "malformed " WEBHOOK_SIGNATURE_HEADER " header (expected sha256=<64 hex digits>)";
         return -1;
     }
+    return 0;
+}
+
+int webhook_verify(const char *secret, size_t secret_len, const char *timestamp,
+                   const char *signature, const void *body, size_t body_len, int64_t now_s,
+                   int64_t tolerance_s, const char **why)
+{
+    if (webhook_check_signature_headers(timestamp, signature, now_s, tolerance_s, why) < 0)
+        return -1;
+    size_t plen = strlen(WEBHOOK_SIGNATURE_PREFIX);
     char given[WEBHOOK_HEX_LEN], expected[WEBHOOK_HEX_LEN];
     for (size_t i = 0; i < WEBHOOK_HEX_LEN - 1; i++)
         given[i] = (char)tolower((unsigned char)signature[plen + i]);

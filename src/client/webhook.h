@@ -44,6 +44,16 @@ int webhook_sha256_end(webhook_sha256 *h, char out[WEBHOOK_HEX_LEN]);
 int webhook_secret_equal(const void *a, size_t alen, const void *b, size_t blen);
 
 /*
+ * The checks of webhook_verify() that need no body: both headers present, the
+ * timestamp well formed and within tolerance_s of now_s, the signature of the
+ * form "sha256=<64 hex digits>". A receiver runs them when the headers are
+ * complete, so a request that cannot pass is refused before its body is read.
+ * Returns 0, or -1 with a short reason in *why (static text).
+ */
+int webhook_check_signature_headers(const char *timestamp, const char *signature, int64_t now_s,
+                                    int64_t tolerance_s, const char **why);
+
+/*
  * Verify a request signature.
  *   timestamp  the X-Pgtrickle-Timestamp value (may be NULL: missing)
  *   signature  the X-Pgtrickle-Signature value (may be NULL: missing)

@@ -18,8 +18,14 @@
  *                       key ("dedup_key"; "" turns that off)
  *   busy_timeout_ms     answer 503 when the pipeline has not taken requests
  *                       for this long (5000)
- *   max_pending_bytes   answer 503 while this many body bytes wait (64 MiB)
+ *   max_pending_bytes   body bytes held in memory at once, uploading, queued
+ *                       or in the batch; beyond it 503 (64 MiB)
+ *   max_unverified_bytes  with signing_secret as the only check: body bytes
+ *                       of requests whose signature is not checked yet
+ *                       (max_pending_bytes / 4)
  *   max_connections     simultaneous connections (1024)
+ *   request_timeout_ms  total time for a request's headers and body, and
+ *                       again for its answer to be taken (30000)
  *   type                "webhook" (or "http")
  *
  * Threads.  libmicrohttpd runs the server on its own thread (epoll). A
@@ -62,6 +68,37 @@
  * element_key_field, else "<Idempotency-Key>:<i>", else a UUID. Payload bytes
  * are stored as sent: never re-serialised, so numbers keep their spelling.
  *
+ * Hostile clients.  Nothing is read that must be refused: the path, the
+ * method, the bearer token / auth header, the presence and age of the
+ * signature headers and a Content-Length over max_body_bytes are checked
+ * when the headers are complete (the access handler's first call), and a
+ * refusal queued then makes libmicrohttpd answer without reading the body
+ * (connection.c: MHD_queue_response in HEADERS_PROCESSED sets
+ * discard_request; with "Expect: 100-continue" the client never sends it).
+ * Memory: every body byte the receiver holds (uploading, queued, in the
+ * worker's batch) is reserved against max_pending_bytes before it is stored:
+ * Content-Length up front (the buffer is allocated at exactly that size), a
+ * chunked body as its buffer grows; the reservation is the buffer's capacity
+ * and is returned when the request is freed. One request is always admitted
+ * when no other holds bytes, so a body up to max_body_bytes passes even with
+ * a smaller max_pending_bytes. When only signing_secret authenticates, the
+ * HMAC covers the body, so anybody can make the receiver store a body before
+ * it can be refused; such bodies are also counted against
+ * max_unverified_bytes until their signature checks out, which bounds what an
+ * unauthenticated flood can hold (verified requests keep the rest).
+ * A refusal that arises while a body is still arriving (a chunked body
+ * growing past max_body_bytes or past a budget) cannot be queued through
+ * libmicrohttpd, whose MHD_queue_response accepts only the states
+ * HEADERS_PROCESSED and FULL_REQ_RECEIVED; refuse_mid_body() writes the
+ * complete answer on the socket itself (nothing else is being written then:
+ * any "100 Continue" is fully sent before the body is read) with
+ * "Connection: close", and returns MHD_NO so libmicrohttpd closes the
+ * connection without reading more. Time: src/http_guard.c gives each request
+ * request_timeout_ms for its headers and body (and again for its answer),
+ * not counting the time it waits, suspended, for the inbox; near
+ * max_connections it sheds the connection that has been receiving the
+ * longest, so a flood of slow clients cannot keep normal senders out.
+ *
  * PostgreSQL unavailable.  The worker stops polling while its connection is
  * down, so the receiver answers new requests with 503 whenever the worker's
  * stats say PostgreSQL is down or poll() has not run for busy_timeout_ms;
@@ -81,6 +118,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -88,6 +126,7 @@
 
 #include "../buf.h"
 #include "../config.h"
+#include "../http_guard.h"
 #include "../log.h"
 #include "../net.h"
 #include "../stats.h"
@@ -104,6 +143,20 @@
 #define MAX_KEY_LEN RELAY_MAX_KEY_BYTES
 #define MAX_EVENTS_PER_REQUEST 100000
 #define STOP_DRAIN_MS 2000
+#define DEFAULT_REQUEST_TIMEOUT_MS 30000
+#define CHUNKED_FIRST_CAP 4096
+/* Under AddressSanitizer every body comes from malloc, so that its bounds are
+ * checked (a mapping of ours would not be). */
+#if defined(__SANITIZE_ADDRESS__)
+#define BODY_MMAP_MIN SIZE_MAX
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BODY_MMAP_MIN SIZE_MAX
+#endif
+#endif
+#ifndef BODY_MMAP_MIN
+#define BODY_MMAP_MIN ((size_t)128 * 1024)
+#endif
 
 typedef enum {
     REQ_READING = 0, /* headers/body being received */
@@ -127,7 +180,8 @@ typedef struct wh_req {
     int suspended;
     int resumed;              /* answered after a suspension (counted in answering) */
     relay_buf body;
-    int too_large;
+    int64_t reserved;         /* bytes reserved for body (its capacity), guarded by mu */
+    int unverified;           /* reserved also counts against max_unverified_bytes */
     char *path;               /* the subject of its events: the decoded path */
     size_t path_len;          /* its bytes (it may hold "%00") */
     char *trace_id;
@@ -157,16 +211,20 @@ typedef struct webhook_source {
     char *element_key_field;  /* NULL: off */
     int64_t busy_timeout_ms;
     int64_t max_pending_bytes;
+    int64_t max_unverified_bytes;
     int64_t max_connections;
+    int64_t request_timeout_ms;
     /* server */
     struct MHD_Daemon *mhd;
+    http_guard *guard;
     int evfd;
     /* shared state, guarded by mu */
     pthread_mutex_t mu;
     wh_req *q_head, *q_tail;  /* queued requests */
     wh_req *b_head;           /* requests of the batch the worker holds */
     size_t queued_requests;
-    int64_t queued_bytes;
+    int64_t held_bytes;       /* body bytes reserved by all live requests */
+    int64_t unverified_bytes; /* of which by requests whose signature is unchecked */
     size_t answering;         /* answered, resumed, response not yet sent */
     struct MHD_Connection **to_resume; /* answered, to resume outside the lock */
     size_t n_resume, cap_resume;
@@ -255,7 +313,8 @@ static relay_source *create_source(const json_t *cfg, relay_worker *w, const rel
     static const char *const keys[] = {
         "type", "listen_addr", "path", "auth_token", "auth_header", "auth_value",
         "signing_secret", "signature_tolerance_s", "max_body_bytes", "batch_size",
-        "element_key_field", "busy_timeout_ms", "max_pending_bytes", "max_connections", NULL};
+        "element_key_field", "busy_timeout_ms", "max_pending_bytes", "max_unverified_bytes",
+        "max_connections", "request_timeout_ms", NULL};
     const char *listen;
     char host[256], port[16];
     webhook_source *s = xcalloc(1, sizeof *s);
@@ -282,8 +341,12 @@ static relay_source *create_source(const json_t *cfg, relay_worker *w, const rel
                 errlen) < 0 ||
         cfg_int(cfg, "source", "max_pending_bytes", DEFAULT_MAX_PENDING, 1024, (int64_t)1 << 40,
                 &s->max_pending_bytes, err, errlen) < 0 ||
+        cfg_int(cfg, "source", "max_unverified_bytes", s->max_pending_bytes / 4, 1024,
+                (int64_t)1 << 40, &s->max_unverified_bytes, err, errlen) < 0 ||
         cfg_int(cfg, "source", "max_connections", 1024, 1, 65536, &s->max_connections, err,
-                errlen) < 0)
+                errlen) < 0 ||
+        cfg_int(cfg, "source", "request_timeout_ms", DEFAULT_REQUEST_TIMEOUT_MS, 100, 3600000,
+                &s->request_timeout_ms, err, errlen) < 0)
         goto fail;
     return &s->base;
 fail:
@@ -303,12 +366,103 @@ static relay_source *http_create(const json_t *cfg, relay_worker *w, char *err, 
 
 /* ---- requests ----------------------------------------------------------- */
 
-static void req_free(wh_req *r)
+/*
+ * Body buffers.  A body of BODY_MMAP_MIN bytes or more is mapped directly
+ * (mmap, grown with mremap, munmap when freed) instead of coming from malloc,
+ * so what a body costs is what it reserved: malloc's dynamic mmap threshold
+ * would keep large freed bodies in its heap (resident), and realloc would hold
+ * two copies while growing a chunked body. Untouched pages of a mapping are
+ * not resident either, so a client that declares a large Content-Length and
+ * sends little costs little. Returns 0, or -1 when the memory is not there.
+ */
+static int body_set_cap(relay_buf *b, size_t cap)
 {
+    void *p;
+    if (cap < BODY_MMAP_MIN) {
+        p = realloc(b->data, cap);
+        if (!p)
+            return -1;
+    } else if (b->cap >= BODY_MMAP_MIN) {
+        p = mremap(b->data, b->cap, cap, MREMAP_MAYMOVE);
+        if (p == MAP_FAILED)
+            return -1;
+    } else {
+        p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return -1;
+        if (b->data)
+            memcpy(p, b->data, b->len + 1);
+        free(b->data);
+    }
+    if (!b->data)
+        ((char *)p)[0] = '\0';
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void body_free(relay_buf *b)
+{
+    if (b->cap >= BODY_MMAP_MIN)
+        munmap(b->data, b->cap);
+    else
+        free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+/* Return r's body reservation. Caller holds s->mu. */
+static void release_locked(webhook_source *s, wh_req *r)
+{
+    s->held_bytes -= r->reserved;
+    if (r->unverified)
+        s->unverified_bytes -= r->reserved;
+    r->reserved = 0;
+    r->unverified = 0;
+}
+
+/* Reserve n more body bytes for r, or say why not: another request holds
+ * bytes and the total would pass max_pending_bytes (or, for an unverified
+ * body, max_unverified_bytes). Caller holds s->mu. */
+static const char *reserve_locked(webhook_source *s, wh_req *r, int64_t n)
+{
+    if (s->held_bytes > r->reserved && s->held_bytes + n > s->max_pending_bytes)
+        return "too many requests are waiting";
+    if (r->unverified && s->unverified_bytes > r->reserved &&
+        s->unverified_bytes + n > s->max_unverified_bytes)
+        return "too many unsigned bodies are being received";
+    s->held_bytes += n;
+    if (r->unverified)
+        s->unverified_bytes += n;
+    r->reserved += n;
+    return NULL;
+}
+
+static const char *reserve(webhook_source *s, wh_req *r, int64_t n)
+{
+    pthread_mutex_lock(&s->mu);
+    const char *why = reserve_locked(s, r, n);
+    pthread_mutex_unlock(&s->mu);
+    return why;
+}
+
+/* Free r's body now (it is refused) and return its reservation. */
+static void drop_body(webhook_source *s, wh_req *r)
+{
+    pthread_mutex_lock(&s->mu);
+    release_locked(s, r);
+    pthread_mutex_unlock(&s->mu);
+    body_free(&r->body);
+}
+
+/* Caller holds s->mu. */
+static void req_free(webhook_source *s, wh_req *r)
+{
+    release_locked(s, r);
     for (size_t i = 0; i < r->nevents; i++)
         free(r->events[i].key);
     free(r->events);
-    buf_free(&r->body);
+    body_free(&r->body);
     free(r->path);
     free(r->trace_id);
     free(r->answer);
@@ -316,10 +470,10 @@ static void req_free(wh_req *r)
 }
 
 /* Drop one reference; the caller holds s->mu. */
-static void req_unref_locked(wh_req *r)
+static void req_unref_locked(webhook_source *s, wh_req *r)
 {
     if (--r->refs == 0)
-        req_free(r);
+        req_free(s, r);
 }
 
 static void count(webhook_source *s, unsigned status)
@@ -373,6 +527,7 @@ static enum MHD_Result respond(webhook_source *s, struct MHD_Connection *conn, u
     enum MHD_Result ret = MHD_queue_response(conn, status, r);
     MHD_destroy_response(r);
     count(s, status);
+    http_guard_responding(conn);
     return ret;
 }
 
@@ -398,24 +553,10 @@ static const char *not_taking_locked(webhook_source *s)
     return NULL;
 }
 
-/* Why a new request of `incoming_bytes` cannot be queued now, or NULL: the
- * pipeline is not taking requests, or the queue is full (one request is
- * always admitted). Caller holds s->mu. */
-static const char *unavailable_locked(webhook_source *s, size_t incoming_bytes)
-{
-    const char *why = not_taking_locked(s);
-    if (why)
-        return why;
-    if (s->queued_requests > 0 &&
-        s->queued_bytes + (int64_t)incoming_bytes > s->max_pending_bytes)
-        return "too many requests are waiting";
-    return NULL;
-}
-
-static const char *unavailable(webhook_source *s, size_t incoming_bytes)
+static const char *not_taking(webhook_source *s)
 {
     pthread_mutex_lock(&s->mu);
-    const char *why = unavailable_locked(s, incoming_bytes);
+    const char *why = not_taking_locked(s);
     pthread_mutex_unlock(&s->mu);
     return why;
 }
@@ -510,6 +651,12 @@ static unsigned check_headers(webhook_source *s, struct MHD_Connection *conn, co
     }
     if (check_auth(s, conn, why) < 0)
         return MHD_HTTP_UNAUTHORIZED;
+    if (s->secret &&
+        webhook_check_signature_headers(
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, WEBHOOK_TIMESTAMP_HEADER),
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, WEBHOOK_SIGNATURE_HEADER),
+            (int64_t)time(NULL), s->tolerance_s, why) < 0)
+        return MHD_HTTP_UNAUTHORIZED;
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl && strspn(cl, "0123456789") == strlen(cl) &&
@@ -517,9 +664,22 @@ static unsigned check_headers(webhook_source *s, struct MHD_Connection *conn, co
         *why = "request body too large";
         return MHD_HTTP_CONTENT_TOO_LARGE;
     }
-    if ((*why = unavailable(s, 0)) != NULL)
+    if ((*why = not_taking(s)) != NULL)
         return MHD_HTTP_SERVICE_UNAVAILABLE;
     return 0;
+}
+
+/* The declared Content-Length (at most max_body_bytes: check_headers ran),
+ * or -1 when the body is chunked or has no length. */
+static int64_t content_length(struct MHD_Connection *conn)
+{
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    if (!cl || te || !*cl || strspn(cl, "0123456789") != strlen(cl) || strlen(cl) > 15)
+        return -1;
+    return strtoll(cl, NULL, 10);
 }
 
 /* ---- bodies -------------------------------------------------------------- */
@@ -803,22 +963,29 @@ static enum MHD_Result request_complete(webhook_source *s, struct MHD_Connection
 {
     char why[512];
     const char *idem, *reason;
-    if (r->too_large)
-        return reject(s, conn, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large");
     if (s->secret) {
         const char *ts = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      WEBHOOK_TIMESTAMP_HEADER);
         const char *sig = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                       WEBHOOK_SIGNATURE_HEADER);
         if (webhook_verify(s->secret, strlen(s->secret), ts, sig, r->body.data, r->body.len,
-                           (int64_t)time(NULL), s->tolerance_s, &reason) < 0)
+                           (int64_t)time(NULL), s->tolerance_s, &reason) < 0) {
+            drop_body(s, r);
             return reject(s, conn, MHD_HTTP_UNAUTHORIZED, reason);
+        }
+        pthread_mutex_lock(&s->mu); /* signed: no longer counted as unverified */
+        if (r->unverified)
+            s->unverified_bytes -= r->reserved;
+        r->unverified = 0;
+        pthread_mutex_unlock(&s->mu);
     }
     unsigned st = check_idempotency_key(conn, &idem, why, sizeof why);
     if (st == 0)
         st = parse_body(s, content_type_is_json(conn), r, idem, why, sizeof why);
-    if (st != 0)
+    if (st != 0) {
+        drop_body(s, r);
         return reject(s, conn, st, why);
+    }
     relay_buf path = {0};
     decode_path(url, &path);
     r->path_len = path.len;
@@ -826,11 +993,15 @@ static enum MHD_Result request_complete(webhook_source *s, struct MHD_Connection
     buf_free(&path);
     r->trace_id = trace_header(conn);
 
-    reason = unavailable(s, r->body.len);
-    if (reason)
+    reason = not_taking(s);
+    if (reason) {
+        drop_body(s, r);
         return reject(s, conn, MHD_HTTP_SERVICE_UNAVAILABLE, reason);
+    }
     /* Suspend before the worker can see it, so a resume always follows it;
-     * never call into libmicrohttpd with s->mu held. */
+     * never call into libmicrohttpd with s->mu held. While suspended the
+     * request is not timed (http_guard.h). */
+    http_guard_waiting(conn);
     MHD_suspend_connection(conn);
     pthread_mutex_lock(&s->mu);
     r->suspended = 1;
@@ -848,7 +1019,6 @@ static enum MHD_Result request_complete(webhook_source *s, struct MHD_Connection
         s->q_head = r;
     s->q_tail = r;
     s->queued_requests++;
-    s->queued_bytes += (int64_t)r->body.len;
     pthread_mutex_unlock(&s->mu);
     wake_poll(s);
     publish_position(s);
@@ -865,6 +1035,103 @@ static enum MHD_Result send_answer(webhook_source *s, struct MHD_Connection *con
     return respond(s, conn, status, body ? body : error_body("no answer"));
 }
 
+/*
+ * Answer `status` now, while the body is still arriving, and have the
+ * connection closed without reading more (see "Hostile clients" above for why
+ * the answer is written here and not queued through libmicrohttpd). Frees the
+ * body. Returns MHD_NO, which the access handler returns.
+ */
+static enum MHD_Result refuse_mid_body(webhook_source *s, struct MHD_Connection *conn, wh_req *r,
+                                       unsigned status, const char *why)
+{
+    drop_body(s, r);
+    log_trace(s->base.w ? s->base.w->cfg.name : NULL, "webhook receiver: %u %s (mid-body)", status,
+              why);
+    char *body = error_body(why);
+    relay_buf msg = {0};
+    buf_printf(&msg, "HTTP/1.1 %u %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+               "Content-Length: %zu\r\n%s\r\n%s",
+               status, MHD_get_reason_phrase_for(status), strlen(body),
+               status == MHD_HTTP_SERVICE_UNAVAILABLE ? "Retry-After: 1\r\n" : "", body);
+    free(body);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci) {
+        /* Non-blocking; the socket's send buffer is empty in this state, so
+         * the few hundred bytes go out at once. A short write only truncates
+         * an answer the client will not get anyway. */
+        ssize_t n = send(ci->connect_fd, msg.data, msg.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)n;
+        (void)shutdown(ci->connect_fd, SHUT_WR);
+    }
+    buf_free(&msg);
+    count(s, status);
+    return MHD_NO;
+}
+
+/* Store one piece of the body, reserving memory first (see "Hostile
+ * clients"). Returns MHD_YES, or the result of a refusal. */
+static enum MHD_Result take_upload(webhook_source *s, struct MHD_Connection *conn, wh_req *r,
+                                   const char *data, size_t n)
+{
+    if ((int64_t)(r->body.len + n) > s->max_body)
+        return refuse_mid_body(s, conn, r, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large");
+    size_t need = r->body.len + n + 1;
+    if (need > r->body.cap) {
+        /* A chunked body (a Content-Length body was allocated whole): double,
+         * but never past max_body_bytes + 1. */
+        size_t cap = r->body.cap ? 2 * r->body.cap : CHUNKED_FIRST_CAP;
+        if (cap > (size_t)s->max_body + 1)
+            cap = (size_t)s->max_body + 1;
+        if (cap < need)
+            cap = need;
+        const char *why = reserve(s, r, (int64_t)(cap - r->body.cap));
+        if (why)
+            return refuse_mid_body(s, conn, r, MHD_HTTP_SERVICE_UNAVAILABLE, why);
+        if (body_set_cap(&r->body, cap) < 0) /* the reservation is returned with the body */
+            return refuse_mid_body(s, conn, r, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
+    }
+    memcpy(r->body.data + r->body.len, data, n);
+    r->body.len += n;
+    r->body.data[r->body.len] = '\0';
+    return MHD_YES;
+}
+
+/* First call, headers complete: refuse what can be refused before any body
+ * byte is read, reserve a declared Content-Length. Returns the new request,
+ * or NULL with the refusal queued in *ret. */
+static wh_req *request_start(webhook_source *s, struct MHD_Connection *conn, const char *url,
+                             const char *method, enum MHD_Result *ret)
+{
+    const char *why = NULL;
+    unsigned st = check_headers(s, conn, url, method, &why);
+    if (st != 0) {
+        *ret = reject(s, conn, st, why); /* the body, if any, is never read */
+        return NULL;
+    }
+    wh_req *r = xcalloc(1, sizeof *r);
+    r->conn = conn;
+    r->refs = 1; /* libmicrohttpd's reference, dropped in on_completed */
+    /* The HMAC covers the body: with no other check the sender is unknown
+     * until the whole body is in. */
+    r->unverified = s->secret && !s->auth_token && !s->auth_header;
+    int64_t cl = content_length(conn);
+    if (cl >= 0) {
+        why = reserve(s, r, cl + 1);
+        if (!why && body_set_cap(&r->body, (size_t)cl + 1) < 0)
+            why = "out of memory";
+        if (why) {
+            pthread_mutex_lock(&s->mu);
+            release_locked(s, r);
+            pthread_mutex_unlock(&s->mu);
+            free(r);
+            *ret = reject(s, conn, MHD_HTTP_SERVICE_UNAVAILABLE, why);
+            return NULL;
+        }
+    }
+    return r;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -874,15 +1141,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     webhook_source *s = cls;
     wh_req *r = *con_cls;
     if (!r) {
-        const char *why = NULL;
-        unsigned st = check_headers(s, conn, url, method, &why);
-        if (st != 0)
-            return reject(s, conn, st, why); /* the body, if any, is discarded */
-        r = xcalloc(1, sizeof *r);
-        r->conn = conn;
-        r->refs = 1; /* libmicrohttpd's reference, dropped in on_completed */
+        enum MHD_Result ret = MHD_YES;
+        r = request_start(s, conn, url, method, &ret);
         *con_cls = r;
-        return MHD_YES;
+        return ret;
     }
     if (r->state == REQ_ANSWERED)
         return send_answer(s, conn, r);
@@ -890,26 +1152,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES; /* queued: nothing to do until it is answered */
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
-        if (!r->too_large && r->body.len + n > (size_t)s->max_body) {
-            r->too_large = 1; /* chunked body: keep reading, then answer 413 */
-            buf_free(&r->body);
-        }
-        if (!r->too_large)
-            buf_append(&r->body, upload_data, n);
         *upload_data_size = 0;
-        return MHD_YES;
+        return take_upload(s, conn, r, upload_data, n);
     }
-    (void)upload_data;
     return request_complete(s, conn, r, url);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
     (void)toe;
     webhook_source *s = cls;
     wh_req *r = *con_cls;
+    http_guard_request_done(conn);
     if (!r)
         return;
     *con_cls = NULL;
@@ -917,20 +1172,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r->state == REQ_ANSWERED && r->resumed)
         s->answering--;
     r->conn = NULL;
-    req_unref_locked(r);
+    req_unref_locked(s, r);
     pthread_mutex_unlock(&s->mu);
-}
-
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
-{
-    webhook_source *s = cls;
-    relay_buf line = {0};
-    buf_vprintf(&line, fmt, ap);
-    while (line.len && (line.data[line.len - 1] == '\n' || line.data[line.len - 1] == '\r'))
-        line.data[--line.len] = '\0';
-    log_warn(s->base.w ? s->base.w->cfg.name : NULL, "webhook receiver: %s",
-             line.data ? line.data : "");
-    buf_free(&line);
 }
 
 /* ---- answering ------------------------------------------------------------- */
@@ -954,7 +1197,7 @@ static void answer_locked(webhook_source *s, wh_req *r, unsigned status, char *b
         }
         s->to_resume[s->n_resume++] = r->conn;
     }
-    req_unref_locked(r);
+    req_unref_locked(s, r);
 }
 
 /* Resume the connections answered so far, without holding s->mu: the
@@ -992,7 +1235,6 @@ static void fail_queue_locked(webhook_source *s, const char *why)
     wh_req *r = s->q_head;
     s->q_head = s->q_tail = NULL;
     s->queued_requests = 0;
-    s->queued_bytes = 0;
     while (r) {
         wh_req *next = r->next;
         r->next = NULL;
@@ -1031,9 +1273,12 @@ static void publish_position(webhook_source *s)
     size_t queued = s->queued_requests, in_batch = 0;
     for (wh_req *r = s->b_head; r; r = r->next)
         in_batch++;
+    int64_t held = s->held_bytes, unverified = s->unverified_bytes;
     pthread_mutex_unlock(&s->mu);
-    buf_printf(&b, ",\"queued_requests\":%zu,\"batch_requests\":%zu,\"responses\":{", queued,
-               in_batch);
+    buf_printf(&b,
+               ",\"queued_requests\":%zu,\"batch_requests\":%zu,\"body_bytes\":%" PRId64
+               ",\"unverified_body_bytes\":%" PRId64 ",\"responses\":{",
+               queued, in_batch, held, unverified);
     for (int k = 0; k < CNT_N; k++)
         buf_printf(&b, "%s\"%s\":%" PRIu64, k ? "," : "", count_names[k],
                    atomic_load(&s->counts[k]));
@@ -1062,22 +1307,37 @@ static int wh_open(relay_source *base, char *err, size_t errlen)
     int fd = net_listen(s->listen_addr, 1024, &family, "source.listen_addr", err, errlen);
     if (fd < 0)
         return -1;
+    http_guard_cfg gc = {.server = "webhook",
+                         .pipeline = base->w ? base->w->cfg.name : NULL,
+                         .max_connections = (unsigned)s->max_connections,
+                         .request_timeout_ms = s->request_timeout_ms};
+    s->guard = http_guard_create(&gc);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     if (family == AF_INET6)
         flags |= MHD_USE_IPv6;
     s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
-                              MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+                              MHD_OPTION_EXTERNAL_LOGGER, http_guard_mhd_log, s->guard,
                               MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                               MHD_OPTION_UNESCAPE_CALLBACK, keep_escapes, NULL,
+                              MHD_OPTION_NOTIFY_CONNECTION, http_guard_on_connection, s->guard,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
                               MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->max_connections,
                               MHD_OPTION_END);
     if (!s->mhd) {
         close(fd);
+        http_guard_destroy(s->guard);
+        s->guard = NULL;
         snprintf(err, errlen, "source.listen_addr %s: cannot start the HTTP server",
                  s->listen_addr);
+        return -1;
+    }
+    if (http_guard_start(s->guard, err, errlen) < 0) {
+        MHD_stop_daemon(s->mhd); /* nothing was accepted yet that needs an answer */
+        s->mhd = NULL;
+        http_guard_destroy(s->guard);
+        s->guard = NULL;
         return -1;
     }
     log_info(base->w ? base->w->cfg.name : NULL, "webhook receiver listening on %s, path %s",
@@ -1097,7 +1357,6 @@ static void take_requests_locked(webhook_source *s, size_t max, wh_req **taken)
         if (!s->q_head)
             s->q_tail = NULL;
         s->queued_requests--;
-        s->queued_bytes -= (int64_t)r->body.len;
         r->next = NULL;
         r->state = REQ_IN_BATCH;
         events += r->nevents;
@@ -1271,6 +1530,8 @@ static void stop_server(webhook_source *s)
     }
     MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
+    http_guard_destroy(s->guard); /* after the daemon: it reported every connection closed */
+    s->guard = NULL;
 }
 
 static void wh_destroy(relay_source *base)
@@ -1325,7 +1586,14 @@ unsigned webhook_body_events(const char *body, size_t len, int declared_json,
     /* parse_body only reads element_key_field of its source. */
     webhook_source s = {.element_key_field = (char *)element_key_field};
     wh_req *r = xcalloc(1, sizeof *r);
-    buf_append(&r->body, body, len);
+    if (body_set_cap(&r->body, len + 1) < 0) {
+        free(r);
+        snprintf(why, whylen, "out of memory");
+        return MHD_HTTP_SERVICE_UNAVAILABLE;
+    }
+    memcpy(r->body.data, body, len);
+    r->body.len = len;
+    r->body.data[len] = '\0';
     unsigned st = parse_body(&s, declared_json, r, idempotency_key, why, whylen);
     for (size_t i = 0; st == 0 && i < r->nevents; i++) {
         relay_msg *m = batch_add(b);
@@ -1335,6 +1603,6 @@ unsigned webhook_body_events(const char *body, size_t len, int declared_json,
         m->payload_is_json = r->events[i].is_json;
         m->dedup_key = arena_strdup(&b->arena, r->events[i].key);
     }
-    req_free(r);
+    req_free(&s, r); /* no reservation to return: reserved is 0 */
     return st;
 }

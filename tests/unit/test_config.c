@@ -24,7 +24,8 @@ static void clear_env(void)
 {
     static const char *const vars[] = {"PGTRICKLE_RELAY_POSTGRES_URL", "PGTRICKLE_RELAY_METRICS_ADDR",
         "PGTRICKLE_RELAY_LOG_FORMAT", "PGTRICKLE_RELAY_LOG_LEVEL", "PGTRICKLE_RELAY_GROUP_ID",
-        "PGTRICKLE_RELAY_DISCOVERY_INTERVAL", "PGTRICKLE_RELAY_SHUTDOWN_TIMEOUT", NULL};
+        "PGTRICKLE_RELAY_DISCOVERY_INTERVAL", "PGTRICKLE_RELAY_SHUTDOWN_TIMEOUT",
+        "PGTRICKLE_RELAY_METRICS_REQUEST_TIMEOUT", NULL};
     for (int i = 0; vars[i]; i++)
         unsetenv(vars[i]);
 }
@@ -57,6 +58,7 @@ static void options_defaults_and_flags(void **state)
     assert_int_equal(o.log_level, LOG_INFO);
     assert_int_equal(o.discovery_interval_ms, 5000);
     assert_int_equal(o.shutdown_timeout_ms, 30000);
+    assert_int_equal(o.metrics_request_timeout_ms, 10000);
     options_free(&o);
 
     assert_int_equal(parse(&o, &cmd, err, 9, "init", "--postgres-url=u", "--log-format", "json",
@@ -67,6 +69,11 @@ static void options_defaults_and_flags(void **state)
     assert_int_equal(o.discovery_interval_ms, 250);
     assert_int_equal(o.shutdown_timeout_ms, 120000);
     assert_string_equal(o.group_id, "dc1");
+    options_free(&o);
+
+    assert_int_equal(parse(&o, &cmd, err, 5, "--postgres-url", "u", "--metrics-request-timeout",
+                           "2500ms"), 0);
+    assert_int_equal(o.metrics_request_timeout_ms, 2500);
     options_free(&o);
 }
 
@@ -110,6 +117,20 @@ static void options_errors_name_the_flag(void **state)
     options_free(&o);
     assert_int_equal(parse(&o, &cmd, err, 5, "--postgres-url", "u", "--discovery-interval", "soon"), -1);
     assert_non_null(strstr(err, "--discovery-interval"));
+    options_free(&o);
+    /* The request deadline: 100 ms to 1 h. */
+    assert_int_equal(parse(&o, &cmd, err, 5, "--postgres-url", "u", "--metrics-request-timeout",
+                           "50ms"), -1);
+    assert_non_null(strstr(err, "--metrics-request-timeout"));
+    options_free(&o);
+    assert_int_equal(parse(&o, &cmd, err, 4, "--postgres-url", "u", "--metrics-request-timeout=2h"),
+                     -1);
+    assert_non_null(strstr(err, "--metrics-request-timeout"));
+    options_free(&o);
+    setenv("PGTRICKLE_RELAY_METRICS_REQUEST_TIMEOUT", "never", 1);
+    assert_int_equal(parse(&o, &cmd, err, 3, "--postgres-url", "u"), -1);
+    assert_non_null(strstr(err, "PGTRICKLE_RELAY_METRICS_REQUEST_TIMEOUT"));
+    unsetenv("PGTRICKLE_RELAY_METRICS_REQUEST_TIMEOUT");
     options_free(&o);
     assert_int_equal(parse(&o, &cmd, err, 4, "--postgres-url", "u", "--metrics-addr"), -1);
     assert_non_null(strstr(err, "missing value"));

@@ -4,7 +4,9 @@
  *
  * Renderers are checked line by line against the exact exposition text;
  * JSON bodies are parsed back with jansson. The server tests talk HTTP/1.0
- * over a plain socket, so the test needs nothing beyond the relay itself.
+ * over a plain socket, so the test needs nothing beyond the relay itself;
+ * they include clients that never finish their headers (the request deadline
+ * and the shedding of src/http_guard.c).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -554,8 +558,8 @@ static void test_server_endpoints(void **state)
     int port = free_port();
     char addr[64], err[256];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-    assert_int_equal(http_start(addr, err, sizeof err), 0);
-    assert_int_equal(http_start(addr, err, sizeof err), -1); /* already running */
+    assert_int_equal(http_start(addr, 10000, err, sizeof err), 0);
+    assert_int_equal(http_start(addr, 10000, err, sizeof err), -1); /* already running */
 
     char *r = http_request(AF_INET, port, "GET", "/metrics");
     assert_status_line(r, 200);
@@ -611,6 +615,103 @@ static void test_server_endpoints(void **state)
     stats_unregister(a);
 }
 
+/* A connected socket that has sent a request line and one header, and never
+ * finishes the headers. */
+static int slow_client(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    static const char head[] = "GET /health HTTP/1.1\r\nHost: localhost\r\n";
+    assert_int_equal(write(fd, head, sizeof head - 1), (ssize_t)(sizeof head - 1));
+    return fd;
+}
+
+/* 1 once the server has closed fd (EOF or reset), 0 while it is open. */
+static int closed_by_server(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 0) <= 0)
+        return 0;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT);
+    return n <= 0;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void test_server_request_deadline(void **state)
+{
+    (void)state;
+    int port = free_port();
+    char addr[64], err[256];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    assert_int_equal(http_start(addr, 400, err, sizeof err), 0);
+    /* A header line every 100 ms: never idle, never done. */
+    int fd = slow_client(port);
+    int64_t t0 = mono_ms(), closed_at = -1;
+    for (int i = 0; i < 30 && closed_at < 0; i++) {
+        poll(NULL, 0, 100);
+        if (closed_by_server(fd)) {
+            closed_at = mono_ms() - t0;
+            break;
+        }
+        char line[32];
+        int n = snprintf(line, sizeof line, "X-Slow-%d: %d\r\n", i, i);
+        (void)send(fd, line, (size_t)n, MSG_NOSIGNAL);
+    }
+    close(fd);
+    if (closed_at < 350 || closed_at > 1500)
+        fail_msg("a slow client was closed after %lld ms (deadline 400 ms)", (long long)closed_at);
+    char *m = render_metrics();
+    assert_has_line(m, "pgtrickle_relay_http_requests_timed_out_total{server=\"metrics\"} 1");
+    free(m);
+    http_stop();
+}
+
+static void test_server_sheds_slow_clients(void **state)
+{
+    (void)state;
+    int port = free_port();
+    char addr[64], err[256];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    assert_int_equal(http_start(addr, 10000, err, sizeof err), 0);
+    /* 70 clients that never finish (the limit is 64): /health still answers. */
+    int fds[70];
+    for (int i = 0; i < 70; i++)
+        fds[i] = slow_client(port);
+    char *r = http_request(AF_INET, port, "GET", "/health");
+    assert_status_line(r, 200);
+    free(r);
+    /* The oldest went first: the first clients are closed, the last are not. */
+    poll(NULL, 0, 200);
+    assert_true(closed_by_server(fds[0]));
+    assert_false(closed_by_server(fds[69]));
+    char *m = render_metrics();
+    const char *line = strstr(m, "pgtrickle_relay_http_connections_shed_total{server=\"metrics\"} ");
+    assert_non_null(line);
+    long shed = strtol(line + strlen("pgtrickle_relay_http_connections_shed_total{server=\"metrics\"} "),
+                       NULL, 10);
+    if (shed < 14)
+        fail_msg("expected at least 14 shed connections, got %ld", shed);
+    assert_non_null(strstr(m, "pgtrickle_relay_http_connections{server=\"metrics\"} "));
+    free(m);
+    for (int i = 0; i < 70; i++)
+        close(fds[i]);
+    http_stop();
+    /* The listener is gone from /metrics with its server. */
+    m = render_metrics();
+    assert_null(strstr(m, "{server=\"metrics\"}"));
+    free(m);
+}
+
 static void test_server_ipv6(void **state)
 {
     (void)state;
@@ -627,7 +728,7 @@ static void test_server_ipv6(void **state)
     int port = ntohs(sa.sin6_port);
     char addr[64], err[256];
     snprintf(addr, sizeof addr, "[::1]:%d", port);
-    assert_int_equal(http_start(addr, err, sizeof err), 0);
+    assert_int_equal(http_start(addr, 10000, err, sizeof err), 0);
     char *r = http_request(AF_INET6, port, "GET", "/health");
     assert_status_line(r, 200);
     free(r);
@@ -638,13 +739,13 @@ static void test_server_bad_addresses(void **state)
 {
     (void)state;
     char err[256];
-    assert_int_equal(http_start("nonsense", err, sizeof err), -1);
+    assert_int_equal(http_start("nonsense", 10000, err, sizeof err), -1);
     assert_non_null(strstr(err, "nonsense"));
-    assert_int_equal(http_start("127.0.0.1:", err, sizeof err), -1);
-    assert_int_equal(http_start("127.0.0.1:http", err, sizeof err), -1);
-    assert_int_equal(http_start("::1:9090", err, sizeof err), -1);
-    assert_int_equal(http_start("[::1:9090", err, sizeof err), -1);
-    assert_int_equal(http_start("no.such.host.invalid:9090", err, sizeof err), -1);
+    assert_int_equal(http_start("127.0.0.1:", 10000, err, sizeof err), -1);
+    assert_int_equal(http_start("127.0.0.1:http", 10000, err, sizeof err), -1);
+    assert_int_equal(http_start("::1:9090", 10000, err, sizeof err), -1);
+    assert_int_equal(http_start("[::1:9090", 10000, err, sizeof err), -1);
+    assert_int_equal(http_start("no.such.host.invalid:9090", 10000, err, sizeof err), -1);
 
     /* A port in use is reported with the system's reason. */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -655,7 +756,7 @@ static void test_server_bad_addresses(void **state)
     assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", ntohs(sa.sin_port));
-    assert_int_equal(http_start(addr, err, sizeof err), -1);
+    assert_int_equal(http_start(addr, 10000, err, sizeof err), -1);
     assert_non_null(strstr(err, "Address already in use"));
     close(fd);
     http_stop(); /* safe when never started */
@@ -679,6 +780,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status_invalid_utf8_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_endpoints, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_server_request_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_server_sheds_slow_clients, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_ipv6, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_bad_addresses, setup, teardown),
     };

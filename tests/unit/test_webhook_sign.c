@@ -88,6 +88,31 @@ static void verify_rejects(void **state)
     assert_string_equal(why, "signature does not match");
 }
 
+/* The header-only checks a receiver runs before reading the body: they refuse
+ * what webhook_verify() would refuse for any body, and pass a well-formed,
+ * fresh pair whatever its digest. */
+static void signature_headers(void **state)
+{
+    (void)state;
+    const char *why = NULL;
+    assert_int_equal(webhook_check_signature_headers("1700000000", "sha256=" SIG_HEX, NOW, 300, &why), 0);
+    char other[80] = "sha256=";
+    memset(other + 7, 'f', 64);
+    other[71] = '\0';
+    assert_int_equal(webhook_check_signature_headers("1700000000", other, NOW, 300, &why), 0);
+    assert_int_equal(webhook_check_signature_headers(NULL, "sha256=" SIG_HEX, NOW, 300, &why), -1);
+    assert_non_null(strstr(why, "missing X-Pgtrickle-Timestamp"));
+    assert_int_equal(webhook_check_signature_headers("1700000000", "", NOW, 300, &why), -1);
+    assert_non_null(strstr(why, "missing X-Pgtrickle-Signature"));
+    assert_int_equal(webhook_check_signature_headers("now", "sha256=" SIG_HEX, NOW, 300, &why), -1);
+    assert_non_null(strstr(why, "malformed X-Pgtrickle-Timestamp"));
+    assert_int_equal(webhook_check_signature_headers("1700000000", "sha256=" SIG_HEX, NOW + 301, 300,
+                                                     &why), -1);
+    assert_non_null(strstr(why, "stale"));
+    assert_int_equal(webhook_check_signature_headers("1700000000", "md5=abc", NOW, 300, &why), -1);
+    assert_non_null(strstr(why, "malformed X-Pgtrickle-Signature"));
+}
+
 static void secret_equal(void **state)
 {
     (void)state;
@@ -105,6 +130,7 @@ int main(void)
         cmocka_unit_test(sha256_known_vector),
         cmocka_unit_test(verify_accepts_valid_signatures),
         cmocka_unit_test(verify_rejects),
+        cmocka_unit_test(signature_headers),
         cmocka_unit_test(secret_equal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
