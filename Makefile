@@ -6,10 +6,16 @@
 #   make sanitize   build in build-asan with ASan+UBSan and run every test with it
 #   make valgrind   run the unit tests under valgrind
 #   make bench      run the benchmarks (bench/run.sh)
+#   make install    build, then install under PREFIX (meson install; DESTDIR honoured)
+#   make uninstall  remove what make install installed
+#   make deb        build the Debian package into build/deb (scripts/build-deb.sh)
+#   make image      build the container image with podman (scripts/build-image.sh)
+#   make image-demo the demo against the container image
 #   make clean      remove the build directories
 #
 # Variables: BUILD (build), ASAN_BUILD (build-asan), BUILDTYPE (debugoptimized),
-# MESON_ARGS (extra `meson setup` options, e.g. -Dkafka=disabled).
+# MESON_ARGS (extra `meson setup` options, e.g. -Dkafka=disabled),
+# PREFIX (/usr/local) and DESTDIR (empty) for make install. docs/install.md.
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
@@ -19,7 +25,10 @@ VALGRIND   ?= valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-ki
 
 SHELL := /bin/bash
 
-.PHONY: all build deps test demo sanitize valgrind bench clean
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+
+.PHONY: all build deps test demo sanitize valgrind bench install uninstall deb image image-demo clean
 
 all: build
 
@@ -62,5 +71,27 @@ bench: build
 		echo "bench/run.sh does not exist yet"; exit 1; \
 	fi
 
+# The prefix is a meson option of the build directory: set it when it differs
+# (the binary does not depend on it; the units and the man path do).
+install: build
+	@if [ "$$(meson introspect --buildoptions $(BUILD) | python3 -c 'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"] == "prefix"][0])')" != "$(PREFIX)" ]; then \
+		echo "meson configure $(BUILD) -Dprefix=$(PREFIX)"; \
+		meson configure $(BUILD) -Dprefix=$(PREFIX); \
+	fi
+	DESTDIR=$(DESTDIR) meson install -C $(BUILD)
+
+uninstall:
+	ninja -C $(BUILD) uninstall
+
+deb:
+	scripts/install-deps.sh
+	scripts/build-deb.sh $(BUILD)/deb
+
+image:
+	scripts/build-image.sh
+
+image-demo: image
+	RELAY_BIN=$(CURDIR)/scripts/container-relay.sh scripts/demo.sh
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) build-image

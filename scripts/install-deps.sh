@@ -20,6 +20,8 @@ PACKAGES=(
     libnats-dev nats-server librdkafka-dev libhiredis-dev librabbitmq-dev
     jq curl valgrind python3 iproute2
     libssl-dev openssl
+    libsystemd-dev systemd man-db groff-base
+    debhelper dpkg-dev lintian
 )
 PACKAGES+=("$@")
 if [ -n "${EXTRA_PACKAGES:-}" ]; then

@@ -97,6 +97,10 @@ snapshot() {   # everything a deployment keeps, as text
 snapshot >"$TEST_TMP/before.txt"
 
 # --- the upgrade -------------------------------------------------------------------
+err=$("$RELAY_BIN" --postgres-url "$DB_URL" --metrics-addr "127.0.0.1:$(free_port)" 2>&1)
+is "$?" 1 "before init, the new relay refuses the version-1 catalog (exit 1)"
+like "$err" "catalog is version 1 but this binary needs $EXPECTED_VERSION: run .pgtrickle-relay init." \
+    "naming the versions and init"
 "$RELAY_BIN" init --postgres-url "$DB_URL" >"$TEST_TMP/init.log" 2>&1
 is "$?" 0 "the new init upgrades the version-1 catalog"
 is "$(sql "SELECT pgtrickle.relay_catalog_version()")" "$EXPECTED_VERSION" \
