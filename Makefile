@@ -8,11 +8,17 @@
 #   make bench      run the benchmarks (bench/run.sh)
 #   make fuzz       build the fuzz targets with clang+libFuzzer in build-fuzz and
 #                   fuzz each for FUZZ_SECONDS (scripts/fuzz.sh, docs/fuzzing.md)
+#   make install    build, then install under PREFIX (meson install; DESTDIR honoured)
+#   make uninstall  remove what make install installed
+#   make deb        build the Debian package into build/deb (scripts/build-deb.sh)
+#   make image      build the container image with podman (scripts/build-image.sh)
+#   make image-demo the demo against the container image
 #   make clean      remove the build directories
 #
 # Variables: BUILD (build), ASAN_BUILD (build-asan), BUILDTYPE (debugoptimized),
 # MESON_ARGS (extra `meson setup` options, e.g. -Dkafka=disabled),
 # FUZZ_BUILD (build-fuzz), FUZZ_SECONDS (30 per target), FUZZ_TARGETS (all).
+# PREFIX (/usr/local) and DESTDIR (empty) for make install. docs/install.md.
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
@@ -25,7 +31,10 @@ FUZZ_TARGETS ?=
 
 SHELL := /bin/bash
 
-.PHONY: all build deps test demo sanitize valgrind bench fuzz clean
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+
+.PHONY: all build deps test demo sanitize valgrind bench fuzz install uninstall deb image image-demo clean
 
 all: build
 
@@ -74,5 +83,27 @@ fuzz:
 	scripts/install-deps.sh
 	FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_TARGETS)
 
+# The prefix is a meson option of the build directory: set it when it differs
+# (the binary does not depend on it; the units and the man path do).
+install: build
+	@if [ "$$(meson introspect --buildoptions $(BUILD) | python3 -c 'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"] == "prefix"][0])')" != "$(PREFIX)" ]; then \
+		echo "meson configure $(BUILD) -Dprefix=$(PREFIX)"; \
+		meson configure $(BUILD) -Dprefix=$(PREFIX); \
+	fi
+	DESTDIR=$(DESTDIR) meson install -C $(BUILD)
+
+uninstall:
+	ninja -C $(BUILD) uninstall
+
+deb:
+	scripts/install-deps.sh
+	scripts/build-deb.sh $(BUILD)/deb
+
+image:
+	scripts/build-image.sh
+
+image-demo: image
+	RELAY_BIN=$(CURDIR)/scripts/container-relay.sh scripts/demo.sh
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) build-image

@@ -22,6 +22,8 @@ PACKAGES=(
     libssl-dev openssl
     # scripts/fuzz.sh: clang, libFuzzer's runtime, llvm-symbolizer for the stacks
     clang libclang-rt-14-dev llvm
+    libsystemd-dev systemd man-db groff-base
+    debhelper dpkg-dev lintian
 )
 PACKAGES+=("$@")
 if [ -n "${EXTRA_PACKAGES:-}" ]; then

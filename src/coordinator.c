@@ -64,6 +64,7 @@
 #include "catalog.h"
 #include "http.h"
 #include "log.h"
+#include "notify.h"
 #include "pg.h"
 #include "stats.h"
 #include "worker.h"
@@ -688,6 +689,7 @@ int coordinator_run(const relay_options *opts)
             }
             if (rc < 0) {
                 stats_set_database(0, err);
+                notify_status();
                 if (first || was_connected)
                     log_warn(NULL, "cannot connect to PostgreSQL: %s (retrying)", err);
                 was_connected = 0;
@@ -699,6 +701,7 @@ int coordinator_run(const relay_options *opts)
                 continue;
             }
             stats_set_database(1, NULL);
+            notify_ready(); /* HTTP listens, catalog checked (once) */
             if (!first)
                 log_info(NULL, "coordinator reconnected to PostgreSQL");
             first = 0;
@@ -747,6 +750,7 @@ int coordinator_run(const relay_options *opts)
             timeout = (int)(1000 - (now_mono_ms() - last_report));
         if (timeout < 0)
             timeout = 0;
+        notify_status();
         struct pollfd p[2] = {{.fd = co.sig_pipe[0], .events = POLLIN},
                               {.fd = PQsocket(co.pg), .events = POLLIN}};
         poll(p, 2, timeout);
@@ -771,6 +775,7 @@ int coordinator_run(const relay_options *opts)
             dirty_report = 1;
     }
 
+    notify_stopping();
     if (atomic_load(&stop_requested))
         log_info(NULL, "shutting down: finishing in-flight batches (timeout %lld ms)",
                  (long long)opts->shutdown_timeout_ms);

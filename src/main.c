@@ -16,6 +16,7 @@
 #include "coordinator.h"
 #include "log.h"
 #include "pg.h"
+#include "version.h"
 
 static void on_signal(int sig)
 {
@@ -57,7 +58,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (cmd == CMD_VERSION) {
-        printf("pgtrickle-relay %s\n", RELAY_VERSION);
+        version_print(stdout);
         options_free(&opts);
         return 0;
     }

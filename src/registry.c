@@ -2,7 +2,8 @@
  * registry.c - compiled-in sources and sinks by config type name.
  *
  * Adding a backend: implement the ops in src/sink/X.c or src/source/X.c,
- * add a meson feature option, and list it here under its HAVE_X define.
+ * add a meson feature option, list it here under its HAVE_X define, and
+ * print its library's version in src/version.c (--version).
  */
 #include "registry.h"
 

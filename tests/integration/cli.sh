@@ -5,7 +5,11 @@
 . "$(dirname "$0")/lib.sh"
 out=$("$RELAY_BIN" --version); rc=$?
 is "$rc" 0 "--version exits 0"
-like "$out" "^pgtrickle-relay [0-9]+\.[0-9]+\.[0-9]+$" "--version prints the version"
+like "$(head -n 1 <<<"$out")" "^pgtrickle-relay [0-9]+\.[0-9]+\.[0-9]+ \(catalog version [0-9]+\)$" \
+    "--version prints the version and the catalog version"
+like "$out" $'\nsources: [^\n]*outbox[^\n]*\nsinks: [^\n]*file' "--version lists the sources and sinks compiled in"
+like "$out" $'\nlibraries:\n  libpq [0-9]+\.[0-9]+\n  jansson [0-9.]+\n' "--version lists the library versions"
+like "$out" "sd_notify (yes|no)" "--version says whether sd_notify is built in"
 like "$("$RELAY_BIN" --help)" "--postgres-url.*PGTRICKLE_RELAY_POSTGRES_URL" "--help lists flags and env vars"
 
 err=$("$RELAY_BIN" --postgres-url x --bogus 2>&1 >/dev/null); rc=$?
