@@ -109,7 +109,10 @@ BEGIN
     END IF;
     -- A pipeline deleted while its worker finished a batch keeps no offset
     -- (a new pipeline of the same name must not resume there).
-    IF NOT EXISTS (SELECT 1 FROM pgtrickle.relay_outbox_config WHERE name = p_pipeline)
+    -- (CDC keeps a marker per slot, 'cdc_slot:<slot>': removed when the
+    -- slot of a deleted pipeline is dropped, relay_slot_dropped().)
+    IF p_pipeline NOT LIKE 'cdc\_slot:%'
+       AND NOT EXISTS (SELECT 1 FROM pgtrickle.relay_outbox_config WHERE name = p_pipeline)
        AND NOT EXISTS (SELECT 1 FROM pgtrickle.relay_inbox_config WHERE name = p_pipeline) THEN
         RETURN p_last_change_id;
     END IF;

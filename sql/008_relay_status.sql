@@ -203,9 +203,14 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pgtrickle, pg_temp
 AS $$
+DECLARE
+    v_found boolean;
 BEGIN
     DELETE FROM pgtrickle.relay_slot_drops WHERE slot = p_slot;
-    RETURN FOUND;
+    v_found := FOUND;
+    -- the CDC source's per-slot marker: a new slot of this name starts afresh
+    DELETE FROM pgtrickle.relay_consumer_offsets WHERE pipeline_id = 'cdc_slot:' || p_slot;
+    RETURN v_found;
 END;
 $$;
 
@@ -232,6 +237,12 @@ AS $$
 DECLARE
     v bigint;
 BEGIN
+    -- read first: an existing offset needs no write (and no lock)
+    SELECT last_change_id INTO v FROM pgtrickle.relay_consumer_offsets
+     WHERE relay_group_id = p_group AND pipeline_id = p_pipeline;
+    IF FOUND THEN
+        RETURN v;
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pgtrickle.relay_outbox_config WHERE name = p_pipeline)
        AND NOT EXISTS (SELECT 1 FROM pgtrickle.relay_inbox_config WHERE name = p_pipeline) THEN
         RETURN COALESCE(p_start, 0);  -- deleted meanwhile: store nothing

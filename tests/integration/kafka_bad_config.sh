@@ -27,7 +27,7 @@ sink s-compression "{\"type\":\"kafka\",\"brokers\":\"$B\",\"compression\":\"bro
 sink s-idempotence "{\"type\":\"kafka\",\"brokers\":\"$B\",\"rdkafka\":{\"enable.idempotence\":false}}"
 sink s-linger "{\"type\":\"kafka\",\"brokers\":\"$B\",\"rdkafka\":{\"linger.ms\":50}}"
 sink s-typo "{\"type\":\"kafka\",\"brokers\":\"$B\",\"topic\":\"$T.x\"}"
-sink s-ca "{\"type\":\"kafka\",\"brokers\":\"$B\",\"security_protocol\":\"ssl\",\"ssl_ca_location\":\"/nonexistent/ca.pem\"}"
+sink s-ca "{\"type\":\"kafka\",\"brokers\":\"$B\",\"security_protocol\":\"ssl\",\"ssl_ca_location\":\"$TEST_TMP/nonexistent/ca.pem\"}"
 sink s-secret "{\"type\":\"kafka\",\"brokers\":\"$B\",\"security_protocol\":\"sasl_plaintext\",\"sasl_mechanism\":\"NOPE\",\"sasl_password\":\"hunter2-secret\"}"
 src k-empty-topic "{\"type\":\"kafka\",\"brokers\":\"$B\",\"topic\":\"\"}"
 src k-no-topic "{\"type\":\"kafka\",\"brokers\":\"$B\"}"
@@ -36,6 +36,11 @@ src k-auto-commit "{\"type\":\"kafka\",\"brokers\":\"$B\",\"topic\":\"$T.in\",\"
 src k-reset "{\"type\":\"kafka\",\"brokers\":\"$B\",\"topic\":\"$T.in\",\"auto_offset_reset\":\"middle\"}"
 src k-group "{\"type\":\"kafka\",\"brokers\":\"$B\",\"topic\":\"$T.in\",\"group_id\":\"\"}"
 src k-topic-list "{\"type\":\"kafka\",\"brokers\":\"$B\",\"topic\":[\"$T.in\", 7]}"
+# what would reach the relay's host (issue 11): code, commands, files outside --allow-path
+sink s-plugin "{\"type\":\"kafka\",\"brokers\":\"$B\",\"rdkafka\":{\"plugin.library.paths\":\"/tmp/evil.so\"}}"
+sink s-kinit "{\"type\":\"kafka\",\"brokers\":\"$B\",\"rdkafka\":{\"sasl.kerberos.kinit.cmd\":\"touch /tmp/pwned\"}}"
+sink s-keyfile "{\"type\":\"kafka\",\"brokers\":\"$B\",\"security_protocol\":\"ssl\",\"ssl_key_location\":\"/etc/ssl/private/x.key\"}"
+src k-crl "{\"type\":\"kafka\",\"brokers\":\"$B\",\"topic\":\"$T.in\",\"rdkafka\":{\"ssl.crl.location\":\"/etc/shadow\"}}"
 
 start_relay r1
 write_rows orders 1 20
@@ -58,6 +63,13 @@ like "$log" "\[s-linger\] $nl sink.rdkafka.linger.ms: set it with sink.linger_ms
 like "$log" "\[s-typo\] $nl sink.topic: unknown key" "sink: unknown key"
 like "$log" "\[s-ca\] $nl sink.ssl_ca_location: invalid Kafka client configuration: ssl.ca.location failed" \
      "sink: unreadable CA file (found by a dry-run client creation)"
+like "$log" "\[s-plugin\] $nl sink.rdkafka.plugin.library.paths: not allowed in a pipeline config \(it would load code" \
+     "sink: plugin.library.paths is refused"
+like "$log" "\[s-kinit\] $nl sink.rdkafka.sasl.kerberos.kinit.cmd: not allowed in a pipeline config" "sink: a kinit command is refused"
+like "$log" "\[s-keyfile\] $nl sink.ssl_key_location: /etc/ssl/private/x.key is outside the paths this relay may use" \
+     "sink: a key file outside --allow-path is refused"
+like "$log" "\[k-crl\] $nl source.rdkafka.ssl.crl.location: /etc/shadow is outside the paths" \
+     "source: a *.location property outside --allow-path is refused"
 like "$log" "\[s-secret\] $nl sink.sasl_mechanism: invalid Kafka client configuration: Unsupported SASL mechanism: NOPE" \
      "sink: bad SASL mechanism named"
 is "$(echo "$log" | grep -c 'hunter2-secret')" 0 "a secret never appears in the log"

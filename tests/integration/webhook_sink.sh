@@ -46,7 +46,7 @@ wh cfg-retry orders '{"type":"webhook","url":"http://127.0.0.1:1/","retry_on_sta
 wh cfg-header orders '{"type":"webhook","url":"http://127.0.0.1:1/","headers":{"Idempotency-Key":"x"}}'
 wh cfg-secret orders '{"type":"webhook","url":"http://127.0.0.1:1/","signing_secret":""}'
 wh cfg-timeout orders '{"type":"webhook","url":"http://127.0.0.1:1/","timeout_ms":0}'
-wh cfg-ca orders '{"type":"webhook","url":"https://127.0.0.1:1/","tls_ca":"/nonexistent/ca.pem"}'
+wh cfg-ca orders '{"type":"webhook","url":"https://127.0.0.1:1/","tls_ca":"'"$TEST_TMP"'/nonexistent/ca.pem"}'
 wh cfg-format orders '{"type":"webhook","url":"http://127.0.0.1:1/","format":"xml"}'
 
 # 80 events for the per-event pipeline, each answered after 150 ms: serially
@@ -247,7 +247,7 @@ like "$log" '\[cfg-retry\] pipeline not started: sink.retry_on_status\[0\]' "bad
 like "$log" '\[cfg-header\] pipeline not started: sink.headers.Idempotency-Key' "reserved header names sink.headers.<name>"
 like "$log" '\[cfg-secret\] pipeline not started: sink.signing_secret' "empty signing_secret named"
 like "$log" '\[cfg-timeout\] pipeline not started: sink.timeout_ms' "bad timeout_ms named"
-like "$log" '\[cfg-ca\] pipeline not started: sink.tls_ca: cannot read /nonexistent/ca.pem' "unreadable tls_ca named"
+like "$log" "\[cfg-ca\] pipeline not started: sink.tls_ca: cannot read $TEST_TMP/nonexistent/ca.pem" "unreadable tls_ca named"
 like "$log" '\[cfg-format\] pipeline not started: sink.format' "unknown format named"
 is "$(relay_log r1 | grep -c "$WH_TOKEN")" 0 "the header secret never appears in the log"
 is "$(http_get r1 /status | grep -c "$WH_TOKEN\|$SECRET")" 0 "no secret in /status"
