@@ -80,7 +80,10 @@ LOG=$BUILD/meson-logs/testlog.json
 rm -f "$LOG"
 read -r -a meson_extra <<<"${MESON_TEST_ARGS:-}"
 rc=0
+# Test timeouts are set for a quiet machine; CI machines are shared and
+# slower, so they get three times as long (a bound on a hang, not a target).
 meson test -C "$BUILD" --print-errorlogs --num-processes "${TEST_PROCESSES:-2}" \
+    --timeout-multiplier "${TEST_TIMEOUT_MULTIPLIER:-3}" \
     "${meson_extra[@]}" "$@" || rc=$?
 
 # --- summary ------------------------------------------------------------------
