@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh [--ci] [target ...]        (default: every target)
 #
 # Environment:
-#   FUZZ_SECONDS  fuzzing time per target, seconds (30; with --ci 15)
+#   FUZZ_SECONDS  fuzzing time per target, seconds (30; with --ci 8)
 #   FUZZ_JOBS     targets fuzzed at the same time (1; with --ci: the number of
 #                 CPUs, at most 2)
 #   FUZZ_BUILD    the clang build directory (build-fuzz), relative to the repo
@@ -41,7 +41,7 @@ for a in "$@"; do
 done
 
 if [ "$ci" = 1 ]; then
-    SECONDS_PER=${FUZZ_SECONDS:-15}
+    SECONDS_PER=${FUZZ_SECONDS:-8}
     ncpu=$(nproc 2>/dev/null || echo 1)
     JOBS=${FUZZ_JOBS:-$((ncpu < 2 ? ncpu : 2))}
 else
