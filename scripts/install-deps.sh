@@ -18,6 +18,8 @@ PACKAGES=(
     libpq-dev postgresql-15 postgresql-contrib
     libjansson-dev libmicrohttpd-dev libcmocka-dev libcurl4-openssl-dev libmsgpack-dev
     libnats-dev nats-server librdkafka-dev libhiredis-dev librabbitmq-dev
+    # RabbitMQ tests read back what the relay sent with clients it did not write
+    python3-pika
     jq curl valgrind python3 iproute2
     libssl-dev openssl
     # scripts/fuzz.sh: clang, libFuzzer's runtime, llvm-symbolizer for the stacks

@@ -41,6 +41,9 @@
 #if HAVE_WEBHOOK
 #include <curl/curl.h>
 #endif
+#if HAVE_RABBITMQ
+#include <amqp.h>
+#endif
 #if HAVE_LIBCRYPTO
 #include <openssl/crypto.h>
 #endif
@@ -67,6 +70,9 @@ static void print_libraries(FILE *out)
 #if HAVE_WEBHOOK
     const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
     fprintf(out, "  libcurl %s (%s)\n", cv->version, cv->ssl_version ? cv->ssl_version : "no TLS");
+#endif
+#if HAVE_RABBITMQ
+    fprintf(out, "  rabbitmq-c %s\n", amqp_version());
 #endif
 #if HAVE_LIBSYSTEMD
     fprintf(out, "  libsystemd %s (build time)\n", RELAY_LIBSYSTEMD_VERSION);

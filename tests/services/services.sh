@@ -136,6 +136,27 @@ stop_kafka() {
     kill -9 "$pid" 2>/dev/null || true
 }
 
+# RabbitMQ: a node of its own under $DIR/rabbitmq (tests/services/rabbitmq-node.sh:
+# the real server script as root, own node name, epmd and distribution
+# ports derived from PGT_RABBITMQ_PORT). About 6 s to start, so it is
+# started once per suite run and shared (each test uses exchanges and queues
+# of its own); tests that stop the broker start a private node. Reused while
+# it answers.
+RABBITMQ_PORT=${PGT_RABBITMQ_PORT:-15670}
+start_rabbitmq() {
+    local node; node=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/rabbitmq-node.sh
+    "$node" start "$DIR/rabbitmq" "$RABBITMQ_PORT"
+    add_env PGT_RABBITMQ_URL "amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT/"
+    add_env PGT_RABBITMQ_PORT "$RABBITMQ_PORT"
+    add_env PGT_RABBITMQ_DIR "$DIR/rabbitmq"
+    add_env PGT_RABBITMQ_NODE "$node"
+    echo "rabbitmq ready on 127.0.0.1:$RABBITMQ_PORT"
+}
+
+stop_rabbitmq() {
+    "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/rabbitmq-node.sh" stop "$DIR/rabbitmq"
+}
+
 cmd=${1:-}; shift || true
 case "$cmd" in
     start)

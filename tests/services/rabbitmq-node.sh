@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# tests/services/rabbitmq-node.sh - one private RabbitMQ node on 127.0.0.1
+# (research/test-services.md section 4), used by services.sh (the shared
+# node) and by tests that stop or restart a broker (a node of their own).
+#
+#   rabbitmq-node.sh start DIR PORT   start (or reuse) the node; waits until ready
+#   rabbitmq-node.sh stop DIR         stop the node and its epmd (idempotent)
+#   rabbitmq-node.sh ctl DIR ARGS...  rabbitmqctl against the node
+#   rabbitmq-node.sh port DIR         the node's AMQP port
+#
+# The Debian /usr/sbin/rabbitmq-server wrapper switches to the rabbitmq user
+# with su; the real script (/usr/lib/rabbitmq/bin) runs as root with every
+# path in DIR. Each node has its own name, epmd and distribution ports,
+# derived from PORT (epmd PORT+1000, distribution PORT+2000, both below the
+# 20000-32767 range lib.sh's free_port draws from), so nodes of parallel
+# test runs never meet. epmd daemonises itself: stop kills it by its port.
+set -euo pipefail
+
+RB_BIN=/usr/lib/rabbitmq/bin
+
+node_env() {  # node_env DIR PORT: export the node's environment
+    local d=$1 port=$2
+    export HOME=$d RABBITMQ_NODENAME=pgtrelay$port@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        RABBITMQ_NODE_PORT=$port RABBITMQ_DIST_PORT=$((port + 2000)) ERL_EPMD_ADDRESS=127.0.0.1 \
+        ERL_EPMD_PORT=$((port + 1000)) RABBITMQ_MNESIA_BASE=$d/mnesia RABBITMQ_LOG_BASE=$d/log \
+        RABBITMQ_PID_FILE=$d/rabbit.pid RABBITMQ_ENABLED_PLUGINS_FILE=$d/enabled_plugins \
+        RABBITMQ_CONFIG_FILE=$d/rabbitmq.conf RABBITMQ_CONF_ENV_FILE=$d/rabbitmq-env.conf \
+        RABBITMQ_ADVANCED_CONFIG_FILE=$d/advanced.config \
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+        PATH=$RB_BIN:$PATH
+}
+
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start() {
+    local d=$1 port=$2
+    mkdir -p "$d"
+    echo "$port" > "$d/port"
+    if [ -f "$d/rabbit.pid" ] && kill -0 "$(cat "$d/rabbit.pid")" 2>/dev/null && answers "$port"; then
+        return 0
+    fi
+    echo '[].' > "$d/enabled_plugins"
+    : > "$d/rabbitmq-env.conf"
+    printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\n' "$port" > "$d/rabbitmq.conf"
+    (
+        node_env "$d" "$port"
+        # setsid: the node must outlive the shell that started it
+        setsid "$RB_BIN/rabbitmq-server" </dev/null >>"$d/stdout.log" 2>&1 &
+    )
+    local i
+    for i in $(seq 1 600); do answers "$port" && break; sleep 0.1; done
+    answers "$port" || { echo "rabbitmq did not start (logs: $d/log, $d/stdout.log)" >&2; return 1; }
+    (node_env "$d" "$port"; rabbitmqctl -q -n "$RABBITMQ_NODENAME" await_startup >/dev/null)
+}
+
+stop() {
+    local d=$1 port pid i
+    [ -f "$d/port" ] || return 0
+    port=$(cat "$d/port")
+    if [ -f "$d/rabbit.pid" ]; then
+        pid=$(cat "$d/rabbit.pid")
+        if kill -TERM "$pid" 2>/dev/null; then
+            for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        rm -f "$d/rabbit.pid"
+    fi
+    ERL_EPMD_PORT=$((port + 1000)) epmd -kill >/dev/null 2>&1 || true
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+    start) start "$1" "$2" ;;
+    stop) stop "$1" ;;
+    ctl) d=$1; shift; node_env "$d" "$(cat "$d/port")"; exec rabbitmqctl -q -n "$RABBITMQ_NODENAME" "$@" ;;
+    port) cat "$1/port" ;;
+    *) echo "usage: $0 start DIR PORT | stop DIR | ctl DIR ARGS... | port DIR" >&2; exit 2 ;;
+esac
