@@ -41,3 +41,9 @@ trap _rabbitmq_cleanup EXIT
 # --- relay side ------------------------------------------------------------------
 pipeline_status() { http_get "$1" /status | jq -c ".pipelines[] | select(.name == \"$2\")"; }
 health_status() { http_get "$1" /health | jq -r .status; }
+pipeline_healthy() { http_get "$1" /status | jq -r ".pipelines[] | select(.name == \"$2\") | .healthy"; }
+last_error() { http_get "$1" /status | jq -r ".pipelines[] | select(.name == \"$2\") | .last_error // empty"; }
+# offset <pipeline>: the outbox offset it committed (0: none)
+offset() { sql "SELECT coalesce(max(last_change_id), 0) FROM pgtrickle.relay_consumer_offsets WHERE pipeline_id = '$1'"; }
+# rmq_sink <exchange> <routing key template> [extra JSON members]: a sink config
+rmq_sink() { echo "{\"type\":\"rabbitmq\",\"url\":\"${SINK_URL:-$RMQ_URL}\",\"exchange\":\"$1\",\"routing_key_template\":\"$2\"${3:+,$3}}"; }
