@@ -355,8 +355,6 @@ static void remember_server(relay_rmq_conn *c)
 
 int rmq_conn_open(relay_rmq_conn *c, char *err, size_t errlen)
 {
-    if (c->up)
-        return 0;
     if (c->conn)
         rmq_conn_close(c);
     char why[400];
@@ -415,12 +413,6 @@ int rmq_conn_open(relay_rmq_conn *c, char *err, size_t errlen)
         snprintf(err, errlen, "cannot open a channel on %s: %s", c->url.display, why);
         goto fail;
     }
-    c->up = 1;
-    c->connects++;
-    c->last_error[0] = 0;
-    set_health(c, 1);
-    log_info(c->pipeline, "connected to %s at %s (%s)", c->server, c->url.display,
-             c->path);
     return 0;
 fail:
     if (c->conn) {
@@ -429,6 +421,15 @@ fail:
     }
     snprintf(c->last_error, sizeof c->last_error, "%s", err);
     return -1;
+}
+
+void rmq_conn_ready(relay_rmq_conn *c)
+{
+    c->up = 1;
+    c->connects++;
+    c->last_error[0] = 0;
+    set_health(c, 1);
+    log_info(c->pipeline, "connected to %s at %s (%s)", c->server, c->url.display, c->path);
 }
 
 void rmq_conn_describe(relay_rmq_conn *c, relay_buf *out)

@@ -78,7 +78,7 @@ typedef struct relay_rmq_conn {
 
     /* state */
     amqp_connection_state_t conn; /* NULL while closed */
-    int up;                    /* connected, channel open */
+    int up;                    /* ready: rmq_conn_ready() was called on this connection */
     int logged_down;           /* the loss was logged (one line per state change) */
     atomic_int *health_flag;   /* the stats' sink_up / source_up, or NULL */
     uint64_t connects;         /* successful connections */
@@ -92,14 +92,22 @@ typedef struct relay_rmq_conn {
 int rmq_conn_parse(relay_rmq_conn *c, const json_t *cfg, const char *path,
                    const char *pipeline, char *err, size_t errlen);
 
-/* Connect, log in and open the channel, unless already up. On a failure
- * err names the URL and the cause (the broker's reply code and text, e.g.
- * "403 ACCESS_REFUSED - Login was refused ... (check sink.url's user and
- * password)"), and -1 is returned; nothing is left open. */
+/* Connect, log in and open the channel. On a failure err names the URL and
+ * the cause (the broker's reply code and text, e.g. "403 ACCESS_REFUSED -
+ * Login was refused ... (check the user and password of sink.url)"), and -1
+ * is returned; nothing is left open. The backend then sets the channel up
+ * (exchange, queue, confirm mode...) and calls rmq_conn_ready(), or
+ * rmq_conn_down() when that failed. */
 int rmq_conn_open(relay_rmq_conn *c, char *err, size_t errlen);
 
-/* The connection failed (`why`): destroy it without a handshake, clear the
- * health flag, and log one line when it was up. */
+/* The channel is set up: mark the connection up, set the health flag and
+ * log the connection (one line per connection made). */
+void rmq_conn_ready(relay_rmq_conn *c);
+
+/* The connection failed (`why`): destroy it without a handshake, remember
+ * why (last_error); when it was up, clear the health flag and log one line.
+ * A connection that never became ready is not logged here: the worker
+ * reports a failed open() once per state change. */
 void rmq_conn_down(relay_rmq_conn *c, const char *why);
 
 /* Close politely (channel.close, connection.close) and free the state. */

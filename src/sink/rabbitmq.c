@@ -252,6 +252,7 @@ static int connect_locked(rabbitmq_sink *s, char *err, size_t errlen)
     s->next_tag = 1;
     s->blocked[0] = 0;
     s->reconnect_delay_ms = 0;
+    rmq_conn_ready(&s->c);
     return 0;
 }
 

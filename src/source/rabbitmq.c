@@ -336,6 +336,7 @@ static int rq_open(relay_source *base, char *err, size_t errlen)
         source_down(s, err);
         return -1;
     }
+    rmq_conn_ready(&s->c);
     log_info(pipeline_name(s), "consuming RabbitMQ queue \"%s\" (prefetch %" PRId64 ")", s->queue,
              s->prefetch);
     publish_position(s);
