@@ -227,7 +227,7 @@ void rmq_conn_down(relay_rmq_conn *c, const char *why)
         c->up = 0;
         c->losses++;
         set_health(c, 0);
-        log_warn(c->pipeline, "RabbitMQ connection to %s lost: %s", c->url.display, why);
+        log_warn(c->pipeline, "RabbitMQ connection to %s closed: %s", c->url.display, why);
     }
 }
 

@@ -424,7 +424,6 @@ static int other_frame(rabbitmq_source *s, char *err, size_t errlen)
     if (f.frame_type == AMQP_FRAME_METHOD && f.payload.method.id == AMQP_BASIC_CANCEL_METHOD) {
         snprintf(err, errlen, "source.queue: the broker cancelled the consumer of queue \"%s\" "
                  "(was the queue deleted?); subscribing again when it is back", s->queue);
-        log_warn(pipeline_name(s), "%s", err);
         source_down(s, err);
         return -1;
     }

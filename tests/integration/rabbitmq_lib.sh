@@ -47,3 +47,6 @@ last_error() { http_get "$1" /status | jq -r ".pipelines[] | select(.name == \"$
 offset() { sql "SELECT coalesce(max(last_change_id), 0) FROM pgtrickle.relay_consumer_offsets WHERE pipeline_id = '$1'"; }
 # rmq_sink <exchange> <routing key template> [extra JSON members]: a sink config
 rmq_sink() { echo "{\"type\":\"rabbitmq\",\"url\":\"${SINK_URL:-$RMQ_URL}\",\"exchange\":\"$1\",\"routing_key_template\":\"$2\"${3:+,$3}}"; }
+# queue_field <queue> <field>: one rabbitmqctl list_queues column (messages_ready,
+# messages_unacknowledged, type, consumers, ...) of that queue
+queue_field() { rmqctl list_queues name "$2" 2>/dev/null | awk -v q="$1" '$1 == q { print $2 }'; }
