@@ -50,3 +50,5 @@ rmq_sink() { echo "{\"type\":\"rabbitmq\",\"url\":\"${SINK_URL:-$RMQ_URL}\",\"ex
 # queue_field <queue> <field>: one rabbitmqctl list_queues column (messages_ready,
 # messages_unacknowledged, type, consumers, ...) of that queue
 queue_field() { rmqctl list_queues name "$2" 2>/dev/null | awk -v q="$1" '$1 == q { print $2 }'; }
+# degraded_of <relay> <pipeline>: the pipeline's entry in /health's degraded list
+degraded_of() { http_get "$1" /health | jq -c ".degraded[]? | select(.pipeline == \"$2\")"; }
