@@ -11,6 +11,11 @@ checked independently of rabbitmq-c.
   rmqcli.py publish EXCHANGE ROUTING_KEY N [--id-prefix P] [--type T]
             [--header K=V]... [--body B] [--no-id] [--start S]
             N messages with confirms; the body B may contain {i}
+  rmqcli.py publish-one EXCHANGE ROUTING_KEY_HEX [--message-id-hex H]
+            [--type-hex H] [--header K=V]... [--header-hex K=H]...
+            [--header-int K=N]... [--body-hex H]
+            one message with exactly these bytes (hostile inputs); a
+            --header-hex value is sent as a byte array ('x')
 The URL defaults to $PGT_RABBITMQ_URL. Exit status 1 on any error.
 """
 import argparse
@@ -61,6 +66,15 @@ def main():
     p.add_argument("--header", action="append", default=[])
     p.add_argument("--body", default='{"n":{i}}')
     p.add_argument("--no-id", action="store_true")
+    p = sub.add_parser("publish-one")
+    p.add_argument("exchange")
+    p.add_argument("routing_key_hex")
+    p.add_argument("--message-id-hex")
+    p.add_argument("--type-hex")
+    p.add_argument("--header", action="append", default=[])
+    p.add_argument("--header-hex", action="append", default=[])
+    p.add_argument("--header-int", action="append", default=[])
+    p.add_argument("--body-hex", default="")
     a = ap.parse_args()
 
     conn = connect(a.url)
@@ -110,6 +124,23 @@ def main():
                 content_type="application/json")
             ch.basic_publish(a.exchange, a.routing_key, a.body.replace("{i}", str(i)).encode(),
                              props, mandatory=True)
+    elif a.cmd == "publish-one":
+        ch.confirm_delivery()
+        h = {}
+        for kv in a.header:
+            k, v = kv.split("=", 1)
+            h[k] = v
+        for kv in a.header_hex:
+            k, v = kv.split("=", 1)
+            h[k] = bytes.fromhex(v)
+        for kv in a.header_int:
+            k, v = kv.split("=", 1)
+            h[k] = int(v)
+        hx = lambda v: bytes.fromhex(v) if v is not None else None
+        props = pika.BasicProperties(message_id=hx(a.message_id_hex), type=hx(a.type_hex),
+                                     headers=h or None, delivery_mode=2)
+        ch.basic_publish(a.exchange, bytes.fromhex(a.routing_key_hex), bytes.fromhex(a.body_hex),
+                         props, mandatory=True)
     conn.close()
 
 
