@@ -143,7 +143,9 @@ void rmq_conn_describe(relay_rmq_conn *c, relay_buf *out);
  * string or byte-array value is taken as is; an integer, decimal, float,
  * boolean or timestamp is written as text into `scratch` (the value then
  * points there). Names are compared case-insensitively; nested tables and
- * arrays are not searched. The first occurrence of a name wins. */
+ * arrays are not searched. The first non-empty value of a name wins; a
+ * value of another kind (table, array, void), or a decimal too long to
+ * write, counts as absent. */
 typedef struct rmq_header_fields {
     const char *dedup_key;     /* pgtrickle-dedup-key */
     size_t dedup_key_len;

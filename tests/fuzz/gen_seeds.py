@@ -297,6 +297,39 @@ def webhook_sig_seeds():
         write("webhook_sig", name, s)
 
 
+# ---- rmq_headers ------------------------------------------------------------
+
+def amqp_entry(name, kind, value):
+    """One field-table entry: shortstr name, type octet, encoded value."""
+    return bytes([len(name)]) + name + kind + value
+
+
+def amqp_long(b):
+    return struct.pack(">I", len(b)) + b
+
+
+def rmq_headers_seeds():
+    s = lambda v: amqp_long(v)
+    write("rmq_headers", "dedup-and-trace",
+          amqp_entry(b"pgtrickle-dedup-key", b"S", s(b"k-1"))
+          + amqp_entry(b"traceparent", b"S", s(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")))
+    write("rmq_headers", "bytes-with-nul", amqp_entry(b"PgTrickle-Dedup-Key", b"x", s(b"a\x00\xff")))
+    write("rmq_headers", "empty-then-string",
+          amqp_entry(b"pgtrickle-dedup-key", b"S", s(b"")) + amqp_entry(b"pgtrickle-dedup-key", b"S", s(b"k-2")))
+    write("rmq_headers", "scalars",
+          amqp_entry(b"pgtrickle-dedup-key", b"l", struct.pack(">q", -12345))
+          + amqp_entry(b"traceparent", b"D", bytes([3]) + struct.pack(">I", 5))
+          + amqp_entry(b"x-b", b"t", b"\x01") + amqp_entry(b"x-f", b"d", struct.pack(">d", 0.5))
+          + amqp_entry(b"x-ts", b"T", struct.pack(">Q", 1700000000)))
+    write("rmq_headers", "decimal-long", amqp_entry(b"pgtrickle-dedup-key", b"D", bytes([255]) + struct.pack(">I", 7)))
+    write("rmq_headers", "nested",
+          amqp_entry(b"t", b"F", amqp_long(amqp_entry(b"pgtrickle-dedup-key", b"S", s(b"inner"))))
+          + amqp_entry(b"a", b"A", amqp_long(b"S" + s(b"x") + b"I" + struct.pack(">i", 1)))
+          + amqp_entry(b"traceparent", b"V", b""))
+    write("rmq_headers", "truncated", amqp_entry(b"pgtrickle-dedup-key", b"S", struct.pack(">I", 100) + b"short"))
+    write("rmq_headers", "empty", b"")
+
+
 if __name__ == "__main__":
     pgoutput_seeds()
     json_seeds()
@@ -305,6 +338,7 @@ if __name__ == "__main__":
     envelope_seeds()
     config_seeds()
     webhook_body_seeds()
+    rmq_headers_seeds()
     webhook_sig_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print("%-14s %3d seeds" % (t, len(os.listdir(os.path.join(CORPUS, t)))))
