@@ -8,6 +8,11 @@
 #   rabbitmq-node.sh ctl DIR ARGS...  rabbitmqctl against the node
 #   rabbitmq-node.sh port DIR         the node's AMQP port
 #
+# The node also listens for AMQP over TLS on PORT+3000, with a certificate
+# for localhost and 127.0.0.1 signed by a CA made on first start
+# (DIR/tls/ca.pem; DIR/tls/client.pem and client.key are a client
+# certificate the node accepts).
+#
 # The Debian /usr/sbin/rabbitmq-server wrapper switches to the rabbitmq user
 # with su; the real script (/usr/lib/rabbitmq/bin) runs as root with every
 # path in DIR. Each node has its own name, epmd and distribution ports,
@@ -32,6 +37,25 @@ node_env() {  # node_env DIR PORT: export the node's environment
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+make_tls() {  # make_tls DIR: a CA, a server and a client certificate
+    local t=$1/tls
+    [ -f "$t/client.pem" ] && return 0
+    mkdir -p "$t"
+    (
+        cd "$t"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=pgtrickle-relay-test-ca \
+            -keyout ca.key -out ca.pem
+        openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+            -extfile server.ext -out server.pem
+        openssl req -newkey rsa:2048 -nodes -subj /CN=relay-client -keyout client.key -out client.csr
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+            -out client.pem
+        chmod 644 ./*.key
+    ) >"$1/tls.log" 2>&1 || { echo "rabbitmq: cannot make TLS certificates (see $1/tls.log)" >&2; return 1; }
+}
+
 start() {
     local d=$1 port=$2
     mkdir -p "$d"
@@ -41,7 +65,17 @@ start() {
     fi
     echo '[].' > "$d/enabled_plugins"
     : > "$d/rabbitmq-env.conf"
-    printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\n' "$port" > "$d/rabbitmq.conf"
+    make_tls "$d"
+    cat > "$d/rabbitmq.conf" <<EOF
+listeners.tcp.default = 127.0.0.1:$port
+listeners.ssl.default = 127.0.0.1:$((port + 3000))
+ssl_options.cacertfile = $d/tls/ca.pem
+ssl_options.certfile = $d/tls/server.pem
+ssl_options.keyfile = $d/tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+loopback_users = none
+EOF
     (
         node_env "$d" "$port"
         # setsid: the node must outlive the shell that started it

@@ -138,7 +138,8 @@ stop_kafka() {
 
 # RabbitMQ: a node of its own under $DIR/rabbitmq (tests/services/rabbitmq-node.sh:
 # the real server script as root, own node name, epmd and distribution
-# ports derived from PGT_RABBITMQ_PORT). About 6 s to start, so it is
+# ports derived from PGT_RABBITMQ_PORT; AMQP over TLS on PGT_RABBITMQ_PORT+3000,
+# certificates in $DIR/rabbitmq/tls). About 6 s to start, so it is
 # started once per suite run and shared (each test uses exchanges and queues
 # of its own); tests that stop the broker start a private node. Reused while
 # it answers.
@@ -147,6 +148,7 @@ start_rabbitmq() {
     local node; node=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/rabbitmq-node.sh
     "$node" start "$DIR/rabbitmq" "$RABBITMQ_PORT"
     add_env PGT_RABBITMQ_URL "amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT/"
+    add_env PGT_RABBITMQ_TLS_URL "amqps://guest:guest@localhost:$((RABBITMQ_PORT + 3000))/"
     add_env PGT_RABBITMQ_PORT "$RABBITMQ_PORT"
     add_env PGT_RABBITMQ_DIR "$DIR/rabbitmq"
     add_env PGT_RABBITMQ_NODE "$node"
