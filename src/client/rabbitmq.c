@@ -492,9 +492,11 @@ static int value_bytes(const amqp_field_value_t *v, char scratch[48], const char
     switch (v->kind) {
     case AMQP_FIELD_KIND_UTF8:
     case AMQP_FIELD_KIND_BYTES:
+        if (v->value.bytes.len == 0 || !v->value.bytes.bytes)
+            return 0; /* empty: as if absent */
         *out = v->value.bytes.bytes;
         *len = v->value.bytes.len;
-        return v->value.bytes.len > 0 && v->value.bytes.bytes;
+        return 1;
     case AMQP_FIELD_KIND_BOOLEAN: n = snprintf(scratch, 48, "%s", v->value.boolean ? "true" : "false"); break;
     case AMQP_FIELD_KIND_I8: n = snprintf(scratch, 48, "%d", v->value.i8); break;
     case AMQP_FIELD_KIND_U8: n = snprintf(scratch, 48, "%u", v->value.u8); break;
