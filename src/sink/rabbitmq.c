@@ -113,6 +113,7 @@ typedef struct rabbitmq_sink {
     uint64_t first_tag;         /* delivery tag of pub[0] */
     uint64_t next_tag;          /* delivery tag of the next publish on the channel */
     size_t unresolved;          /* published, no ack/nack yet */
+    size_t resolved_prefix;     /* pub[0..resolved_prefix) all have their ack/nack */
     size_t return_cursor;       /* returns arrive in publish order */
     size_t returned_now;        /* messages returned in this publish() */
     char last_unroutable[600];  /* logged once until a batch is routed again */
@@ -378,7 +379,7 @@ static void resolve(rabbitmq_sink *s, uint64_t tag, int multiple, int ack)
     if (tag < s->first_tag || tag >= s->first_tag + s->npub)
         return; /* not of this batch (cannot happen on a fresh channel) */
     size_t last = (size_t)(tag - s->first_tag);
-    size_t from = multiple ? 0 : last;
+    size_t from = multiple ? s->resolved_prefix : last;
     for (size_t i = from; i <= last; i++) {
         if (s->done[i])
             continue;
@@ -396,6 +397,8 @@ static void resolve(rabbitmq_sink *s, uint64_t tag, int multiple, int ack)
             s->nacked++;
         }
     }
+    while (s->resolved_prefix < s->npub && s->done[s->resolved_prefix])
+        s->resolved_prefix++;
 }
 
 /* basic.return: read the returned message (its content follows) and mark
@@ -583,6 +586,7 @@ static int rs_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, s
         goto out;
     s->npub = 0;
     s->unresolved = 0;
+    s->resolved_prefix = 0;
     s->return_cursor = 0;
     s->returned_now = 0;
     s->first_tag = s->next_tag;
