@@ -19,8 +19,9 @@
  * Consuming.  basic.qos(prefetch_count) then basic.consume with manual
  * acknowledgement; the broker pushes deliveries, each with a delivery tag
  * that grows by one per delivery on the channel. poll() takes up to
- * batch_size of them (waiting only for the first, on the socket, in slices
- * that let a stop request through); deliveries that arrive while the
+ * batch_size of them (waiting for the first on the socket, in slices that
+ * let a stop request through, then until the socket has been quiet for
+ * FILL_MS); deliveries that arrive while the
  * worker writes a batch are read by idle() and kept for the next poll.
  * Each message becomes (source.h):
  *   dedup_key     message_id, else header pgtrickle-dedup-key, else a random
@@ -70,6 +71,10 @@
 #include "source.h"
 
 #define WAIT_SLICE_MS 200
+/* Once a batch has its first message, how long poll() waits for more while
+ * the socket is quiet: deliveries arrive in bursts, and a few ms fill the
+ * batch instead of writing many small ones. */
+#define FILL_MS 5
 #define PREFETCH_MAX 65535
 
 typedef struct binding {
@@ -479,13 +484,15 @@ static int rq_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
     s->nstash -= taken;
 
     int64_t deadline = now_mono_ms() + s->poll_interval_ms;
+    int64_t fill_until = 0; /* set at the first message */
     while (b->n < max) {
         if (!readable(s)) {
-            if (b->n > 0)
-                break; /* what was available is the batch */
-            int64_t left = deadline - now_mono_ms();
+            int64_t now = now_mono_ms();
+            if (b->n > 0 && !fill_until)
+                fill_until = now + FILL_MS;
+            int64_t left = (b->n > 0 ? fill_until : deadline) - now;
             if (left <= 0)
-                break;
+                break; /* what arrived is the batch */
             int rc = worker_wait(s->base.w, amqp_get_sockfd(s->c.conn), POLLIN,
                                  (int)(left > WAIT_SLICE_MS ? WAIT_SLICE_MS : left));
             if (rc < 0)
