@@ -480,8 +480,10 @@ static int rq_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
         add_delivery(s, b, &s->stash[taken]);
         amqp_destroy_envelope(&s->stash[taken]);
     }
-    memmove(s->stash, s->stash + taken, (s->nstash - taken) * sizeof *s->stash);
-    s->nstash -= taken;
+    if (taken > 0) {
+        memmove(s->stash, s->stash + taken, (s->nstash - taken) * sizeof *s->stash);
+        s->nstash -= taken;
+    }
 
     int64_t deadline = now_mono_ms() + s->poll_interval_ms;
     int64_t fill_until = 0; /* set at the first message */
