@@ -11,7 +11,8 @@
 #                    message confirmed; offsets committed as it goes).
 #                    Reference: tests/tools/rmqbench produce, a plain
 #                    rabbitmq-c publisher with confirms (2048 unconfirmed at
-#                    most, like the sink's max_in_flight) sending the same
+#                    most, like the sink's max_in_flight; heartbeats every
+#                    30 s, like the relay's connections) sending the same
 #                    number of relay envelopes of the same size, with the
 #                    same properties, to the same exchange and queue (purged
 #                    between runs), measured before and after the relay; the
@@ -78,7 +79,7 @@ timed_enable() {
     echo "$ms $rss"
 }
 # produced_ms <rmqbench produce args...>: its own timing, in ms
-produced_ms() { "$RMQBENCH" produce "$URL" "$@" 2>&1 | awk '/^produced/ { printf "%d", $4 * 1000 }'; }
+produced_ms() { RMQBENCH_HEARTBEAT=30 "$RMQBENCH" produce "$URL" "$@" 2>&1 | awk '/^produced/ { printf "%d", $4 * 1000 }'; }
 trap 'stop_relay; "${RMQCLI[@]}" delete-queue "$Q" 2>/dev/null; "${RMQCLI[@]}" delete-queue "$QIN" 2>/dev/null;
       "${RMQCLI[@]}" delete-queue "$QREF" 2>/dev/null; "${RMQCLI[@]}" delete-exchange "$X" 2>/dev/null; rm -rf "$BENCH_TMP"' EXIT
 
@@ -111,7 +112,7 @@ BODY='{"event_type":"order.created","order_id":%d,"customer":"c-42","amount":"99
 "${RMQCLI[@]}" declare-queue "$QREF"
 produced_ms "" "$QIN" "$N" "$BODY" >/dev/null
 produced_ms "" "$QREF" "$N" "$BODY" >/dev/null
-CONS_MS=$("$RMQBENCH" consume "$URL" "$QREF" "$N" "$IN_BATCH" 2>&1 | awk '/^consumed/ { printf "%d", $4 * 1000 }')
+CONS_MS=$(RMQBENCH_HEARTBEAT=30 "$RMQBENCH" consume "$URL" "$QREF" "$N" "$IN_BATCH" 2>&1 | awk '/^consumed/ { printf "%d", $4 * 1000 }')
 bsql "SELECT pgtrickle.create_inbox('bench_inbox')" >/dev/null
 bsql "SELECT pgtrickle.set_relay_inbox('bench-in', 'bench_inbox',
       '{\"type\":\"rabbitmq\",\"url\":\"$URL\",\"queue\":\"$QIN\",\"batch_size\":$IN_BATCH}', p_enabled => false)" >/dev/null

@@ -15,6 +15,7 @@
  *       consumes N messages with manual acks (basic.qos PREFETCH, 500),
  *       one basic.ack multiple per PREFETCH/2 messages. Prints
  *       "consumed N in S s (R msg/s)", timed from the first message.
+ * RMQBENCH_HEARTBEAT=<seconds> sets the AMQP heartbeat (default 0, off).
  */
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
@@ -55,8 +56,9 @@ static amqp_connection_state_t connect_url(const char *url)
         fprintf(stderr, "rmqbench: cannot connect to %s:%d\n", ci.host, ci.port);
         exit(1);
     }
-    die_reply(amqp_login(c, *ci.vhost ? ci.vhost : "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN,
-                         ci.user, ci.password),
+    const char *hb = getenv("RMQBENCH_HEARTBEAT");
+    die_reply(amqp_login(c, *ci.vhost ? ci.vhost : "/", 0, 131072, hb ? atoi(hb) : 0,
+                         AMQP_SASL_METHOD_PLAIN, ci.user, ci.password),
               "login");
     amqp_channel_open(c, 1);
     die_reply(amqp_get_rpc_reply(c), "channel.open");
