@@ -18,8 +18,9 @@ PACKAGES=(
     libpq-dev postgresql-15 postgresql-contrib
     libjansson-dev libmicrohttpd-dev libcmocka-dev libcurl4-openssl-dev libmsgpack-dev
     libnats-dev nats-server librdkafka-dev libhiredis-dev librabbitmq-dev
-    # RabbitMQ tests read back what the relay sent with clients it did not write
-    python3-pika
+    # RabbitMQ: the test broker (a default service, tests/services/default-services)
+    # and python3-pika, which reads back what the relay sent (a client it did not write)
+    rabbitmq-server python3-pika
     jq curl valgrind python3 iproute2
     libssl-dev openssl
     # scripts/fuzz.sh: clang, libFuzzer's runtime, llvm-symbolizer for the stacks

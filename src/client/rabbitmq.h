@@ -13,7 +13,8 @@
  *                       "amqp://h") means "/".
  *   tls_ca_file         CA certificates (PEM) to verify the broker with
  *   tls_cert_file, tls_key_file   client certificate and key (PEM, mutual TLS)
- *   tls_verify          verify the broker's certificate and host name (true)
+ *   tls_verify          verify the broker's certificate and host name (true;
+ *                       rabbitmq-c 0.11 matches DNS names only, not IPs)
  *   heartbeat_seconds   AMQP heartbeat interval (30; 0 turns heartbeats off)
  *   connect_timeout_ms  TCP + TLS + AMQP handshake, and each RPC (5000)
  * The tls_* files are host paths (--allow-path). Secrets belong in
