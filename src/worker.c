@@ -129,6 +129,28 @@ static void drop_connection(relay_worker *w)
         atomic_store(&w->stats->pg_up, 0);
 }
 
+/* Release the pipeline's advisory lock explicitly, then disconnect. Closing
+ * the connection releases it too, but only once the server's backend has
+ * noticed the disconnect, a moment later: a relay of the group that looks at
+ * pg_locks right after our "relay left" or "handover" NOTIFY would still
+ * see the pipeline owned and leave it idle until its next discovery tick.
+ * pg_advisory_unlock returns after the lock is gone. */
+static void release_ownership(relay_worker *w)
+{
+    if (w->pg && !pg_broken(w->pg)) {
+        char err[ERRLEN];
+        const char *params[2] = {w->opts->group_id, w->cfg.name};
+        PGresult *r = pg_query(w->pg, "SELECT pg_advisory_unlock(hashtext($1), hashtext($2))", 2,
+                               params, err, sizeof err);
+        if (r)
+            PQclear(r);
+        else
+            log_debug(w->cfg.name, "releasing the advisory lock: %s (the disconnect releases it)",
+                      err);
+    }
+    drop_connection(w);
+}
+
 /* Connect and take the pipeline's advisory lock.
  * Returns 1 owned, 0 another relay owns it, -1 transient failure (err). */
 static int acquire(relay_worker *w, char *err, size_t errlen)
@@ -627,7 +649,7 @@ static void *worker_main(void *arg)
         w->sink->ops->destroy(w->sink);
         w->sink = NULL;
     }
-    drop_connection(w); /* releases the advisory lock */
+    release_ownership(w);
     if (w->stats) {
         atomic_store(&w->stats->running, 0);
         if (atomic_load(&w->state) == WORKER_EXITED)

@@ -31,8 +31,9 @@ ok() {   # ok <0|1 or command result> <description>
 pass() { ok 0 "$1"; }
 fail() { ok 1 "$1"; }
 check() { # check <description> <command...>: ok when the command succeeds
+    # (its stdout goes to stderr: only TAP lines may reach stdout)
     local d=$1; shift
-    if "$@"; then ok 0 "$d"; else ok 1 "$d"; fi
+    if "$@" >&2; then ok 0 "$d"; else ok 1 "$d"; fi
 }
 is() {   # is <got> <expected> <description>
     if [ "$1" == "$2" ]; then ok 0 "$3"
