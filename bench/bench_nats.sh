@@ -32,9 +32,11 @@
 #                    durable pull consumer into an inbox (batch_size
 #                    BENCH_NATS_INBOX_BATCH, 1000); time from enabling the
 #                    pipeline in a running relay until the inbox writer
-#                    confirmed all. Reference: psql \copy of the same
-#                    100 000 rows into an identical table (the cost of the
-#                    rows alone).
+#                    confirmed all. References: the database floor, the same
+#                    rows written into an identical table by a plain libpq
+#                    client with the inbox writer's own statement in batches
+#                    of the same size (tests/tools/inbox_floor.c, statement
+#                    time only), and psql \copy of the rows (COPY's floor).
 # Reported: seconds, events/s, ratios, the relay's peak RSS (VmHWM).
 # JSON: bench/results/nats.json. BENCH_NATS_KEEP=1 keeps the last relay log
 # in bench/results/nats-relay.log.
@@ -44,6 +46,8 @@
 bench_services pg nats
 bench_db bench_nats
 NATSCLI=${NATSCLI:-$(dirname "$RELAY_BIN")/tests/natscli}
+INBOX_FLOOR=${INBOX_FLOOR:-$(dirname "$RELAY_BIN")/tests/inbox_floor}
+[ -x "$INBOX_FLOOR" ] || { echo "bench_nats: $INBOX_FLOOR not built" >&2; exit 2; }
 [ -x "$NATSCLI" ] || { echo "bench_nats: $NATSCLI not built" >&2; exit 2; }
 NURL=$PGT_NATS_URL
 N=${BENCH_NATS_EVENTS:-100000}
@@ -204,14 +208,19 @@ t0=$(now_ms)
 "${BPSQL[@]}" -d "$BENCH_DB" -c "\\copy bench_inbox_ref (event_id, event_type, source, aggregate_id, payload, trace_id) FROM '$BENCH_TMP/rows.copy'" >/dev/null
 t1=$(now_ms)
 COPY_MS=$((t1 - t0))
+# the database floor: the inbox writer's statement from a plain libpq client,
+# in batches of the relay's size (tests/tools/inbox_floor.c)
+bsql "CREATE TABLE bench_inbox_floor (LIKE pgtrickle.bench_inbox INCLUDING ALL)" >/dev/null
+FLOOR=$("$INBOX_FLOOR" "$BENCH_DB_URL" public.bench_inbox_floor "$BENCH_TMP/rows.copy" "$IN_BATCH")
 
 # ---- report -------------------------------------------------------------------------------
 python3 - "$N" "$OUT_MS" "$REF1" "$REF2" "$OUT_RSS" "$LAT_JSON" "$LAT_RATE" "$LAT_RSS" "$IN_MS" "$IN_RSS" \
     "$COPY_MS" "$BODY_BYTES" "$ROWS" "$IN_BATCH" "$OUT1_MS" "$OUT1_RSS" "$BENCH_RESULTS/nats.json" \
-    "$REFC1" "$REFC2" "$OUT_CPU_MS" <<'PY'
+    "$REFC1" "$REFC2" "$OUT_CPU_MS" "$FLOOR" <<'PY'
 import json, sys
 (n, out_ms, ref1, ref2, out_rss, lat, lat_rate, lat_rss, in_ms, in_rss, copy_ms, body, rows, in_batch,
- out1_ms, out1_rss, path, refc1, refc2, out_cpu_ms) = sys.argv[1:]
+ out1_ms, out1_rss, path, refc1, refc2, out_cpu_ms, floor) = sys.argv[1:]
+floor = json.loads(floor)
 ref1, ref2, refc1, refc2 = (json.loads(x) for x in (ref1, ref2, refc1, refc2))
 out1_s = int(out1_ms) / 1000
 n = int(n); out_s = int(out_ms) / 1000
@@ -243,6 +252,8 @@ res = {
   "nats_to_inbox": {"events": n, "batch_size": int(in_batch), "relay_seconds": in_s,
       "relay_events_per_s": round(n / in_s), "copy_reference_seconds": copy_s,
       "copy_reference_events_per_s": round(n / copy_s), "ratio_relay_copy": round(copy_s / in_s, 2),
+      "floor_seconds": floor["seconds"], "floor_events_per_s": round(n / floor["seconds"]),
+      "ratio_relay_floor": round(floor["seconds"] / in_s, 2),
       "relay_peak_rss_kb": int(in_rss)},
 }
 json.dump(res, open(path, "w"), indent=2)
@@ -261,6 +272,9 @@ print(f"| latency at {lat_rate}/s, commit -> stored | {l['events']} | - | p50 {l
 print(f"| outbox -> NATS, CPU seconds | {n} | publisher alone: js_PublishAsync {async_cpu:.2f} s, "
       f"core {core_cpu:.2f} s | relay (reading the outbox too) {out_cpu:.2f} s | "
       f"{round(min(async_cpu, core_cpu) / out_cpu, 2) if out_cpu else '-'} | |")
-print(f"| NATS -> inbox | {n} | {copy_s:.2f} s, {i['copy_reference_events_per_s']} ev/s (psql \\copy) "
-      f"| {in_s:.2f} s, {i['relay_events_per_s']} ev/s | {i['ratio_relay_copy']} | {int(in_rss)/1024:.1f} MB |")
+print(f"| NATS -> inbox | {n} | floor {floor['seconds']:.2f} s, {i['floor_events_per_s']} ev/s (the inbox "
+      f"statement, batches of {in_batch}, plain libpq) | {in_s:.2f} s, {i['relay_events_per_s']} ev/s "
+      f"| {i['ratio_relay_floor']} | {int(in_rss)/1024:.1f} MB |")
+print(f"| NATS -> inbox vs COPY | {n} | {copy_s:.2f} s, {i['copy_reference_events_per_s']} ev/s (psql \\copy) "
+      f"| (same) | {i['ratio_relay_copy']} | |")
 PY
