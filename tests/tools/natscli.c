@@ -457,15 +457,30 @@ static int puback_failed(natsMsg *m)
     return !d || strstr(d, "\"error\"") != NULL;
 }
 
-static int cmd_pub_many_core(int argc, char **argv)
+/* The arguments of pub-many and pub-many-core. */
+typedef struct pub_many_args {
+    long count;
+    const char *data, *prefix;
+} pub_many_args;
+
+static pub_many_args pub_many_parse(int argc, char **argv)
 {
     if (argc < 2)
         usage();
-    long count = strtol(argv[1], NULL, 10);
-    const char *data = opt_value(argc, argv, "--data");
-    const char *prefix = opt_value(argc, argv, "--id-prefix");
-    if (!data)
-        data = "{\"n\":1}";
+    pub_many_args a = {strtol(argv[1], NULL, 10), opt_value(argc, argv, "--data"),
+                       opt_value(argc, argv, "--id-prefix")};
+    if (!a.data)
+        a.data = "{\"n\":1}";
+    if (!a.prefix)
+        a.prefix = "ref-";
+    return a;
+}
+
+static int cmd_pub_many_core(int argc, char **argv)
+{
+    pub_many_args a = pub_many_parse(argc, argv);
+    long count = a.count;
+    const char *data = a.data, *prefix = a.prefix;
     int dlen = (int)strlen(data);
     const long window = 4096;
     natsInbox *inbox = NULL;
@@ -485,7 +500,7 @@ static int cmd_pub_many_core(int argc, char **argv)
         while (sent < count && sent - acked < window) {
             natsMsg *m = NULL;
             snprintf(reply, sizeof reply, "%s.%ld", (const char *)inbox, sent);
-            snprintf(id, sizeof id, "%s%ld", prefix ? prefix : "ref-", sent);
+            snprintf(id, sizeof id, "%s%ld", prefix, sent);
             s = natsMsg_Create(&m, argv[0], reply, data, dlen);
             if (s == NATS_OK)
                 s = natsMsgHeader_Set(m, "Nats-Msg-Id", id);
@@ -517,13 +532,9 @@ static int cmd_pub_many_core(int argc, char **argv)
 
 static int cmd_pub_many(int argc, char **argv)
 {
-    if (argc < 2)
-        usage();
-    long count = strtol(argv[1], NULL, 10);
-    const char *data = opt_value(argc, argv, "--data");
-    const char *prefix = opt_value(argc, argv, "--id-prefix");
-    if (!data)
-        data = "{\"n\":1}";
+    pub_many_args a = pub_many_parse(argc, argv);
+    long count = a.count;
+    const char *data = a.data, *prefix = a.prefix;
     natsStatus s;
     jsPubOptions po;
     jsPubOptions_Init(&po);
@@ -531,7 +542,7 @@ static int cmd_pub_many(int argc, char **argv)
     int dlen = (int)strlen(data);
     double t0 = now_s();
     for (long i = 0; i < count; i++) {
-        snprintf(id, sizeof id, "%s%ld", prefix ? prefix : "ref-", i);
+        snprintf(id, sizeof id, "%s%ld", prefix, i);
         po.MsgId = id;
         s = js_PublishAsync(js, argv[0], data, dlen, &po);
         if (s != NATS_OK)
