@@ -78,6 +78,10 @@ void version_print(FILE *out)
     fprintf(out, "pgtrickle-relay %s (catalog version %d)\n", RELAY_VERSION, RELAY_CATALOG_VERSION);
     fprintf(out, "built: %s, %s, sd_notify %s\n", RELAY_BUILD_COMPILER, RELAY_BUILD_TYPE,
             notify_available() ? "yes" : "no");
+#ifdef RELAY_TEST_ACK_FIRST
+    fputs("BROKEN ON PURPOSE: built with test_ack_first (acknowledges before publishing; the "
+          "soak harness's self-test only)\n", out);
+#endif
     fprintf(out, "sources: %s\n", registry_source_names());
     fprintf(out, "sinks: %s\n", registry_sink_names());
     fputs("libraries:\n", out);

@@ -297,6 +297,28 @@ static void give_up(relay_worker *w, size_t unconfirmed)
              "acknowledged, they will be delivered again", unconfirmed);
 }
 
+#ifdef RELAY_TEST_ACK_FIRST
+/* Deliberately wrong, for the soak harness's self-test only (meson option
+ * test_ack_first): the batch is acknowledged before it is published, and
+ * published once; whatever fails is dropped. This is the data loss of the
+ * tools the relay replaces, which tests/soak must detect. */
+static void broken_ack_first(relay_worker *w, relay_batch *b)
+{
+    char err[ERRLEN];
+    if (w->source->ops->ack(w->source, b, err, sizeof err) < 0)
+        return;
+    encode_bodies(w, b);
+    relay_msg **all = xmalloc(b->n * sizeof *all);
+    for (size_t i = 0; i < b->n; i++) {
+        all[i] = &b->msgs[i];
+        all[i]->state = MSG_PENDING;
+    }
+    if (w->sink->ops->publish(w->sink, all, b->n, err, sizeof err) < 0)
+        w->sink_open = 0;
+    free(all);
+}
+#endif
+
 /* Publish until every message is CONFIRMED or DEAD.
  * Returns 0 done, -1 abandoned (shutdown deadline or lost PostgreSQL). */
 static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
@@ -538,6 +560,10 @@ static void run(relay_worker *w)
         return;
     }
     become_owner(w);
+#ifdef RELAY_TEST_ACK_FIRST
+    log_error(w->cfg.name, "this relay was built with test_ack_first: it acknowledges events "
+              "before publishing them and LOSES DATA on purpose (soak harness self-test only)");
+#endif
     log_info(w->cfg.name, "pipeline started (%s %s -> %s, group \"%s\")",
              w->cfg.forward ? "forward" : "reverse", w->cfg.source_type, w->cfg.sink_type,
              w->opts->group_id);
@@ -611,6 +637,10 @@ static void run(relay_worker *w)
         atomic_fetch_add(&w->stats->consumed, (uint64_t)n);
         if (w->cfg.forward)
             render_subjects(w, &batch);
+#ifdef RELAY_TEST_ACK_FIRST
+        broken_ack_first(w, &batch);
+        continue;
+#endif
 
         if (deliver(w, &batch, &bo) < 0) {
             if (w->source->ops->release)
