@@ -320,7 +320,7 @@ class Gen:
         if k < 0.96:
             model["msgs"] += 1
             return "SELECT pg_logical_emit_message(true, 'replay', %s);" % lit(self.text())
-        if k < 0.975:
+        if k < 0.965:
             t = r.choice(["t_def", "t_full", "p_root", "t_nopk"])
             if t in model:
                 model[t].clear()

@@ -12,16 +12,16 @@
 # touched it.
 #
 #   CDC_REPLAY_SEED   workload seed (default 12; the test prints it)
-#   CDC_REPLAY_TXNS   transactions (default 500: well under a minute here)
-#   CDC_REPLAY_KILLS  SIGKILLs of the relay (default 3)
+#   CDC_REPLAY_TXNS   transactions (default 2000: about 25 s here, well under 90 s)
+#   CDC_REPLAY_KILLS  SIGKILLs of the relay (default 6)
 # Soak: CDC_REPLAY_TXNS=5000 CDC_REPLAY_KILLS=15 CDC_REPLAY_SEED=$RANDOM.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/cdc_lib.sh"
 PY=/usr/bin/python3
 REPLAY="$(dirname "$0")/cdc_replay.py"
 SEED=${CDC_REPLAY_SEED:-12}
-TXNS=${CDC_REPLAY_TXNS:-500}
-KILLS=${CDC_REPLAY_KILLS:-3}
+TXNS=${CDC_REPLAY_TXNS:-2000}
+KILLS=${CDC_REPLAY_KILLS:-6}
 "$PY" -c 'import msgpack' 2>/dev/null || bail "Debian's python3-msgpack is missing (scripts/install-deps.sh)"
 cdc_setup_db
 diag "seed $SEED, $TXNS transactions, $KILLS kills (CDC_REPLAY_SEED / CDC_REPLAY_TXNS / CDC_REPLAY_KILLS)"
