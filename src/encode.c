@@ -134,10 +134,11 @@ static int utf8_valid(const unsigned char *p, size_t n)
     return 1;
 }
 
-/* Split the JSON number s[0..n) into its significant digits (no leading
- * or trailing zeros, at most `cap`) and the decimal exponent of the first
- * one. Returns the number of significant digits (0 for zero), or -1 when
- * there are more than `cap`. */
+/* Split the JSON number s[0..n) (NUL-terminated at n) into its
+ * significant digits (no leading or trailing zeros, at most `cap`) and the
+ * decimal exponent of the first one. Returns the number of significant
+ * digits (0 for zero), or -1 when there are more than `cap` or the
+ * exponent is absurd. */
 static int number_digits(const char *s, size_t n, char *digits, int cap, long *exp10)
 {
     size_t i = 0;
@@ -174,8 +175,8 @@ static int number_digits(const char *s, size_t n, char *digits, int cap, long *e
     if (i < n) {
         errno = 0;
         e = strtol(s + i + 1, NULL, 10);
-        if (errno)
-            return -1;
+        if (errno || e > 100000 || e < -100000)
+            return -1; /* far beyond a double either way */
     }
     while (nd > 0 && digits[nd - 1] == '0')
         nd--;
@@ -231,7 +232,7 @@ static void pack_number(msgpack_packer *pk, const char *s, size_t n)
             }
         } else {
             double d = strtod(tmp, &end);
-            if (*end == '\0' && double_holds(d, s, n)) {
+            if (*end == '\0' && double_holds(d, tmp, n)) {
                 msgpack_pack_double(pk, d);
                 return;
             }

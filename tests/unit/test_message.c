@@ -328,13 +328,13 @@ static void msgpack_keeps_every_number(void **state)
         "\"over\":18446744073709551616,\"neg\":-9223372036854775808,\"under\":-9223372036854775809,"
         "\"huge\":1e400,\"tiny\":1e-400,\"precise\":0.1000000000000000000001,\"pi\":3.14,"
         "\"third\":0.30000000000000004,\"mz\":-0.0,\"e22\":1.0000000000000000000000e22,"
-        "\"arr\":[1,18446744073709551616]}}", NULL, NULL);
+        "\"arr\":[1,18446744073709551616],\"exp\":1e99999999999999999999}}", NULL, NULL);
     assert_non_null(cols);
     assert_int_equal(cols->via.array.size, 2);
     assert_int_equal(col_value(cols, 0)->via.u64, 7);
     const msgpack_object *j = col_value(cols, 1);
     assert_int_equal(j->type, MSGPACK_OBJECT_MAP);
-    assert_int_equal(j->via.map.size, 13);
+    assert_int_equal(j->via.map.size, 14);
     assert_int_equal(map_get(j, "big")->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
     assert_true(map_get(j, "big")->via.u64 == UINT64_C(9223372036854775808));
     assert_true(map_get(j, "max")->via.u64 == UINT64_MAX);
@@ -351,6 +351,7 @@ static void msgpack_keeps_every_number(void **state)
     assert_int_equal(map_get(j, "mz")->type, MSGPACK_OBJECT_FLOAT64);
     assert_true(signbit(map_get(j, "mz")->via.f64));
     assert_true(map_get(j, "e22")->via.f64 == 1e22);
+    assert_str_obj(map_get(j, "exp"), "1e99999999999999999999");
     const msgpack_object *arr = map_get(j, "arr");
     assert_int_equal(arr->via.array.size, 2);
     assert_str_obj(&arr->via.array.ptr[1], "18446744073709551616");
