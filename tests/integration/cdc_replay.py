@@ -29,8 +29,11 @@ partitioned table written through its root and through its leaves and
 published via the root (p_root); single and multi-row INSERTs, COPY, UPDATEs
 of some columns (leaving a TOASTed column unchanged), key changes (and
 moves between partitions), DELETEs, TRUNCATEs, rolled-back savepoints and
-transactions, ADD COLUMN in the middle, transactional and non-transactional
-logical messages (one right before a COMMIT: issue 12 #1's collision).
+transactions, transactions bigger than a batch, ADD COLUMN in the middle,
+transactional and non-transactional logical messages (one right before a
+COMMIT: issue 12 #1's collision). The native pipeline's publication
+publishes the partitioned table via its root, the msgpack pipeline's via
+its partitions.
 
 Values a consumer cannot restore from a format by documented rules are not
 generated: a json/jsonb column holding the JSON value null (SQL NULL and it
@@ -87,8 +90,11 @@ def schema_sql(replicas):
     out.append("ALTER TABLE t_nopk REPLICA IDENTITY FULL;")
     for t in ("t_def", "t_full"):
         out.append("ALTER TABLE %s ALTER COLUMN big SET STORAGE EXTERNAL;" % t)
+    # the native pipeline sees the partitioned table under its root's name,
+    # the msgpack pipeline under its partitions' names
     out.append("CREATE PUBLICATION cdc_replay_pub FOR TABLE t_def, t_full, t_nopk, p_root "
                "WITH (publish_via_partition_root = true);")
+    out.append("CREATE PUBLICATION cdc_replay_leaves_pub FOR TABLE t_def, t_full, t_nopk, p_root;")
     return "\n".join(out) + "\n"
 
 
@@ -106,6 +112,15 @@ class Gen:
         self.nopk_next = 1
         self.messages = 0   # committed logical messages expected
         self.added = False  # ADD COLUMN done
+
+    def pick(self, ids):
+        """A random member of the set `ids` (deterministic for a seed)."""
+        lo, hi = min(ids), max(ids)
+        for _ in range(20):
+            i = self.r.randint(lo, hi)
+            if i in ids:
+                return i
+        return self.r.choice(sorted(ids))
 
     def fresh(self, key):
         v = self.next_id[key]
@@ -273,16 +288,16 @@ class Gen:
             live.update(ids)
             return sql
         if k < 0.45 and live:
-            return self.update_wide(wide, r.choice(sorted(live)))
+            return self.update_wide(wide, self.pick(live))
         if k < 0.52 and live:
-            old = r.choice(sorted(live))
+            old = self.pick(live)
             new = self.fresh(wide)
             live.discard(old)
             live.add(new)
             return "UPDATE %s SET id = %d%s WHERE id = %d;" % (
                 wide, new, ", txt = " + self.value("txt", "text") if r.random() < .5 else "", old)
         if k < 0.60 and live:
-            i = r.choice(sorted(live))
+            i = self.pick(live)
             live.discard(i)
             return "DELETE FROM %s WHERE id = %d;" % (wide, i)
         parts = model["p_root"]
@@ -293,18 +308,18 @@ class Gen:
             via = r.choice(["p_root", "p_hi" if hi else "p_lo"])
             return "INSERT INTO %s VALUES %s;" % (via, self.part_row(i))
         if k < 0.76 and parts:
-            i = r.choice(sorted(parts))
+            i = self.pick(parts)
             via = r.choice(["p_root", "p_hi" if i >= SPLIT else "p_lo"])
             return "UPDATE %s SET txt = %s, f8 = %s WHERE id = %d;" % (
                 via, self.value("txt", "text"), self.value("f8", "double precision"), i)
         if k < 0.80 and parts:
-            old = r.choice(sorted(parts))
+            old = self.pick(parts)
             new = self.fresh("lo" if old >= SPLIT else "hi")  # moves to the other partition
             parts.discard(old)
             parts.add(new)
             return "UPDATE p_root SET id = %d WHERE id = %d;" % (new, old)
         if k < 0.84 and parts:
-            i = r.choice(sorted(parts))
+            i = self.pick(parts)
             parts.discard(i)
             via = r.choice(["p_root", "p_hi" if i >= SPLIT else "p_lo"])
             return "DELETE FROM %s WHERE id = %d;" % (via, i)
@@ -320,6 +335,16 @@ class Gen:
         if k < 0.96:
             model["msgs"] += 1
             return "SELECT pg_logical_emit_message(true, 'replay', %s);" % lit(self.text())
+        if k < 0.9625:
+            # a transaction bigger than a batch (batch_size 200), so a kill
+            # can fall between two of its batches
+            n = r.randint(200, 600)
+            first = self.next_id[wide]
+            self.next_id[wide] += n
+            live.update(range(first, first + n))
+            return ("INSERT INTO %s (id, txt, f8, big) SELECT g, 'bulk' || g, g / 7.0, "
+                    "CASE WHEN g %% 50 = 0 THEN repeat(md5(g::text), 80) END "
+                    "FROM generate_series(%d, %d) g;" % (wide, first, first + n - 1))
         if k < 0.965:
             t = r.choice(["t_def", "t_full", "p_root", "t_nopk"])
             if t in model:
@@ -534,8 +559,10 @@ class Catalog:
              "        ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
              "        WHERE i.indrelid = c.oid AND i.indisprimary)))"
              " FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
-             " AND c.relname IN ('t_def', 't_full', 't_nopk', 'p_root')")
+             " AND c.relname IN ('t_def', 't_full', 't_nopk', 'p_root', 'p_lo', 'p_hi')")
         self.t = json.loads(run(psql, q))
+        # compared with the source: the leaves are compared through their root
+        self.compared = ["p_root", "t_def", "t_full", "t_nopk"]
         for v in self.t.values():
             v["types"] = dict(v["cols"])
 
@@ -686,7 +713,7 @@ def replay(fmt, path, schema, psql):
             print("# event: %s" % e["raw"][:1500])
             fail("event %s (%s of %s) changed %s rows of the replica, not 1" % (e["key"], e["op"], e["table"], n))
     expect = json.load(open(os.path.join(os.path.dirname(path), "expect.json")))
-    for t in sorted(cat.t):
+    for t in cat.compared:
         diff = json.loads(run(psql, compare_sql(cat, schema, t)).strip() or "null")
         if diff:
             first = diff[0]

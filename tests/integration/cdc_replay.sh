@@ -2,11 +2,12 @@
 # CDC against ground truth (issue 12): a seeded random workload (every common
 # type, REPLICA IDENTITY DEFAULT and FULL with and without a key, key changes,
 # COPY, TRUNCATE, a partitioned table written via its root and its leaves,
-# rolled-back savepoints and transactions, ADD COLUMN midway, logical
-# messages, an initial snapshot) runs while the relay is killed with SIGKILL
+# rolled-back savepoints and transactions, transactions bigger than a batch,
+# ADD COLUMN midway, logical messages, an initial snapshot) runs while the relay is killed with SIGKILL
 # between and during its chunks. Two pipelines stream it to files, one in the
-# native JSON format and one in MessagePack (length-prefixed records, decoded
-# by Debian's python3-msgpack); cdc_replay.py applies each file's events once
+# native JSON format (the partitioned table published via its root) and one
+# in MessagePack (via its partitions; length-prefixed records, decoded by
+# Debian's python3-msgpack); cdc_replay.py applies each file's events once
 # per dedup key to a replica schema and compares every table with the source,
 # row by row. A failure prints the first differing row and the events that
 # touched it.
@@ -34,7 +35,7 @@ NATIVE=$TEST_TMP/native.jsonl
 MSGPACK=$TEST_TMP/msgpack.bin
 cdc_pipeline replay-native '{"publication":"cdc_replay_pub","slot":"cdc_replay_native","snapshot":"initial","heartbeat_interval":"1s","batch_size":200}' \
     "{\"type\":\"file\",\"output\":\"$NATIVE\"}"
-cdc_pipeline replay-msgpack '{"publication":"cdc_replay_pub","slot":"cdc_replay_msgpack","snapshot":"initial","heartbeat_interval":"1s","batch_size":200}' \
+cdc_pipeline replay-msgpack '{"publication":"cdc_replay_leaves_pub","slot":"cdc_replay_msgpack","snapshot":"initial","heartbeat_interval":"1s","batch_size":200}' \
     "{\"type\":\"file\",\"output\":\"$MSGPACK\",\"format\":\"msgpack\"}"
 start_relay r1
 wait_until 30 'slot_exists cdc_replay_native && slot_exists cdc_replay_msgpack'
