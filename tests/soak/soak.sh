@@ -9,7 +9,7 @@
 #                 seed gives the same schedule of faults
 #   SOAK_FAULT_EVERY  seconds between faults (default 12)
 #   SOAK_FAULTS   the kinds drawn from, with repeats as weights (default
-#                 "kill9 kill9 pause nats pg")
+#                 "kill9 kill9 pause nats pg partition")
 #
 # Pipelines (all on a private PostgreSQL and a private nats-server, so the
 # faults touch nothing else; two relays r1, r2 share them):
@@ -26,6 +26,13 @@
 #   pause   SIGSTOP of one relay for 3-10 s, then SIGCONT
 #   nats    kill -9 of nats-server, restarted on the same store 1-3 s later
 #   pg      immediate-mode restart of PostgreSQL
+#   partition  (root, where network namespaces work) relay r2 runs in a
+#           network namespace joined to the host by a veth pair; its link
+#           goes down for 4-12 s: packets to PostgreSQL and NATS are
+#           dropped, no TCP reset. PostgreSQL drops the silent sessions after
+#           ~6 s (server keepalives), so r1 takes r2's pipelines over while r2
+#           still believes it owns them: r2 must not acknowledge anything
+#           afterwards (the fencing case). SOAK_PARTITION=0 turns it off.
 # Invariant, per pipeline: every event the ground truth holds (the ledger,
 # the rows of soak_t, the messages stored in SOAK_IN) is in the sink (lost =
 # 0); after the sink's dedup layer no event twice; the dead-letter table
@@ -42,7 +49,39 @@ EVERY=${SOAK_FAULT_EVERY:-12}
 RANDOM=$SEED   # from here on, $RANDOM draws the schedule of this seed
 diag "soak: seed $SEED, $SECS s of load, a fault every $EVERY s"
 
+# ---- a network namespace for r2 (partition faults), where possible ---------
+NETNS=""
+soak_net_cleanup() { [ -n "$NETNS" ] && ip netns del "$NETNS" 2>/dev/null; ip link del "skh$$" 2>/dev/null; return 0; }
+trap '_nats_cleanup; _cleanup; soak_net_cleanup' EXIT
+if [ "$(id -u)" = 0 ] && [ "${SOAK_PARTITION:-1}" = 1 ]; then
+    net=10.213.$(( $$ % 250 + 1 ))
+    HOSTIP=$net.1 NSIP=$net.2
+    if ip netns add "soak$$" 2>/dev/null; then
+        NETNS=soak$$
+        if ! { ip link add "skh$$" type veth peer name "skn$$" && ip link set "skn$$" netns "$NETNS" \
+               && ip addr add "$HOSTIP/30" dev "skh$$" && ip link set "skh$$" up \
+               && ip netns exec "$NETNS" ip addr add "$NSIP/30" dev "skn$$" \
+               && ip netns exec "$NETNS" ip link set "skn$$" up \
+               && ip netns exec "$NETNS" ip link set lo up; } 2>/dev/null; then
+            soak_net_cleanup; NETNS=""
+        fi
+    fi
+fi
+if [ -n "$NETNS" ]; then
+    # both relays and the tools reach the servers at the host's veth address;
+    # the server drops a silent session after ~6 s (keepalives, user timeout)
+    PRIV_PG_OPTIONS="-c listen_addresses=127.0.0.1,$HOSTIP -c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3 -c tcp_user_timeout=6000"
+    PRIV_NATS_ADDR=$HOSTIP
+    diag "soak: relay r2 runs in network namespace $NETNS ($NSIP), partitions enabled"
+else
+    diag "soak: no network namespace (not root, or ip netns failed): no partition faults"
+fi
 start_private_pg
+if [ -n "$NETNS" ]; then
+    echo "host all all $net.0/30 trust" >> "$PRIV_DIR/data/pg_hba.conf"
+    "${PSQL[@]}" -d postgres -c "SELECT pg_reload_conf()" >/dev/null
+    RELAY_URL="postgresql://postgres@$HOSTIP:$PRIV_PORT/$TEST_DB"
+fi
 setup_db
 start_private_nats N
 NURL=$(priv_nats_url N)
@@ -68,8 +107,14 @@ sql "SELECT pgtrickle.set_relay_outbox('o-nats', 'so', NULL, '$(nats_cfg SOAK_OU
      SELECT pgtrickle.set_relay_inbox('i-nats', 'soak_inbox',
             '{\"type\":\"nats\",\"url\":\"$NURL\",\"stream\":\"SOAK_IN\",\"durable_name\":\"soak\",\"ack_wait_seconds\":5}');" >/dev/null
 
-declare -A STARTS=()
-relay_up() { start_relay "$1" --relay-group-id soak --shutdown-timeout 5s; STARTS[$1]=$(( ${STARTS[$1]:-0} + 1 )); }
+relay_up() {   # r2 runs in the namespace when there is one
+    if [ "$1" = r2 ] && [ -n "$NETNS" ]; then
+        local -a RELAY_WRAP=(ip netns exec "$NETNS")   # seen by start_relay (dynamic scope)
+        RELAY_HOST=$NSIP start_relay "$1" --relay-group-id soak --shutdown-timeout 5s
+    else
+        start_relay "$1" --relay-group-id soak --shutdown-timeout 5s
+    fi
+}
 RELAY_LOG_LEVEL=info
 relay_up r1
 relay_up r2
@@ -104,8 +149,11 @@ load_pg "$T_END" & LOAD_PG=$!
 load_nats "$T_END" & LOAD_NATS=$!
 
 # ---- faults ------------------------------------------------------------------------
-declare -A FAULTS=([kill9]=0 [pause]=0 [nats]=0 [pg]=0)
-read -r -a KINDS <<<"${SOAK_FAULTS:-kill9 kill9 pause nats pg}"
+declare -A FAULTS=([kill9]=0 [pause]=0 [nats]=0 [pg]=0 [partition]=0)
+read -r -a KINDS <<<"${SOAK_FAULTS:-kill9 kill9 pause nats pg partition}"
+if [ -z "$NETNS" ]; then   # no namespace: draw from the rest
+    kinds=(); for k in "${KINDS[@]}"; do [ "$k" = partition ] || kinds+=("$k"); done; KINDS=("${kinds[@]}")
+fi
 pick_relay() { if [ $((RANDOM % 2)) = 0 ]; then echo r1; else echo r2; fi; }
 while [ $(( $(date +%s) + EVERY )) -lt "$T_END" ]; do
     sleep "$EVERY"
@@ -117,9 +165,10 @@ while [ $(( $(date +%s) + EVERY )) -lt "$T_END" ]; do
         pause) p=$(( 3 + RANDOM % 8 )); kill -STOP "$(relay_pid "$r")"; sleep "$p"; kill -CONT "$(relay_pid "$r")" ;;
         nats)  kill -9 "${PRIV_NATS_PIDS[N]}"; wait "${PRIV_NATS_PIDS[N]}" 2>/dev/null; sleep "$d"; start_private_nats N ;;
         pg)    _as_pg "$PGT_PGBIN/pg_ctl" -D "$PRIV_DIR/data" -m immediate -w stop >/dev/null 2>&1; private_pg_start ;;
+        partition) p=$(( 4 + RANDOM % 9 )); ip link set "skh$$" down; sleep "$p"; ip link set "skh$$" up ;;
     esac
     FAULTS[$k]=$(( FAULTS[$k] + 1 ))
-    case $k in kill9|pause) who=" ($r)" ;; *) who="" ;; esac
+    case $k in kill9|pause) who=" ($r)" ;; partition) who=" (r2, $p s)" ;; *) who="" ;; esac
     diag "soak: t+$(( SECS - (T_END - $(date +%s)) )) s fault $k$who"
 done
 wait "$LOAD_PG" "$LOAD_NATS"
@@ -146,7 +195,7 @@ natscli dump SOAK_CDC > "$TEST_TMP/cdc.dump"
 natscli dump SOAK_IN > "$TEST_TMP/in.dump"
 for r in r1 r2; do stop_relay "$r"; done
 
-faults=""; for k in kill9 pause nats pg; do faults+="$k=${FAULTS[$k]} "; done
+faults=""; for k in kill9 pause nats pg partition; do faults+="$k=${FAULTS[$k]} "; done
 report=$(python3 "$(dirname "$0")/check.py" "$TEST_TMP" "$faults" "$SEED") ; rc=$?
 while IFS= read -r line; do diag "soak: $line"; done <<<"$report"
 ok "$rc" "every produced event is in its sink, once after dedup (seed $SEED)"
