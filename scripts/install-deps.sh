@@ -19,6 +19,7 @@ PACKAGES=(
     libjansson-dev libmicrohttpd-dev libcmocka-dev libcurl4-openssl-dev libmsgpack-dev
     libnats-dev nats-server librdkafka-dev libhiredis-dev librabbitmq-dev
     jq curl valgrind python3 iproute2
+    redis-server redis-tools
     libssl-dev openssl
     # scripts/fuzz.sh: clang, libFuzzer's runtime, llvm-symbolizer for the stacks
     clang libclang-rt-14-dev llvm
