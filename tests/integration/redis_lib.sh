@@ -45,7 +45,8 @@ start_private_redis() {
             --logfile "$d/redis.log" "$@" </dev/null >/dev/null 2>&1 &
         PRIV_REDIS_PIDS[$id]=$!
         eval "PRIV_REDIS_PORT_$id=$port"
-        if wait_until 10 "redis-cli -h 127.0.0.1 -p $port ping 2>/dev/null | grep -q PONG || ! kill -0 ${PRIV_REDIS_PIDS[$id]}" \
+        # ready when it answers PING (NOAUTH: it answers, but wants a password)
+        if wait_until 10 "redis-cli -h 127.0.0.1 -p $port ping 2>&1 | grep -q 'PONG\|NOAUTH' || ! kill -0 ${PRIV_REDIS_PIDS[$id]}" \
             && kill -0 "${PRIV_REDIS_PIDS[$id]}" 2>/dev/null; then
             return 0
         fi
