@@ -33,6 +33,11 @@
  *                                      and its type
  *   value too large (proto-max-bulk-len, string size limit)
  *                                      MSG_REJECTED (dead-lettered)
+ * A message with a value (payload or dedup key) larger than the server's
+ * proto-max-bulk-len (read with CONFIG GET once per connection) is not
+ * sent at all but MSG_REJECTED at once: the server would answer it with a
+ * protocol error and drop the connection, taking the rest of the pipeline
+ * with it.
  *   NOSCRIPT                           MSG_RETRY; the script is loaded again
  *   any other error (OOM, READONLY, NOAUTH, BUSY, ...)
  *                                      MSG_RETRY with the server's text
@@ -74,6 +79,8 @@
  * round trip (hiredis's output buffer) for very large batches. */
 #define PIPELINE_CHUNK 10000
 #define MAX_ARGS 20
+/* Redis's default proto-max-bulk-len, when the server does not tell. */
+#define DEFAULT_MAX_BULK (512LL * 1024 * 1024)
 
 #define OUTBOX_STREAM_KEY "pgtrickle:{stream_table}"
 #define CDC_STREAM_KEY "cdc:{schema}.{table}"
@@ -99,6 +106,8 @@ typedef struct redis_sink {
     /* state */
     char script_sha[41];     /* the dedup script's SHA1 ... */
     uint64_t script_conn;    /* ... loaded on connection number script_conn */
+    int64_t max_bulk;        /* the server's proto-max-bulk-len ... */
+    uint64_t max_bulk_conn;  /* ... as read on connection number max_bulk_conn */
     relay_buf key;           /* scratch: a rendered stream key */
     relay_buf marker;        /* scratch: a dedup marker key */
     char last_id[64];        /* last entry id added */
@@ -194,10 +203,34 @@ static int load_script(redis_sink *s, char *err, size_t errlen)
     return rc;
 }
 
+/* Read the server's proto-max-bulk-len once per connection: a value larger
+ * than that makes the server close the connection mid-pipeline, so such a
+ * message is rejected before it is sent. CONFIG may be refused (ACL,
+ * renamed command): then Redis's default, 512 MB, is assumed. */
+static int read_max_bulk(redis_sink *s, char *err, size_t errlen)
+{
+    if (s->max_bulk_conn == s->conn.connects)
+        return 0;
+    const char *argv[3] = {"CONFIG", "GET", "proto-max-bulk-len"};
+    redisReply *r = redis_conn_command(&s->conn, 3, argv, NULL, err, errlen);
+    if (!r)
+        return -1;
+    s->max_bulk = DEFAULT_MAX_BULK;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[1]->type == REDIS_REPLY_STRING) {
+        long long v = strtoll(r->element[1]->str, NULL, 10);
+        if (v > 0)
+            s->max_bulk = v;
+    }
+    freeReplyObject(r);
+    s->max_bulk_conn = s->conn.connects;
+    return 0;
+}
+
 static int rs_open(relay_sink *base, char *err, size_t errlen)
 {
     redis_sink *s = (redis_sink *)base;
-    if (redis_conn_open(&s->conn, err, errlen) < 0)
+    if (redis_conn_open(&s->conn, err, errlen) < 0 || read_max_bulk(s, err, errlen) < 0)
         return -1;
     return load_script(s, err, errlen);
 }
@@ -339,10 +372,26 @@ static size_t publish_chunk(redis_sink *s, relay_msg **msgs, size_t n, int *wron
                             int *down, char *err, size_t errlen)
 {
     size_t settled = 0, appended = 0;
-    for (; appended < n; appended++)
-        if (append_command(s, msgs[appended]) < 0)
+    for (; appended < n; appended++) {
+        relay_msg *m = msgs[appended];
+        size_t biggest = m->body_len;
+        if (msg_bytes(m->dedup_key, m->dedup_key_len) > biggest)
+            biggest = msg_bytes(m->dedup_key, m->dedup_key_len);
+        if ((int64_t)biggest > s->max_bulk) {
+            msg_set_error(m, MSG_REJECTED, "a value of %zu bytes exceeds proto-max-bulk-len "
+                          "(%" PRId64 " bytes) of redis %s", biggest, s->max_bulk,
+                          s->conn.url_display);
+            s->failed++;
+            continue;
+        }
+        if (append_command(s, m) < 0)
             break;
+    }
     for (size_t i = 0; i < appended; i++) {
+        if (msgs[i]->state == MSG_REJECTED) {
+            settled++;
+            continue;
+        }
         void *reply = NULL;
         if (redisGetReply(s->conn.ctx, &reply) != REDIS_OK || !reply) {
             redis_conn_fail(&s->conn, err, errlen);
