@@ -274,6 +274,16 @@ redisReply *redis_conn_command(relay_redis_conn *c, int argc, const char **argv,
     return r;
 }
 
+int redis_conn_set_timeout(relay_redis_conn *c, int64_t extra_ms, char *err, size_t errlen)
+{
+    if (!redis_conn_ok(c) ||
+        redisSetTimeout(c->ctx, tv_ms(c->command_timeout_ms + extra_ms)) != REDIS_OK) {
+        redis_conn_fail(c, err, errlen);
+        return -1;
+    }
+    return 0;
+}
+
 /* Run a setup command; an error reply is reported as `what` + its text. */
 static int setup_command(relay_redis_conn *c, const char *what, int argc, const char **argv,
                          char *err, size_t errlen)

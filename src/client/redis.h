@@ -101,6 +101,11 @@ void redis_conn_fail(relay_redis_conn *c, char *err, size_t errlen);
 redisReply *redis_conn_command(relay_redis_conn *c, int argc, const char **argv,
                                const size_t *argvlen, char *err, size_t errlen);
 
+/* Let the next calls block up to command_timeout_ms + extra_ms (e.g. the
+ * BLOCK time of an XREADGROUP); extra_ms = 0 restores the normal timeout.
+ * Returns 0, or -1 (connection closed, err set). */
+int redis_conn_set_timeout(relay_redis_conn *c, int64_t extra_ms, char *err, size_t errlen);
+
 void redis_conn_close(relay_redis_conn *c);
 void redis_conn_free(relay_redis_conn *c);
 
