@@ -109,6 +109,19 @@ static int is_string(const redisReply *r)
     return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS);
 }
 
+/* A stream entry id: "<ms>-<seq>", both decimal. */
+static int valid_entry_id(const char *s, size_t n)
+{
+    size_t i = 0, digits = 0;
+    while (i < n && s[i] >= '0' && s[i] <= '9')
+        i++, digits++;
+    if (digits == 0 || i == n || s[i++] != '-')
+        return 0;
+    for (digits = 0; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+        digits++;
+    return digits > 0 && i == n;
+}
+
 int redis_read_entries(const redisReply *r, const redisReply **entries, char *err,
                        size_t errlen)
 {
@@ -131,7 +144,9 @@ int redis_autoclaim_entries(const redisReply *r, char *cursor, size_t cursorlen,
 {
     *entries = NULL;
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || !is_string(r->element[0]) ||
-        r->element[0]->len >= cursorlen || r->element[1]->type != REDIS_REPLY_ARRAY) {
+        r->element[0]->len >= cursorlen ||
+        !valid_entry_id(r->element[0]->str, r->element[0]->len) ||
+        r->element[1]->type != REDIS_REPLY_ARRAY) {
         snprintf(err, errlen, "unexpected XAUTOCLAIM reply (type %d)", r->type);
         return -1;
     }
@@ -179,8 +194,8 @@ int redis_entry_to_msg(const redisReply *entry, const char *stream_key,
 {
     *id_out = NULL;
     if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2 ||
-        !is_string(entry->element[0]) || entry->element[0]->len == 0 ||
-        entry->element[0]->len >= ID_MAX) {
+        !is_string(entry->element[0]) || entry->element[0]->len >= ID_MAX ||
+        !valid_entry_id(entry->element[0]->str, entry->element[0]->len)) {
         snprintf(err, errlen, "unexpected stream entry in a reply (type %d)", entry->type);
         return -1;
     }

@@ -25,7 +25,7 @@ int redis_read_entries(const redisReply *r, const redisReply **entries, char *er
 /*
  * The parts of an XAUTOCLAIM reply (Redis 7: [next cursor, [entry, ...],
  * [deleted id, ...]]; Redis 6.2 has no third element): the next cursor
- * (NUL-terminated into `cursor`, at most cursorlen - 1 bytes) and the
+ * (an entry id, NUL-terminated into `cursor`, at most cursorlen - 1 bytes) and the
  * entries. Returns 0, or -1 with `err` when the reply has another shape.
  */
 int redis_autoclaim_entries(const redisReply *r, char *cursor, size_t cursorlen,
