@@ -3,8 +3,8 @@
  *
  *   pgtrickle-relay 0.1.0 (catalog version 3)
  *   built: gcc 12.2.0, debugoptimized, sd_notify yes
- *   sources: outbox, cdc, stdin, file, nats, kafka, webhook, http
- *   sinks: pg-inbox, file, stdout, nats, kafka, webhook, http
+ *   sources: outbox, cdc, stdin, file, nats, kafka, redis, webhook, http
+ *   sinks: pg-inbox, file, stdout, nats, kafka, redis, webhook, http
  *   libraries:
  *     libpq 15.13
  *     ...
