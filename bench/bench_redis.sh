@@ -13,6 +13,10 @@
 #                    relay's fields and its envelope as the body, byte for
 #                    byte, every reply checked; measured before and after the
 #                    relay, the ratio is against their mean.
+#   baseline         the same outbox events through the same relay into a
+#                    local file (file sink, no fsync): the relay's own cost of
+#                    reading the outbox, encoding and committing offsets,
+#                    which the plain client does not pay.
 #   dedup window     the same with dedup_window_seconds (each XADD in the Lua
 #                    script); reference: redis_pipe running the same script.
 #   Redis -> inbox   100 000 entries (redis_pipe) drained through a consumer
@@ -47,7 +51,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 RELAY_PID=""
 start_relay() {   # start_relay <port>
     "$RELAY_BIN" --postgres-url "$BENCH_DB_URL" --metrics-addr "127.0.0.1:$1" --log-level warn \
-        --discovery-interval 1s >>"$BENCH_TMP/relay.log" 2>&1 &
+        --allow-path "$BENCH_TMP" --discovery-interval 1s >>"$BENCH_TMP/relay.log" 2>&1 &
     RELAY_PID=$!
     for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$1/metrics" && break; sleep 0.05; done
 }
@@ -71,6 +75,9 @@ PUBM='pgtrickle_relay_messages_published_total{pipeline="bench-out",sink="redis"
 PUBD='pgtrickle_relay_messages_published_total{pipeline="bench-dedup",sink="redis"}'
 bsql "SELECT pgtrickle.enable_outbox('ev')" >/dev/null
 bsql "SELECT pgtrickle.enable_outbox('evd')" >/dev/null
+bsql "SELECT pgtrickle.enable_outbox('evf')" >/dev/null
+bsql "SELECT pgtrickle.set_relay_outbox('bench-file', 'evf', NULL,
+      '{\"type\":\"file\",\"output\":\"$BENCH_TMP/fwd.jsonl\",\"fsync\":false,\"rotate_bytes\":0}')" >/dev/null
 bsql "SELECT pgtrickle.set_relay_outbox('bench-out', 'ev', NULL,
       '{\"type\":\"redis\",\"url\":\"$RURL\",\"stream_key\":\"bench:out\"}')" >/dev/null
 bsql "SELECT pgtrickle.set_relay_outbox('bench-dedup', 'evd', NULL,
@@ -102,6 +109,12 @@ wait_metric "$PORT" "$PUBM" $((N + 1)) 300
 OUT_MS=$(( $(now_ms) - t0 ))
 [ "$(rc_ XLEN bench:out)" = $((N + 1)) ] || { echo "bench_redis: bench:out holds $(rc_ XLEN bench:out) entries" >&2; exit 1; }
 REF2=$(ref_run b)
+
+PUBF='pgtrickle_relay_messages_published_total{pipeline="bench-file",sink="file"}'
+fill evf
+t0=$(now_ms)
+wait_metric "$PORT" "$PUBF" "$N" 300
+FILE_MS=$(( $(now_ms) - t0 ))
 
 DREF1=$(ref_run c --dedup-window 600)
 fill evd
@@ -155,10 +168,11 @@ COPY_MS=$(( $(now_ms) - t0 ))
 
 # ---- report -------------------------------------------------------------------------------------
 python3 - "$N" "$ROWS" "$BODY_BYTES" "$OUT_MS" "$REF1" "$REF2" "$DEDUP_MS" "$DREF1" "$DREF2" "$OUT_RSS" \
-    "$IN_BATCH" "$RIN_MS" "$RIN_RSS" "$NIN_MS" "$NIN_RSS" "$COPY_MS" "$BENCH_RESULTS/redis.json" <<'PY'
+    "$IN_BATCH" "$RIN_MS" "$RIN_RSS" "$NIN_MS" "$NIN_RSS" "$COPY_MS" "$FILE_MS" "$BENCH_RESULTS/redis.json" <<'PY'
 import json, sys
 (n, rows, body, out_ms, r1, r2, dd_ms, d1, d2, out_rss, in_batch, rin_ms, rin_rss, nin_ms, nin_rss,
- copy_ms, path) = sys.argv[1:]
+ copy_ms, file_ms, path) = sys.argv[1:]
+file_s = int(file_ms) / 1000
 n = int(n)
 out_s, dd_s = int(out_ms) / 1000, int(dd_ms) / 1000
 ref_s, dref_s = (float(r1) + float(r2)) / 2, (float(d1) + float(d2)) / 2
@@ -167,7 +181,8 @@ res = {
   "outbox_to_redis": {"events": n, "events_per_outbox_row": int(rows), "body_bytes": int(body),
       "relay_seconds": out_s, "relay_events_per_s": round(n / out_s),
       "reference_seconds": [float(r1), float(r2)], "reference_events_per_s": round(n / ref_s),
-      "ratio_relay_reference": round(ref_s / out_s, 2), "relay_peak_rss_kb": int(out_rss)},
+      "ratio_relay_reference": round(ref_s / out_s, 2), "relay_peak_rss_kb": int(out_rss),
+      "baseline_outbox_to_file_seconds": file_s, "baseline_events_per_s": round(n / file_s)},
   "outbox_to_redis_dedup_window": {"events": n, "relay_seconds": dd_s,
       "relay_events_per_s": round(n / dd_s), "reference_seconds": [float(d1), float(d2)],
       "reference_events_per_s": round(n / dref_s), "ratio_relay_reference": round(dref_s / dd_s, 2),
@@ -185,6 +200,8 @@ print("|---|---|---|---|---|---|")
 print(f"| outbox -> Redis (XADD) | {n} | {ref_s:.2f} s, {o['reference_events_per_s']} ev/s (hiredis "
       f"pipelined XADD) | {out_s:.2f} s, {o['relay_events_per_s']} ev/s | {o['ratio_relay_reference']} "
       f"| {int(out_rss)/1024:.1f} MB |")
+print(f"| baseline: outbox -> file, same relay | {n} | - | {file_s:.2f} s, {o['baseline_events_per_s']} ev/s "
+      f"| - | - |")
 print(f"| outbox -> Redis, dedup_window_seconds | {n} | {dref_s:.2f} s, {d['reference_events_per_s']} ev/s "
       f"(hiredis, same Lua script) | {dd_s:.2f} s, {d['relay_events_per_s']} ev/s | {d['ratio_relay_reference']} "
       f"| (cost: {d['cost_vs_plain_relay']}x the plain relay's time) |")
