@@ -188,10 +188,7 @@ static int has_code(const char *text, size_t len, const char *code)
 
 redis_err_class redis_error_classify(const char *text, size_t len)
 {
-    static const char *const down[] = {
-        "NOAUTH", "WRONGPASS", "NOPERM", "READONLY", "MASTERDOWN", "MISCONF",
-        "CLUSTERDOWN", "MOVED", "ASK", "CROSSSLOT", "UNKILLABLE", NULL,
-    };
+    static const char bad_bulk[] = "ERR Protocol error: invalid bulk length";
     if (!text)
         return REDIS_ERR_TRANSIENT;
     if (has_code(text, len, "WRONGTYPE"))
@@ -200,13 +197,7 @@ redis_err_class redis_error_classify(const char *text, size_t len)
         return REDIS_ERR_NOSCRIPT;
     if (has_code(text, len, "NOGROUP"))
         return REDIS_ERR_NOGROUP;
-    for (size_t i = 0; down[i]; i++)
-        if (has_code(text, len, down[i]))
-            return REDIS_ERR_DOWN;
-    static const char too_big[] = "ERR string exceeds maximum allowed size";
-    static const char bad_bulk[] = "ERR Protocol error: invalid bulk length";
-    if ((len >= sizeof too_big - 1 && memcmp(text, too_big, sizeof too_big - 1) == 0) ||
-        (len >= sizeof bad_bulk - 1 && memcmp(text, bad_bulk, sizeof bad_bulk - 1) == 0))
+    if (len >= sizeof bad_bulk - 1 && memcmp(text, bad_bulk, sizeof bad_bulk - 1) == 0)
         return REDIS_ERR_MESSAGE;
     return REDIS_ERR_TRANSIENT;
 }
@@ -257,7 +248,12 @@ void redis_conn_fail(relay_redis_conn *c, char *err, size_t errlen)
     const char *why = c->ctx && c->ctx->err ? c->ctx->errstr : "not connected";
     if (c->ctx && c->ctx->err == REDIS_ERR_EOF)
         why = "connection closed by the server";
-    snprintf(err, errlen, "redis %s: %s", c->url_display, why);
+    /* a socket timeout (SO_RCVTIMEO/SO_SNDTIMEO) is EAGAIN to hiredis */
+    if (c->ctx && c->ctx->err == REDIS_ERR_IO && strstr(c->ctx->errstr, "temporarily unavailable"))
+        snprintf(err, errlen, "redis %s: no answer within command_timeout_ms (%" PRId64 " ms)",
+                 c->url_display, c->command_timeout_ms);
+    else
+        snprintf(err, errlen, "redis %s: %s", c->url_display, why);
     redis_conn_close(c);
 }
 

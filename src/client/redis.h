@@ -49,16 +49,18 @@ void redis_url_free(relay_redis_url *u);
 /* Append "redis://[user@]host:port/db" (no password) to `out`. */
 void redis_url_display(const relay_redis_url *u, relay_buf *out);
 
-/* How a Redis error reply is handled, by its error code (the first word). */
+/* How a Redis error reply is handled, by its error code (the first word).
+ * Every other error (OOM, LOADING, BUSY, NOAUTH, WRONGPASS, NOPERM,
+ * READONLY, MISCONF, MOVED, ...) is REDIS_ERR_TRANSIENT: the server's state
+ * or our rights, which an operator can change; the command is retried. */
 typedef enum {
-    REDIS_ERR_TRANSIENT = 0, /* OOM, LOADING, BUSY, TRYAGAIN, unknown: retry the message */
-    REDIS_ERR_DOWN,          /* NOAUTH, WRONGPASS, NOPERM, READONLY, MASTERDOWN, ...:
-                                the server refuses us: the pipeline is degraded */
+    REDIS_ERR_TRANSIENT = 0, /* retry the command */
     REDIS_ERR_WRONGTYPE,     /* the key holds another type than a stream */
     REDIS_ERR_NOSCRIPT,      /* EVALSHA of a script the server does not have */
     REDIS_ERR_NOGROUP,       /* the consumer group (or its stream) does not exist */
-    REDIS_ERR_MESSAGE,       /* the command itself is invalid for this message
-                                (e.g. a value larger than proto-max-bulk-len) */
+    REDIS_ERR_MESSAGE,       /* this command can never succeed: a value larger than
+                                proto-max-bulk-len ("Protocol error: invalid bulk
+                                length"; the server then closes the connection) */
 } redis_err_class;
 
 /* Classify an error reply text (e.g. "WRONGTYPE Operation against a key

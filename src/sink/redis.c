@@ -31,7 +31,7 @@
  *   nil (dedup script: a repeat)       MSG_CONFIRMED, counted as a duplicate
  *   WRONGTYPE                          MSG_RETRY; the error names the key
  *                                      and its type
- *   value too large (proto-max-bulk-len, string size limit)
+ *   "Protocol error: invalid bulk length" (a value over proto-max-bulk-len)
  *                                      MSG_REJECTED (dead-lettered)
  * A message with a value (payload or dedup key) larger than the server's
  * proto-max-bulk-len (read with CONFIG GET once per connection) is not
