@@ -33,16 +33,16 @@
  *                                      and its type
  *   "Protocol error: invalid bulk length" (a value over proto-max-bulk-len)
  *                                      MSG_REJECTED (dead-lettered)
- * A message with a value (payload or dedup key) larger than the server's
- * proto-max-bulk-len (read with CONFIG GET once per connection) is not
- * sent at all but MSG_REJECTED at once: the server would answer it with a
- * protocol error and drop the connection, taking the rest of the pipeline
- * with it.
  *   NOSCRIPT                           MSG_RETRY; the script is loaded again
  *   any other error (OOM, READONLY, NOAUTH, BUSY, ...)
  *                                      MSG_RETRY with the server's text
  *   connection lost / timed out        the rest of the call MSG_RETRY, the
  *                                      connection is closed
+ * A message with a value (payload, dedup key, subject, stream or marker key)
+ * larger than the server's proto-max-bulk-len (read with CONFIG GET once
+ * per connection) is not sent at all but MSG_REJECTED at once: the server
+ * would answer it with a protocol error and drop the connection, taking the
+ * rest of the pipeline with it.
  * publish() returns -1 (the worker marks the pipeline's sink down, so
  * /health is degraded) when not a single message of the call was confirmed
  * or rejected: the server is down, refuses writes, or every key is of the
@@ -365,6 +365,19 @@ static void explain_wrongtype(redis_sink *s, relay_msg **msgs, size_t n)
     buf_free(&prev);
 }
 
+/* The longest argument the command for `m` would have, in bytes. */
+static size_t largest_value(redis_sink *s, const relay_msg *m)
+{
+    size_t dk = msg_bytes(m->dedup_key, m->dedup_key_len);
+    size_t biggest = m->body_len > dk ? m->body_len : dk;
+    if (msg_bytes(m->subject, m->subject_len) > biggest)
+        biggest = msg_bytes(m->subject, m->subject_len);
+    buf_clear(&s->key);
+    subject_render(s->stream_key, m, &s->key);
+    size_t key = s->key.len + (s->dedup_window_s ? sizeof ":dedup:" - 1 + dk : 0);
+    return key > biggest ? key : biggest;
+}
+
 /* Send msgs[0..n) (n <= PIPELINE_CHUNK) and read every reply. Returns the
  * number settled (confirmed or rejected); on a connection failure the rest
  * stay MSG_RETRY and *down is set. */
@@ -374,9 +387,7 @@ static size_t publish_chunk(redis_sink *s, relay_msg **msgs, size_t n, int *wron
     size_t settled = 0, appended = 0;
     for (; appended < n; appended++) {
         relay_msg *m = msgs[appended];
-        size_t biggest = m->body_len;
-        if (msg_bytes(m->dedup_key, m->dedup_key_len) > biggest)
-            biggest = msg_bytes(m->dedup_key, m->dedup_key_len);
+        size_t biggest = largest_value(s, m);
         if ((int64_t)biggest > s->max_bulk) {
             msg_set_error(m, MSG_REJECTED, "a value of %zu bytes exceeds proto-max-bulk-len "
                           "(%" PRId64 " bytes) of redis %s", biggest, s->max_bulk,
