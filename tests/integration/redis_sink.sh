@@ -4,7 +4,7 @@
 # rendered stream key, with the fields dedup_key, subject, op, payload (the
 # native envelope) and full_refresh on full-refresh events only; maxlen trims
 # the stream (MAXLEN ~); msgpack bodies; the offset is committed; metrics,
-# /health and /status show the sink.
+# /health and /status show the sink; the flat config form works.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/redis_lib.sh"
 setup_db
@@ -15,6 +15,9 @@ sql "SELECT pgtrickle.set_relay_outbox('orders-redis', 'orders', NULL, '$(redis_
 sql "SELECT pgtrickle.set_relay_outbox('odd-redis', 'public.odd name.>*', NULL, '$(redis_sink "$P:{stream_table}")')" >/dev/null
 sql "SELECT pgtrickle.set_relay_outbox('orders-trim', 'orders', NULL, '$(redis_sink "$P:trim" '"maxlen":100')')" >/dev/null
 sql "SELECT pgtrickle.set_relay_outbox('orders-mp', 'orders', NULL, '$(redis_sink "$P:mp" '"format":"msgpack"')')" >/dev/null
+# the README's flat form: redis_url, redis_stream
+sql "SELECT pgtrickle.set_relay_outbox('orders-flat', config => '{\"stream_table\":\"orders\",\"sink_type\":\"redis\",
+     \"redis_url\":\"$REDIS_URL\",\"redis_stream\":\"$P:flat:{stream_table}\"}')" >/dev/null
 
 write_rows orders 1 1000
 sql "INSERT INTO pgtrickle.outbox_orders (inserted_count, payload) VALUES (2, '[{\"id\":1},{\"id\":2}]')" >/dev/null
@@ -59,7 +62,8 @@ ok "$([ "$n" -ge 100 ] && [ "$n" -lt 1005 ]; echo $?)" "maxlen 100 trims the str
 is "$(rcli --json XREVRANGE "$P:trim" + - COUNT 1 | jq -r '.[0][1] as $f | [range(0; $f | length; 2) as $i | {key: $f[$i], value: $f[$i + 1]}] | from_entries | .op')" \
    refresh "the newest entry is kept"
 
-wait_until 20 '[ "$(xlen "$P:mp")" -ge $TOTAL ]'
+wait_until 20 '[ "$(xlen "$P:mp")" -ge $TOTAL ] && [ "$(xlen "$P:flat:orders")" -ge $TOTAL ]'
+is "$(xlen "$P:flat:orders")" $TOTAL "the flat form (redis_url, redis_stream) relays the same events"
 is "$(xlen "$P:mp")" $TOTAL "the msgpack pipeline delivered the same events"
 is "$(rcli --raw XRANGE "$P:mp" - + COUNT 1 | sed -n 9p | head -c 1 | od -An -tx1 | tr -d ' ')" 86 \
    "msgpack payload: a 6-entry map (seed 003 shape)"
