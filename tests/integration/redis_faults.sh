@@ -4,7 +4,8 @@
 # connection error, acknowledge nothing more, and after the restart every
 # event arrives. With a dedup window exactly once; without it every event at
 # least once (a reply lost in the cut can repeat an entry, with its
-# dedup_key).
+# dedup_key). The same after the server was frozen (SIGSTOP) for longer
+# than command_timeout_ms.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/redis_lib.sh"
 setup_db
@@ -57,6 +58,25 @@ is "$(jq -r '[.dedup_key, (.payload | fromjson | .payload.n | tostring)] | join(
 diag "plain stream: $(pxlen "$P:plain") entries for 3000 events"
 like "$(relay_log r1)" "\[faults-plain\] sink redis available again" "the recovery is logged"
 is "$(pipeline_healthy r1 faults-plain):$(pipeline_healthy r1 faults-dedup)" "true:true" "both pipelines are healthy again"
+
+# A frozen server (SIGSTOP): no reply within command_timeout_ms, the
+# connection is dropped and the batch retried; after SIGCONT every event
+# arrives (with the dedup window exactly once, although the server still
+# executes the commands the dropped connection had sent).
+kill -STOP "${PRIV_REDIS_PIDS[AOF]}"
+write_rows orders 3001 3200
+wait_until 30 '[ "$(http_get r1 /health | jq -r ".degraded | length")" = 2 ]'
+like "$(last_error r1 faults-dedup)" "no answer within command_timeout_ms \(1000 ms\)" \
+   "a frozen server: no answer within command_timeout_ms, the pipeline degraded"
+is "$(offset faults-dedup):$(offset faults-plain)" "3000:3000" "nothing is acknowledged meanwhile"
+kill -CONT "${PRIV_REDIS_PIDS[AOF]}"
+wait_until 60 '[ "$(offset faults-dedup)" = 3200 ] && [ "$(offset faults-plain)" = 3200 ]'
+is "$(offset faults-dedup):$(offset faults-plain)" "3200:3200" "after SIGCONT both pipelines catch up"
+RCLI_PORT=$RP entries "$P:dedup" > "$TEST_TMP/dedup2.jsonl"
+is "$(jq -r '.payload | fromjson | .payload.n' "$TEST_TMP/dedup2.jsonl" | sort -n | awk 'NR != $1 { bad++ } END { print NR ":" bad + 0 }')" "3200:0" \
+   "with a dedup window: events 1..3200, each exactly once"
+is "$(RCLI_PORT=$RP entries "$P:plain" | jq -r '.payload | fromjson | .payload.n' | sort -nu | awk 'NR != $1 { bad++ } END { print NR ":" bad + 0 }')" "3200:0" \
+   "without: every event 1..3200 arrived"
 stop_relay r1
 is "$?" 0 "clean exit"
 done_testing
