@@ -21,6 +21,7 @@ PACKAGES=(
     jq curl valgrind python3 iproute2
     # tests/integration/cdc_replay: decodes the msgpack files independently
     python3-msgpack
+    redis-server redis-tools
     libssl-dev openssl
     # scripts/fuzz.sh: clang, libFuzzer's runtime, llvm-symbolizer for the stacks
     clang libclang-rt-14-dev llvm

@@ -28,6 +28,10 @@ extern const relay_source_ops relay_source_nats_ops;
 extern const relay_sink_ops relay_sink_kafka_ops;
 extern const relay_source_ops relay_source_kafka_ops;
 #endif
+#if HAVE_REDIS
+extern const relay_sink_ops relay_sink_redis_ops;
+extern const relay_source_ops relay_source_redis_ops;
+#endif
 #if HAVE_WEBHOOK
 extern const relay_source_ops relay_source_webhook_ops;
 extern const relay_source_ops relay_source_http_ops;
@@ -45,6 +49,9 @@ static const relay_source_ops *const sources[] = {
 #endif
 #if HAVE_KAFKA
     &relay_source_kafka_ops,
+#endif
+#if HAVE_REDIS
+    &relay_source_redis_ops,
 #endif
 #if HAVE_WEBHOOK
     &relay_source_webhook_ops,
@@ -64,6 +71,9 @@ static const relay_sink_ops *const sinks[] = {
 #endif
 #if HAVE_KAFKA
     &relay_sink_kafka_ops,
+#endif
+#if HAVE_REDIS
+    &relay_sink_redis_ops,
 #endif
 #if HAVE_WEBHOOK
     &relay_sink_webhook_ops,
