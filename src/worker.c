@@ -227,7 +227,7 @@ int worker_dead_letter(relay_worker *w, const relay_msg *m, const char *error, c
     static const int formats[7] = {0, 1, 1, 1, 0, 1, 0};
     static const char sql[] = "SELECT pgtrickle.relay_dead_letter_bytes($1, $2::bytea, $3::bytea, "
                               "$4::bytea, $5::boolean, $6::bytea, $7)";
-    PGresult *r = PQexecParams(w->pg, sql, 7, NULL, values, lengths, formats, 0);
+    PGresult *r = pg_exec_params_guarded(w->pg, sql, 7, values, lengths, formats, 0);
     if (r && PQresultStatus(r) == PGRES_TUPLES_OK) {
         PQclear(r);
         return 0;

@@ -329,7 +329,7 @@ static long insert_rows(inbox_sink *s, relay_msg **msgs, size_t n, char *sqlstat
                               s->arr[4].data, s->arr[5].data, s->event_type_field,
                               s->map_source, s->map_aggregate, s->map_trace};
     PGconn *c = conn(s);
-    PGresult *r = PQexecParams(c, s->insert_sql, 10, NULL, params, NULL, NULL, 0);
+    PGresult *r = pg_exec_params_guarded(c, s->insert_sql, 10, params, NULL, NULL, 0);
     if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
         long inserted = strtol(PQcmdTuples(r), NULL, 10);
         PQclear(r);
