@@ -408,6 +408,19 @@ static int sync_parent_dir(const char *path, char *err, size_t errlen)
     return rc;
 }
 
+/* Cut the file at `end`, dropping the partial record after it. */
+static int cut_partial(file_sink *fs, int fd, off_t end, off_t size, char *err, size_t errlen)
+{
+    if (ftruncate(fd, end) < 0) {
+        snprintf(err, errlen, "truncate %s: %s", fs->output, strerror(errno));
+        return -1;
+    }
+    log_warn(pipeline_name(fs), "%s ended with a partial record (%lld bytes, from an interrupted "
+             "write): removed; that batch is delivered again", fs->output,
+             (long long)(size - end));
+    return 0;
+}
+
 /* Cut a partial last record (left by a crash mid-write) back to the last
  * newline. Returns 0, or -1 with err. */
 static int drop_partial_record(file_sink *fs, int fd, off_t size, char *err, size_t errlen)
@@ -432,14 +445,7 @@ static int drop_partial_record(file_sink *fs, int fd, off_t size, char *err, siz
         end = start;
     }
 cut:
-    if (ftruncate(fd, end) < 0) {
-        snprintf(err, errlen, "truncate %s: %s", fs->output, strerror(errno));
-        return -1;
-    }
-    log_warn(pipeline_name(fs), "%s ended with a partial record (%lld bytes, from an interrupted "
-             "write): removed; that batch is delivered again", fs->output,
-             (long long)(size - end));
-    return 0;
+    return cut_partial(fs, fd, end, size, err, errlen);
 }
 
 /* The msgpack form of drop_partial_record: walk the records from the start
@@ -462,14 +468,7 @@ static int drop_partial_frame(file_sink *fs, int fd, off_t size, char *err, size
     }
     if (end == size)
         return 0;
-    if (ftruncate(fd, end) < 0) {
-        snprintf(err, errlen, "truncate %s: %s", fs->output, strerror(errno));
-        return -1;
-    }
-    log_warn(pipeline_name(fs), "%s ended with a partial record (%lld bytes, from an interrupted "
-             "write): removed; that batch is delivered again", fs->output,
-             (long long)(size - end));
-    return 0;
+    return cut_partial(fs, fd, end, size, err, errlen);
 }
 
 static int open_output(file_sink *fs, char *err, size_t errlen)

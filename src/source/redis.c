@@ -579,6 +579,19 @@ static redisReply *read_command(redis_source *s, const char *what, int argc, con
     return NULL;
 }
 
+/* Turn the entries of an XREADGROUP reply into messages, then free the
+ * reply. Returns messages added, or -1; *last is the last entry's id. */
+static int take_reply(redis_source *s, redisReply *r, relay_batch *b, const char **last,
+                      char *err, size_t errlen)
+{
+    const redisReply *entries;
+    int n = redis_read_entries(r, &entries, err, errlen);
+    if (n == 0 && entries)
+        n = take_entries(s, entries, b, last, err, errlen);
+    freeReplyObject(r);
+    return n;
+}
+
 /* Phase 1: our own pending entries after pending_cursor. Returns messages
  * added (0 when there are no more: the phase ends), or -1. */
 static int read_own_pending(redis_source *s, relay_batch *b, size_t count, char *err,
@@ -592,12 +605,8 @@ static int read_own_pending(redis_source *s, relay_batch *b, size_t count, char 
         redisReply *r = read_command(s, "XREADGROUP", 9, argv, err, errlen);
         if (!r)
             return -1;
-        const redisReply *entries;
         const char *last = NULL;
-        int n = redis_read_entries(r, &entries, err, errlen);
-        if (n == 0 && entries)
-            n = take_entries(s, entries, b, &last, err, errlen);
-        freeReplyObject(r);
+        int n = take_reply(s, r, b, &last, err, errlen);
         if (n < 0)
             return -1;
         if (!last) {
@@ -666,13 +675,8 @@ static int read_new(redis_source *s, relay_batch *b, size_t count, char *err, si
             freeReplyObject(r);
         return -1;
     }
-    const redisReply *entries;
     const char *last = NULL;
-    int n = redis_read_entries(r, &entries, err, errlen);
-    if (n == 0 && entries)
-        n = take_entries(s, entries, b, &last, err, errlen);
-    freeReplyObject(r);
-    return n;
+    return take_reply(s, r, b, &last, err, errlen);
 }
 
 static int rsrc_poll(relay_source *base, relay_batch *b, size_t max, char *err, size_t errlen)
