@@ -49,10 +49,17 @@ wait_until 10 '[ "$(pending)" = 0 ] && [ "$(pipeline_healthy r1 redis-faults)" =
 is "$(pending):$(pipeline_healthy r1 redis-faults)" "0:true" "all acknowledged, healthy again"
 
 # --- PostgreSQL down -------------------------------------------------------------------
-private_pg_stop
+# The relay must have read the entries when PostgreSQL goes away (otherwise
+# it notices the outage first and reads nothing, which proves nothing here):
+# a lock holds its inbox INSERT until the server stops.
+"${PSQL[@]}" -d "$TEST_DB" -c "BEGIN; LOCK TABLE pgtrickle.faults_inbox IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120)" \
+    >/dev/null 2>&1 &
+locker=$!
+wait_until 10 '[ "$(sql "SELECT count(*) FROM pg_locks WHERE relation = '"'pgtrickle.faults_inbox'"'::regclass AND mode = '"'AccessExclusiveLock'"' AND granted")" = 1 ]'
 add 201 230
 wait_until 20 '[ "$(pending)" -ge 1 ]'
-sleep 1
+private_pg_stop
+wait "$locker" 2>/dev/null
 p=$(pending)
 ok "$([ "$p" -ge 1 ]; echo $?)" "PostgreSQL down: the entries read stay pending ($p), nothing is XACKed"
 wait_until 20 '[ "$(pipeline_healthy r1 redis-faults)" = false ]'
