@@ -34,7 +34,7 @@ SHELL := /bin/bash
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 
-.PHONY: all build deps test demo sanitize valgrind bench fuzz install uninstall deb image image-demo clean
+.PHONY: all build deps test demo sanitize valgrind bench fuzz soak install uninstall deb image image-demo clean
 
 all: build
 
@@ -82,6 +82,13 @@ bench: build
 fuzz:
 	scripts/install-deps.sh
 	FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_TARGETS)
+
+# One long seeded soak run under faults (docs/reliability.md): SOAK_SECONDS
+# (600), SOAK_SEED (random; printed, replays the same schedule).
+soak:
+	scripts/install-deps.sh
+	@$(MAKE) --no-print-directory build
+	BUILD=$(BUILD) scripts/soak.sh
 
 # The prefix is a meson option of the build directory: set it when it differs
 # (the binary does not depend on it; the units and the man path do).

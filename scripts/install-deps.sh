@@ -22,6 +22,9 @@ PACKAGES=(
     # and python3-pika, which reads back what the relay sent (a client it did not write)
     rabbitmq-server python3-pika
     jq curl valgrind python3 iproute2
+    # tests/integration/cdc_replay: decodes the msgpack files independently
+    python3-msgpack
+    redis-server redis-tools
     libssl-dev openssl
     # scripts/fuzz.sh: clang, libFuzzer's runtime, llvm-symbolizer for the stacks
     clang libclang-rt-14-dev llvm

@@ -2,19 +2,28 @@
  * encode.c - message body formats: the native JSON envelope and seed 003's
  * MessagePack CDC shape.
  *
- * The MessagePack encoder parses the payload with jansson and packs it with
- * msgpack-c, preserving JSON types: integers stay integers, reals are
- * doubles, objects become maps and arrays arrays. msgpack-c writes through a
- * callback straight into our relay_buf, so there is no intermediate copy.
+ * The MessagePack encoder walks the payload's JSON text with json_scan.h
+ * and packs it with msgpack-c, preserving JSON types: integers stay
+ * integers, reals are doubles, objects become maps and arrays arrays. No
+ * tree: jansson refuses integers beyond 64 bits and rounds every number to
+ * a double, so a row holding a json value with 2^63 in it could not be
+ * encoded at all (issue 12). A number neither 64-bit integers nor doubles
+ * hold exactly travels as the string of its JSON text. msgpack-c writes
+ * through a callback straight into our relay_buf, so there is no
+ * intermediate copy.
  */
 #include "encode.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <math.h>
 #include <msgpack.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
+#include "json_scan.h"
 
 int relay_format_from_cfg(const json_t *cfg, const char *path, relay_format *out, char *err,
                           size_t errlen)
@@ -62,116 +71,382 @@ int relay_encode(relay_format f, const relay_msg *m, relay_buf *out, char *err, 
 
 /* ---- MessagePack -------------------------------------------------------- */
 
+/* Deepest JSON nesting packed (msgpack-c has no limit of its own; the
+ * packer recurses once per level). Deeper values are refused. */
+#define PACK_MAX_DEPTH 1000
+
+typedef struct packer {
+    msgpack_packer pk;
+    relay_buf str;  /* scratch: one decoded string */
+    char *err;
+    size_t errlen;
+} packer;
+
 static int buf_write_cb(void *data, const char *p, size_t n)
 {
     buf_append((relay_buf *)data, p, n);
     return 0;
 }
 
-static void pack_str(msgpack_packer *pk, const char *s)
+static void pack_strn(msgpack_packer *pk, const char *s, size_t n)
 {
-    size_t n = strlen(s);
     msgpack_pack_str(pk, n);
     msgpack_pack_str_body(pk, s, n);
 }
 
-static void pack_json(msgpack_packer *pk, const json_t *v)
+static void pack_str(msgpack_packer *pk, const char *s)
 {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: {
-        msgpack_pack_map(pk, json_object_size(v));
-        const char *k;
-        json_t *child;
-        json_object_foreach((json_t *)v, k, child) {
-            pack_str(pk, k);
-            pack_json(pk, child);
+    pack_strn(pk, s, strlen(s));
+}
+
+/* Is p[0..n) UTF-8 (NUL allowed: MessagePack strings may hold U+0000)? */
+static int utf8_valid(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = p[i];
+        size_t k;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            k = 1, cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            k = 2, cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            k = 3, cp = c & 0x07;
+        } else {
+            return 0;
         }
-        break;
+        if (n - i <= k)
+            return 0;
+        for (size_t j = 1; j <= k; j++) {
+            if ((p[i + j] & 0xC0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (p[i + j] & 0x3F);
+        }
+        static const uint32_t min[4] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min[k] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += k + 1;
     }
-    case JSON_ARRAY: {
-        msgpack_pack_array(pk, json_array_size(v));
-        size_t i;
-        json_t *child;
-        json_array_foreach(v, i, child) pack_json(pk, child);
-        break;
+    return 1;
+}
+
+/* Split the JSON number s[0..n) (NUL-terminated at n) into its
+ * significant digits (no leading or trailing zeros, at most `cap`) and the
+ * decimal exponent of the first one. Returns the number of significant
+ * digits (0 for zero), or -1 when there are more than `cap` or the
+ * exponent is absurd. */
+static int number_digits(const char *s, size_t n, char *digits, int cap, long *exp10)
+{
+    size_t i = 0;
+    if (i < n && s[i] == '-')
+        i++;
+    int nd = 0, seen = 0;
+    long pos = 0;      /* digits before the point, counting from the first significant one */
+    long point = 0, first = 0;
+    int in_frac = 0;
+    for (; i < n && s[i] != 'e' && s[i] != 'E'; i++) {
+        if (s[i] == '.') {
+            in_frac = 1;
+            continue;
+        }
+        if (!seen && s[i] == '0') {
+            if (in_frac)
+                point--;
+            continue;
+        }
+        if (!seen) {
+            seen = 1;
+            first = in_frac ? point - 1 : 0;
+        }
+        if (!in_frac)
+            pos++;
+        if (nd == cap) {
+            if (s[i] != '0')
+                return -1;
+            continue; /* a zero past the cap: trailing, or the next digit fails */
+        }
+        digits[nd++] = s[i];
     }
-    case JSON_STRING:
-        msgpack_pack_str(pk, json_string_length(v));
-        msgpack_pack_str_body(pk, json_string_value(v), json_string_length(v));
-        break;
-    case JSON_INTEGER: msgpack_pack_int64(pk, (int64_t)json_integer_value(v)); break;
-    case JSON_REAL: msgpack_pack_double(pk, json_real_value(v)); break;
-    case JSON_TRUE: msgpack_pack_true(pk); break;
-    case JSON_FALSE: msgpack_pack_false(pk); break;
-    case JSON_NULL: msgpack_pack_nil(pk); break;
+    long e = 0;
+    if (i < n) {
+        errno = 0;
+        e = strtol(s + i + 1, NULL, 10);
+        if (errno || e > 100000 || e < -100000)
+            return -1; /* far beyond a double either way */
     }
+    while (nd > 0 && digits[nd - 1] == '0')
+        nd--;
+    *exp10 = (pos > 0 ? pos - 1 : first) + e;
+    return nd;
+}
+
+/* Does the double `d` hold the decimal number s[0..n) exactly to its last
+ * written digit (1.10 and 0.30000000000000004 do; 0.1000000000000000000001
+ * and 1e400 do not)? */
+static int double_holds(double d, const char *s, size_t n)
+{
+    char want[24], got[40];
+    long we, ge;
+    int nd = number_digits(s, n, want, 17, &we);
+    if (nd < 0 || !isfinite(d))
+        return 0;
+    if (nd == 0)
+        return d == 0;
+    if (d == 0)
+        return 0;
+    char text[48];
+    snprintf(text, sizeof text, "%.*e", nd - 1, d);
+    int gd = number_digits(text, strlen(text), got, 24, &ge);
+    return gd == nd && ge == we && memcmp(want, got, (size_t)nd) == 0;
+}
+
+/* A JSON number: an integer that fits 64 bits (signed, or unsigned when
+ * positive) is a MessagePack integer; a number with a fraction or an
+ * exponent that a double holds exactly is a float 64; any other (2^64,
+ * 1e400, 30 significant digits) is a string of its JSON text, never
+ * rounded or dropped. */
+static void pack_number(msgpack_packer *pk, const char *s, size_t n)
+{
+    char tmp[512];
+    int integral = !memchr(s, '.', n) && !memchr(s, 'e', n) && !memchr(s, 'E', n);
+    if (n < sizeof tmp) {
+        memcpy(tmp, s, n);
+        tmp[n] = '\0';
+        char *end;
+        errno = 0;
+        if (integral && s[0] == '-') {
+            long long v = strtoll(tmp, &end, 10);
+            if (!errno && *end == '\0') {
+                msgpack_pack_int64(pk, v);
+                return;
+            }
+        } else if (integral) {
+            unsigned long long v = strtoull(tmp, &end, 10);
+            if (!errno && *end == '\0') {
+                msgpack_pack_uint64(pk, v);
+                return;
+            }
+        } else {
+            double d = strtod(tmp, &end);
+            if (*end == '\0' && double_holds(d, tmp, n)) {
+                msgpack_pack_double(pk, d);
+                return;
+            }
+        }
+    }
+    pack_strn(pk, s, n);
+}
+
+/* Decode the JSON string literal s[0..n) (quotes included) and pack it. */
+static int pack_json_string(packer *p, const char *s, size_t n)
+{
+    buf_clear(&p->str);
+    if (json_string_decode(s, n, &p->str) < 0 ||
+        !utf8_valid((const unsigned char *)p->str.data, p->str.len)) {
+        snprintf(p->err, p->errlen, "a JSON string holds an unpaired surrogate escape "
+                 "(\\uD800-\\uDFFF), which a MessagePack string cannot carry");
+        return -1;
+    }
+    pack_strn(&p->pk, p->str.data ? p->str.data : "", p->str.len);
+    return 0;
+}
+
+/* Pack the JSON value s[0..n) (json_valid() accepted the text it is part
+ * of) without building a tree: jansson refuses integers beyond 64 bits and
+ * rounds every number to a double. */
+static int pack_json_text(packer *p, const char *s, size_t n, int depth)
+{
+    size_t i = json_skip_ws(s, n, 0);
+    s += i;
+    n -= i;
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
+        n--;
+    if (n == 0) {
+        snprintf(p->err, p->errlen, "the payload holds an empty JSON value");
+        return -1;
+    }
+    if ((s[0] == '{' || s[0] == '[') && depth >= PACK_MAX_DEPTH) {
+        snprintf(p->err, p->errlen, "the payload nests JSON deeper than %d levels",
+                 PACK_MAX_DEPTH);
+        return -1;
+    }
+    size_t pos = 0, off, len, keylen;
+    const char *key;
+    int rc;
+    switch (s[0]) {
+    case '{': {
+        size_t count = 0;
+        while ((rc = json_object_next(s, n, &pos, &key, &keylen, &off, &len)) == 1)
+            count++;
+        if (rc < 0)
+            goto bad;
+        msgpack_pack_map(&p->pk, count);
+        pos = 0;
+        while (json_object_next(s, n, &pos, &key, &keylen, &off, &len) == 1) {
+            if (pack_json_string(p, key - 1, keylen + 2) < 0 ||
+                pack_json_text(p, s + off, len, depth + 1) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    case '[': {
+        size_t count = 0;
+        while ((rc = json_array_next(s, n, &pos, &off, &len)) == 1)
+            count++;
+        if (rc < 0)
+            goto bad;
+        msgpack_pack_array(&p->pk, count);
+        pos = 0;
+        while (json_array_next(s, n, &pos, &off, &len) == 1)
+            if (pack_json_text(p, s + off, len, depth + 1) < 0)
+                return -1;
+        return 0;
+    }
+    case '"':
+        return pack_json_string(p, s, n);
+    case 't':
+        msgpack_pack_true(&p->pk);
+        return 0;
+    case 'f':
+        msgpack_pack_false(&p->pk);
+        return 0;
+    case 'n':
+        msgpack_pack_nil(&p->pk);
+        return 0;
+    default:
+        pack_number(&p->pk, s, n);
+        return 0;
+    }
+bad:
+    snprintf(p->err, p->errlen, "the payload is not well-formed JSON");
+    return -1;
+}
+
+/* A row object as seed 003's columns: [{"name": k, "value": v}, ...] in
+ * the object's order; a value that is not an object is one column named
+ * "value". */
+static int pack_columns(packer *p, const char *s, size_t n)
+{
+    size_t i = json_skip_ws(s, n, 0);
+    if (i >= n || s[i] != '{') {
+        msgpack_pack_array(&p->pk, 1);
+        msgpack_pack_map(&p->pk, 2);
+        pack_str(&p->pk, "name");
+        pack_str(&p->pk, "value");
+        pack_str(&p->pk, "value");
+        return pack_json_text(p, s, n, 1);
+    }
+    s += i;
+    n -= i;
+    size_t pos = 0, off, len, keylen, count = 0;
+    const char *key;
+    int rc;
+    while ((rc = json_object_next(s, n, &pos, &key, &keylen, &off, &len)) == 1)
+        count++;
+    if (rc < 0) {
+        snprintf(p->err, p->errlen, "the payload is not well-formed JSON");
+        return -1;
+    }
+    msgpack_pack_array(&p->pk, count);
+    pos = 0;
+    while (json_object_next(s, n, &pos, &key, &keylen, &off, &len) == 1) {
+        msgpack_pack_map(&p->pk, 2);
+        pack_str(&p->pk, "name");
+        if (pack_json_string(p, key - 1, keylen + 2) < 0)
+            return -1;
+        pack_str(&p->pk, "value");
+        if (pack_json_text(p, s + off, len, 1) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The "unchanged_toast" array of a CDC source object, packed (an empty
+ * array when absent). */
+static int pack_unchanged_toast(packer *p, const char *src)
+{
+    size_t n = strlen(src), pos = 0, off, len, keylen;
+    const char *key;
+    while (json_object_next(src, n, &pos, &key, &keylen, &off, &len) == 1)
+        if (keylen == 15 && memcmp(key, "unchanged_toast", 15) == 0)
+            return pack_json_text(p, src + off, len, 1);
+    msgpack_pack_array(&p->pk, 0);
+    return 0;
+}
+
+static int encode_msgpack(packer *p, const relay_msg *m)
+{
+    msgpack_packer *pk = &p->pk;
+    if (m->payload && m->payload_is_json) {
+        int v = json_valid(m->payload, m->payload_len);
+        if (v == 0) {
+            snprintf(p->err, p->errlen, "the payload cannot be read as JSON");
+            return -1;
+        }
+    } else if (m->payload && !utf8_valid((const unsigned char *)m->payload, m->payload_len)) {
+        /* A body that is not JSON travels as one string column; one that is
+         * not even UTF-8 has no faithful MessagePack string: refuse it (the
+         * worker dead-letters the event) rather than drop the payload. */
+        snprintf(p->err, p->errlen, "the payload is neither JSON nor UTF-8 text");
+        return -1;
+    }
+    int cdc = m->source_json != NULL;
+    msgpack_pack_map(pk, cdc ? 8 : 6);
+    pack_str(pk, "table");
+    pack_str(pk, m->table ? m->table : m->stream_table ? m->stream_table : "");
+    pack_str(pk, "operation");
+    char op[16];
+    snprintf(op, sizeof op, "%s", relay_op_name(m->op));
+    for (char *c = op; *c; c++)
+        *c = (char)toupper((unsigned char)*c);
+    pack_str(pk, op);
+    pack_str(pk, "relation_id");
+    msgpack_pack_uint32(pk, m->relation_id);
+    pack_str(pk, "lsn");
+    if (m->lsn)
+        pack_str(pk, m->lsn);
+    else
+        msgpack_pack_nil(pk);
+    pack_str(pk, "columns");
+    if (m->payload && m->payload_is_json) {
+        if (pack_columns(p, m->payload, m->payload_len) < 0)
+            return -1;
+    } else if (m->payload) {
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_map(pk, 2);
+        pack_str(pk, "name");
+        pack_str(pk, "value");
+        pack_str(pk, "value");
+        pack_strn(pk, m->payload, m->payload_len);
+    } else {
+        msgpack_pack_array(pk, 0);
+    }
+    if (cdc) {
+        pack_str(pk, "old");
+        if (m->old_json) {
+            if (pack_columns(p, m->old_json, strlen(m->old_json)) < 0)
+                return -1;
+        } else {
+            msgpack_pack_nil(pk);
+        }
+        pack_str(pk, "unchanged_toast");
+        if (pack_unchanged_toast(p, m->source_json) < 0)
+            return -1;
+    }
+    pack_str(pk, "dedup_key");
+    pack_strn(pk, m->dedup_key, msg_bytes(m->dedup_key, m->dedup_key_len));
+    return 0;
 }
 
 int msg_encode_msgpack(const relay_msg *m, relay_buf *out, char *err, size_t errlen)
 {
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, out, buf_write_cb);
-
-    json_t *payload = NULL;
-    if (m->payload && m->payload_is_json) {
-        json_error_t je;
-        payload = json_loadb(m->payload, m->payload_len, JSON_DECODE_ANY, &je);
-        if (!payload) {
-            snprintf(err, errlen, "the payload cannot be read as JSON (%s at byte %d)", je.text,
-                     je.position);
-            return -1;
-        }
-    } else if (m->payload) {
-        /* A body that is not JSON travels as one string column; one that is
-         * not even UTF-8 has no faithful MessagePack string: refuse it (the
-         * worker dead-letters the event) rather than drop the payload. */
-        payload = json_stringn(m->payload, m->payload_len);
-        if (!payload) {
-            snprintf(err, errlen, "the payload is neither JSON nor UTF-8 text");
-            return -1;
-        }
-    }
-
-    msgpack_pack_map(&pk, 6);
-    pack_str(&pk, "table");
-    pack_str(&pk, m->table ? m->table : m->stream_table ? m->stream_table : "");
-    pack_str(&pk, "operation");
-    char op[16];
-    snprintf(op, sizeof op, "%s", relay_op_name(m->op));
-    for (char *p = op; *p; p++)
-        *p = (char)toupper((unsigned char)*p);
-    pack_str(&pk, op);
-    pack_str(&pk, "relation_id");
-    msgpack_pack_uint32(&pk, m->relation_id);
-    pack_str(&pk, "lsn");
-    if (m->lsn)
-        pack_str(&pk, m->lsn);
-    else
-        msgpack_pack_nil(&pk);
-    pack_str(&pk, "columns");
-    if (json_is_object(payload)) {
-        msgpack_pack_array(&pk, json_object_size(payload));
-        const char *k;
-        json_t *child;
-        json_object_foreach(payload, k, child) {
-            msgpack_pack_map(&pk, 2);
-            pack_str(&pk, "name");
-            pack_str(&pk, k);
-            pack_str(&pk, "value");
-            pack_json(&pk, child);
-        }
-    } else if (payload) {
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_map(&pk, 2);
-        pack_str(&pk, "name");
-        pack_str(&pk, "value");
-        pack_str(&pk, "value");
-        pack_json(&pk, payload);
-    } else {
-        msgpack_pack_array(&pk, 0);
-    }
-    pack_str(&pk, "dedup_key");
-    pack_str(&pk, m->dedup_key);
-    json_decref(payload);
-    return 0;
+    packer p = {.err = err, .errlen = errlen};
+    msgpack_packer_init(&p.pk, out, buf_write_cb);
+    int rc = encode_msgpack(&p, m);
+    buf_free(&p.str);
+    return rc;
 }

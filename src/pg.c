@@ -91,6 +91,22 @@ int pg_exec(PGconn *c, const char *sql, int nparams, const char *const *params, 
     return 0;
 }
 
+PGresult *pg_exec_params_guarded(PGconn *c, const char *sql, int nparams, const char *const *values,
+                                 const int *lengths, const int *formats, int result_format)
+{
+    int in_txn = PQtransactionStatus(c) == PQTRANS_INTRANS;
+    if (in_txn)
+        PQclear(PQexec(c, "SAVEPOINT pgtrickle_relay_statement"));
+    PGresult *r = PQexecParams(c, sql, nparams, NULL, values, lengths, formats, result_format);
+    if (in_txn) {
+        ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+        int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+        PQclear(PQexec(c, ok ? "RELEASE SAVEPOINT pgtrickle_relay_statement"
+                             : "ROLLBACK TO SAVEPOINT pgtrickle_relay_statement"));
+    }
+    return r;
+}
+
 int pg_broken(PGconn *c)
 {
     if (!c || PQstatus(c) != CONNECTION_OK)

@@ -31,6 +31,16 @@ PGresult *pg_query(PGconn *c, const char *sql, int nparams, const char *const *p
 int pg_exec(PGconn *c, const char *sql, int nparams, const char *const *params,
             char *err, size_t errlen);
 
+/* PQexecParams (same arguments, same result) that cannot abort the caller's
+ * transaction: when `c` is inside a transaction block, the statement runs
+ * in a savepoint, released on success and rolled back to on failure (with
+ * whatever the statement wrote), so the transaction goes on. Outside a
+ * transaction it is plain PQexecParams. Used where one statement may fail
+ * for its data (an inbox INSERT, a dead-letter insert) inside a transaction
+ * the worker still commits, e.g. a dead-letter replay. */
+PGresult *pg_exec_params_guarded(PGconn *c, const char *sql, int nparams, const char *const *values,
+                                 const int *lengths, const int *formats, int result_format);
+
 /* 1 when the connection is unusable (dropped, or in a failed state). */
 int pg_broken(PGconn *c);
 

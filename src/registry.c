@@ -28,6 +28,10 @@ extern const relay_source_ops relay_source_nats_ops;
 extern const relay_sink_ops relay_sink_kafka_ops;
 extern const relay_source_ops relay_source_kafka_ops;
 #endif
+#if HAVE_REDIS
+extern const relay_sink_ops relay_sink_redis_ops;
+extern const relay_source_ops relay_source_redis_ops;
+#endif
 #if HAVE_RABBITMQ
 extern const relay_sink_ops relay_sink_rabbitmq_ops;
 extern const relay_source_ops relay_source_rabbitmq_ops;
@@ -50,6 +54,9 @@ static const relay_source_ops *const sources[] = {
 #if HAVE_KAFKA
     &relay_source_kafka_ops,
 #endif
+#if HAVE_REDIS
+    &relay_source_redis_ops,
+#endif
 #if HAVE_RABBITMQ
     &relay_source_rabbitmq_ops,
 #endif
@@ -71,6 +78,9 @@ static const relay_sink_ops *const sinks[] = {
 #endif
 #if HAVE_KAFKA
     &relay_sink_kafka_ops,
+#endif
+#if HAVE_REDIS
+    &relay_sink_redis_ops,
 #endif
 #if HAVE_RABBITMQ
     &relay_sink_rabbitmq_ops,

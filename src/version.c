@@ -3,8 +3,8 @@
  *
  *   pgtrickle-relay 0.1.0 (catalog version 3)
  *   built: gcc 12.2.0, debugoptimized, sd_notify yes
- *   sources: outbox, cdc, stdin, file, nats, kafka, webhook, http
- *   sinks: pg-inbox, file, stdout, nats, kafka, webhook, http
+ *   sources: outbox, cdc, stdin, file, nats, kafka, redis, webhook, http
+ *   sinks: pg-inbox, file, stdout, nats, kafka, redis, webhook, http
  *   libraries:
  *     libpq 15.13
  *     ...
@@ -14,7 +14,8 @@
  * run). Each library line asks the loaded library for its version where it
  * has a function for that (PQlibVersion, nats_GetVersion, ...), so a binary
  * running against a newer shared library reports the one it really uses;
- * libsystemd has no such function and reports its build-time version.
+ * libsystemd and hiredis have no such function and report their build-time
+ * version.
  *
  * Adding a backend: add its library's line under its HAVE_X define below.
  */
@@ -37,6 +38,9 @@
 #endif
 #if HAVE_KAFKA
 #include <librdkafka/rdkafka.h>
+#endif
+#if HAVE_REDIS
+#include <hiredis.h>
 #endif
 #if HAVE_WEBHOOK
 #include <curl/curl.h>
@@ -67,6 +71,10 @@ static void print_libraries(FILE *out)
 #if HAVE_KAFKA
     fprintf(out, "  librdkafka %s\n", rd_kafka_version_str());
 #endif
+#if HAVE_REDIS
+    /* hiredis has no version function: the headers' version */
+    fprintf(out, "  hiredis %d.%d.%d (build time)\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
+#endif
 #if HAVE_WEBHOOK
     const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
     fprintf(out, "  libcurl %s (%s)\n", cv->version, cv->ssl_version ? cv->ssl_version : "no TLS");
@@ -84,6 +92,10 @@ void version_print(FILE *out)
     fprintf(out, "pgtrickle-relay %s (catalog version %d)\n", RELAY_VERSION, RELAY_CATALOG_VERSION);
     fprintf(out, "built: %s, %s, sd_notify %s\n", RELAY_BUILD_COMPILER, RELAY_BUILD_TYPE,
             notify_available() ? "yes" : "no");
+#ifdef RELAY_TEST_ACK_FIRST
+    fputs("BROKEN ON PURPOSE: built with test_ack_first (acknowledges before publishing; the "
+          "soak harness's self-test only)\n", out);
+#endif
     fprintf(out, "sources: %s\n", registry_source_names());
     fprintf(out, "sinks: %s\n", registry_sink_names());
     fputs("libraries:\n", out);

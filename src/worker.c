@@ -129,6 +129,28 @@ static void drop_connection(relay_worker *w)
         atomic_store(&w->stats->pg_up, 0);
 }
 
+/* Release the pipeline's advisory lock explicitly, then disconnect. Closing
+ * the connection releases it too, but only once the server's backend has
+ * noticed the disconnect, a moment later: a relay of the group that looks at
+ * pg_locks right after our "relay left" or "handover" NOTIFY would still
+ * see the pipeline owned and leave it idle until its next discovery tick.
+ * pg_advisory_unlock returns after the lock is gone. */
+static void release_ownership(relay_worker *w)
+{
+    if (w->pg && !pg_broken(w->pg)) {
+        char err[ERRLEN];
+        const char *params[2] = {w->opts->group_id, w->cfg.name};
+        PGresult *r = pg_query(w->pg, "SELECT pg_advisory_unlock(hashtext($1), hashtext($2))", 2,
+                               params, err, sizeof err);
+        if (r)
+            PQclear(r);
+        else
+            log_debug(w->cfg.name, "releasing the advisory lock: %s (the disconnect releases it)",
+                      err);
+    }
+    drop_connection(w);
+}
+
 /* Connect and take the pipeline's advisory lock.
  * Returns 1 owned, 0 another relay owns it, -1 transient failure (err). */
 static int acquire(relay_worker *w, char *err, size_t errlen)
@@ -205,7 +227,7 @@ int worker_dead_letter(relay_worker *w, const relay_msg *m, const char *error, c
     static const int formats[7] = {0, 1, 1, 1, 0, 1, 0};
     static const char sql[] = "SELECT pgtrickle.relay_dead_letter_bytes($1, $2::bytea, $3::bytea, "
                               "$4::bytea, $5::boolean, $6::bytea, $7)";
-    PGresult *r = PQexecParams(w->pg, sql, 7, NULL, values, lengths, formats, 0);
+    PGresult *r = pg_exec_params_guarded(w->pg, sql, 7, values, lengths, formats, 0);
     if (r && PQresultStatus(r) == PGRES_TUPLES_OK) {
         PQclear(r);
         return 0;
@@ -274,6 +296,28 @@ static void give_up(relay_worker *w, size_t unconfirmed)
     log_warn(w->cfg.name, "stop deadline reached with %zu messages unconfirmed: not "
              "acknowledged, they will be delivered again", unconfirmed);
 }
+
+#ifdef RELAY_TEST_ACK_FIRST
+/* Deliberately wrong, for the soak harness's self-test only (meson option
+ * test_ack_first): the batch is acknowledged before it is published, and
+ * published once; whatever fails is dropped. This is the data loss of the
+ * tools the relay replaces, which tests/soak must detect. */
+static void broken_ack_first(relay_worker *w, relay_batch *b)
+{
+    char err[ERRLEN];
+    if (w->source->ops->ack(w->source, b, err, sizeof err) < 0)
+        return;
+    encode_bodies(w, b);
+    relay_msg **all = xmalloc(b->n * sizeof *all);
+    for (size_t i = 0; i < b->n; i++) {
+        all[i] = &b->msgs[i];
+        all[i]->state = MSG_PENDING;
+    }
+    if (w->sink->ops->publish(w->sink, all, b->n, err, sizeof err) < 0)
+        w->sink_open = 0;
+    free(all);
+}
+#endif
 
 /* Publish until every message is CONFIRMED or DEAD.
  * Returns 0 done, -1 abandoned (shutdown deadline or lost PostgreSQL). */
@@ -516,6 +560,10 @@ static void run(relay_worker *w)
         return;
     }
     become_owner(w);
+#ifdef RELAY_TEST_ACK_FIRST
+    log_error(w->cfg.name, "this relay was built with test_ack_first: it acknowledges events "
+              "before publishing them and LOSES DATA on purpose (soak harness self-test only)");
+#endif
     log_info(w->cfg.name, "pipeline started (%s %s -> %s, group \"%s\")",
              w->cfg.forward ? "forward" : "reverse", w->cfg.source_type, w->cfg.sink_type,
              w->opts->group_id);
@@ -589,6 +637,10 @@ static void run(relay_worker *w)
         atomic_fetch_add(&w->stats->consumed, (uint64_t)n);
         if (w->cfg.forward)
             render_subjects(w, &batch);
+#ifdef RELAY_TEST_ACK_FIRST
+        broken_ack_first(w, &batch);
+        continue;
+#endif
 
         if (deliver(w, &batch, &bo) < 0) {
             if (w->source->ops->release)
@@ -627,7 +679,7 @@ static void *worker_main(void *arg)
         w->sink->ops->destroy(w->sink);
         w->sink = NULL;
     }
-    drop_connection(w); /* releases the advisory lock */
+    release_ownership(w);
     if (w->stats) {
         atomic_store(&w->stats->running, 0);
         if (atomic_load(&w->state) == WORKER_EXITED)

@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "json_scan.h"
 #include "log.h"
 
 #define PING_INTERVAL_MS 5000
@@ -626,3 +627,94 @@ out:
     return rc;
 }
 
+
+/* ---- PubAck ------------------------------------------------------------------ */
+
+/* Copy the raw text of the JSON string v[0..n) (quotes included) to out. */
+static int copy_json_str(const char *v, size_t n, char *out, size_t outlen)
+{
+    if (n < 2 || v[0] != '"')
+        return -1;
+    size_t k = n - 2 < outlen - 1 ? n - 2 : outlen - 1;
+    memcpy(out, v + 1, k);
+    out[k] = '\0';
+    return 0;
+}
+
+/* A JSON integer v[0..n) in [0, max]. */
+static int parse_json_uint(const char *v, size_t n, uint64_t max, uint64_t *out)
+{
+    if (n == 0 || n > 20)
+        return -1;
+    uint64_t x = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        unsigned d = (unsigned)(v[i] - '0');
+        if (x > (UINT64_MAX - d) / 10)
+            return -1;
+        x = x * 10 + d;
+    }
+    if (x > max)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int key_is(const char *k, size_t kl, const char *want)
+{
+    return kl == strlen(want) && memcmp(k, want, kl) == 0;
+}
+
+static int parse_puback_error(const char *s, size_t n, relay_puback *out)
+{
+    size_t pos = 0, off, len, kl;
+    const char *k;
+    int rc;
+    if (n == 0 || s[0] != '{')
+        return -1;
+    while ((rc = json_object_next(s, n, &pos, &k, &kl, &off, &len)) == 1) {
+        uint64_t x;
+        if (key_is(k, kl, "code") && parse_json_uint(s + off, len, 999, &x) == 0)
+            out->code = (int)x;
+        else if (key_is(k, kl, "err_code") && parse_json_uint(s + off, len, INT32_MAX, &x) == 0)
+            out->err_code = (int)x;
+        else if (key_is(k, kl, "description"))
+            copy_json_str(s + off, len, out->description, sizeof out->description);
+    }
+    return rc;
+}
+
+int nats_puback_parse(const char *data, size_t len, relay_puback *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t start = json_skip_ws(data, len, 0);
+    if (start >= len || data[start] != '{')
+        return -1;
+    const char *s = data + start;
+    size_t n = json_span(s, len - start);
+    if (n == 0 || json_skip_ws(data, len, start + n) != len)
+        return -1;
+    size_t pos = 0, off, vl, kl;
+    const char *k;
+    int rc, have_stream = 0, have_seq = 0, have_error = 0;
+    while ((rc = json_object_next(s, n, &pos, &k, &kl, &off, &vl)) == 1) {
+        const char *v = s + off;
+        if (key_is(k, kl, "stream"))
+            have_stream = copy_json_str(v, vl, out->stream, sizeof out->stream) == 0;
+        else if (key_is(k, kl, "seq"))
+            have_seq = parse_json_uint(v, vl, UINT64_MAX, &out->seq) == 0;
+        else if (key_is(k, kl, "duplicate"))
+            out->duplicate = vl == 4 && memcmp(v, "true", 4) == 0;
+        else if (key_is(k, kl, "error"))
+            have_error = parse_puback_error(v, vl, out) == 0;
+    }
+    if (rc < 0)
+        return -1;
+    if (have_error)
+        return 0; /* refused, whatever else it says */
+    if (!have_stream || !have_seq)
+        return -1;
+    out->stored = 1;
+    return 0;
+}

@@ -99,6 +99,26 @@ void nats_conn_describe(relay_nats_conn *c, relay_buf *out);
 void nats_status_text(natsStatus s, jsErrCode jerr, char *out, size_t outlen);
 
 
+/* A JetStream PubAck: the server's reply to a message published with a
+ * reply subject to a subject a stream captures (JetStream wire API,
+ * "Publish acknowledgement" / io.nats.jetstream.api.v1.pub_ack_response):
+ *   {"stream":"S","seq":N[,"duplicate":true][,"domain":"D"]}   stored
+ *   {"error":{"code":C,"err_code":E,"description":"..."}[,...]} refused
+ * Strings are kept raw (escapes not decoded) and cut to the buffer size. */
+typedef struct relay_puback {
+    int stored;            /* 1: stored, or a duplicate of a stored message */
+    char stream[256];      /* stream that stored it (raw JSON string text) */
+    uint64_t seq;
+    int duplicate;
+    int code;              /* refused: HTTP-like status (400, 503, ...) */
+    int err_code;          /* refused: JetStream error code (10054: too large) */
+    char description[256]; /* refused: the server's text (raw) */
+} relay_puback;
+
+/* Parse the body of a PubAck (data[0..len), not NUL-terminated). Returns 0
+ * with *out filled, or -1 when the body is neither form above (malformed
+ * JSON, no "stream"/"seq" and no "error" object). No allocation. */
+int nats_puback_parse(const char *data, size_t len, relay_puback *out);
 
 /* NKeys (also used by the test tools). Derive the public key ("U...",
  * "A...", "O...") of a seed ("SU...", "SA...", "SO..."). Returns 0, or -1

@@ -10,6 +10,13 @@
  *   csv          dedup_key,subject,op,is_full_refresh,outbox_id,refresh_id,payload
  *                with RFC 4180 quoting; the header starts every new or empty
  *                file (and is printed once per process on stdout)
+ *   msgpack      length-prefixed records: a 4-byte big-endian length, then
+ *                that many bytes of the event in the msgpack format
+ *                (encode.h; the worker encodes each body once and
+ *                dead-letters an event it cannot encode). MessagePack is
+ *                self-delimiting, but the prefix lets a reader (and open()
+ *                below) find a torn last record without a MessagePack
+ *                decoder, and skip records it does not want.
  *
  * One publish() call is one batch: every message is encoded into a single
  * buffer, written with one write loop (partial writes, EINTR and
@@ -23,9 +30,11 @@
  * worker then retries the same batch with the same dedup keys.
  *
  * A crash (kill -9, power loss) in the middle of a write can leave part of a
- * record at the end of the file. Every record ends with a newline, so
- * open() cuts the file back to its last newline: the cut batch was never
- * acknowledged and is delivered again, whole.
+ * record at the end of the file. Every text record ends with a newline, so
+ * open() cuts the file back to its last newline; a msgpack file is walked
+ * from its start, record length by record length, and cut after the last
+ * whole record. The cut batch was never acknowledged and is delivered
+ * again, whole.
  *
  * Rotation happens before a batch, never inside one: when the file is
  * non-empty and the batch would push it past rotate_bytes, the file is
@@ -62,9 +71,12 @@
 
 #define CSV_HEADER "dedup_key,subject,op,is_full_refresh,outbox_id,refresh_id,payload\n"
 
-typedef enum { FMT_JSONL = 0, FMT_JSON_PRETTY, FMT_CSV, FMT_COUNT } file_format;
+typedef enum { FMT_JSONL = 0, FMT_JSON_PRETTY, FMT_CSV, FMT_MSGPACK, FMT_COUNT } file_format;
 
-static const char *const format_names[FMT_COUNT] = {"jsonl", "json_pretty", "csv"};
+static const char *const format_names[FMT_COUNT] = {"jsonl", "json_pretty", "csv", "msgpack"};
+
+/* msgpack records: a big-endian uint32 length before each body. */
+#define FRAME_HEADER 4
 
 typedef struct file_sink {
     relay_sink base;
@@ -106,7 +118,7 @@ static int parse_format(const json_t *cfg, file_format *out, char *err, size_t e
             return 0;
         }
     }
-    snprintf(err, errlen, "sink.format: expected one of jsonl, json_pretty, csv");
+    snprintf(err, errlen, "sink.format: expected one of jsonl, json_pretty, csv, msgpack");
     return -1;
 }
 
@@ -178,6 +190,10 @@ static relay_sink *create_sink(const json_t *cfg, struct relay_worker *w, int st
     fs->base.subject_template = tmpl;
     fs->output = output ? xstrdup(output) : NULL;
     fs->format = format;
+    if (format == FMT_MSGPACK) {
+        fs->base.encode = 1;
+        fs->base.format = RELAY_FORMAT_MSGPACK;
+    }
     fs->rotate_bytes = rotate;
     fs->do_fsync = do_fsync;
     fs->fd = -1;
@@ -338,6 +354,16 @@ static void put_record(file_sink *fs, const relay_msg *m, relay_buf *scratch)
         put_pretty(&fs->out, scratch->data, scratch->len);
         buf_putc(&fs->out, '\n');
         break;
+    case FMT_MSGPACK: {
+        /* The worker encoded the body (encode.h); bodies stay far below
+         * 4 GiB (the sources' payload limits). */
+        uint32_t n = (uint32_t)m->body_len;
+        unsigned char h[FRAME_HEADER] = {(unsigned char)(n >> 24), (unsigned char)(n >> 16),
+                                         (unsigned char)(n >> 8), (unsigned char)n};
+        buf_append(&fs->out, (const char *)h, sizeof h);
+        buf_append(&fs->out, m->body, m->body_len);
+        break;
+    }
     case FMT_CSV:
     case FMT_COUNT:
         put_csv_row(&fs->out, m);
@@ -382,6 +408,19 @@ static int sync_parent_dir(const char *path, char *err, size_t errlen)
     return rc;
 }
 
+/* Cut the file at `end`, dropping the partial record after it. */
+static int cut_partial(file_sink *fs, int fd, off_t end, off_t size, char *err, size_t errlen)
+{
+    if (ftruncate(fd, end) < 0) {
+        snprintf(err, errlen, "truncate %s: %s", fs->output, strerror(errno));
+        return -1;
+    }
+    log_warn(pipeline_name(fs), "%s ended with a partial record (%lld bytes, from an interrupted "
+             "write): removed; that batch is delivered again", fs->output,
+             (long long)(size - end));
+    return 0;
+}
+
 /* Cut a partial last record (left by a crash mid-write) back to the last
  * newline. Returns 0, or -1 with err. */
 static int drop_partial_record(file_sink *fs, int fd, off_t size, char *err, size_t errlen)
@@ -406,14 +445,30 @@ static int drop_partial_record(file_sink *fs, int fd, off_t size, char *err, siz
         end = start;
     }
 cut:
-    if (ftruncate(fd, end) < 0) {
-        snprintf(err, errlen, "truncate %s: %s", fs->output, strerror(errno));
-        return -1;
+    return cut_partial(fs, fd, end, size, err, errlen);
+}
+
+/* The msgpack form of drop_partial_record: walk the records from the start
+ * of the file and cut it after the last whole one. */
+static int drop_partial_frame(file_sink *fs, int fd, off_t size, char *err, size_t errlen)
+{
+    off_t end = 0;
+    while (size - end >= FRAME_HEADER) {
+        unsigned char h[FRAME_HEADER];
+        ssize_t n = pread(fd, h, sizeof h, end);
+        if (n != (ssize_t)sizeof h) {
+            snprintf(err, errlen, "read %s: %s", fs->output, n < 0 ? strerror(errno) : "short read");
+            return -1;
+        }
+        off_t len = (off_t)(((uint32_t)h[0] << 24) | ((uint32_t)h[1] << 16) |
+                            ((uint32_t)h[2] << 8) | h[3]);
+        if (size - end - FRAME_HEADER < len)
+            break;
+        end += FRAME_HEADER + len;
     }
-    log_warn(pipeline_name(fs), "%s ended with a partial record (%lld bytes, from an interrupted "
-             "write): removed; that batch is delivered again", fs->output,
-             (long long)(size - end));
-    return 0;
+    if (end == size)
+        return 0;
+    return cut_partial(fs, fd, end, size, err, errlen);
 }
 
 static int open_output(file_sink *fs, char *err, size_t errlen)
@@ -435,7 +490,8 @@ static int open_output(file_sink *fs, char *err, size_t errlen)
         return -1;
     }
     if (S_ISREG(st.st_mode) && st.st_size > 0 &&
-        drop_partial_record(fs, fd, st.st_size, err, errlen) < 0) {
+        (fs->format == FMT_MSGPACK ? drop_partial_frame(fs, fd, st.st_size, err, errlen)
+                                   : drop_partial_record(fs, fd, st.st_size, err, errlen)) < 0) {
         close(fd);
         return -1;
     }

@@ -17,33 +17,33 @@
  *   replicas                  1
  *   max_age_seconds           0 = keep forever
  *
- * Publishing.  Each message is one JetStream publish of the encoded body to
+ * Publishing.  Each message is one core NATS publish of the encoded body to
  * the rendered subject, with the headers
  *   Nats-Msg-Id              the dedup key (JetStream drops a repeat within
  *                            the stream's duplicate window)
  *   Pgtrickle-Full-Refresh   "true" on full-refresh / snapshot events
- * through js_PublishMsgAsync: at most max_in_flight PubAcks are outstanding
- * (jsOptions.PublishAsync.MaxPending stalls the publisher beyond that), and
- * each publish carries MaxWait = ack_timeout_ms, so a PubAck that never
- * comes is reported as a timeout. publish() returns once
- * js_PublishAsyncComplete says nothing is pending any more.
+ * and a reply subject of its own, <inbox>.<call>.<index>, which makes the
+ * stream answer with a PubAck (what js_PublishMsgAsync does underneath,
+ * without its per-message pending map, timers and thread hand-offs: that
+ * bookkeeping was half of the relay's CPU, see docs/benchmarks.md). One
+ * synchronous subscription on <inbox>.> collects the PubAcks on the worker
+ * thread; the index in the reply subject says which message an answer is
+ * for, so nothing is looked up by key. At most max_in_flight PubAcks are
+ * outstanding: the publisher reads answers before it sends more.
  *
- * Confirmation without per-message bookkeeping.  nats.c calls the
- * PublishAsync.ErrHandler (on its own thread) only for a publish that
- * failed: an error PubAck, no responders, or a timeout. on_pub_error()
- * records the message's Nats-Msg-Id and the kind of failure. So once
- * nothing is pending, every message sent is CONFIRMED (stored, or a
- * duplicate of a stored one) unless it was recorded as failed:
- *   message larger than the stream/server max   MSG_REJECTED (dead-lettered)
- *   anything else (timeout, no responders,
- *   storage error)                              MSG_RETRY (same ids next time)
- * When the wait is cut short (connection lost, PubAcks overdue, shutdown
- * deadline), the messages still pending are taken back with
- * js_PublishAsyncGetPendingList (nats.c then drops their late PubAcks) and
- * stay MSG_RETRY; a second js_PublishAsyncComplete waits for error callbacks
- * already under way, so no failure can be missed. The worker republishes
- * MSG_RETRY messages with the same Nats-Msg-Id: a PubAck lost after the
- * server stored the message costs nothing but a duplicate the server drops.
+ * Confirmation.  A message is CONFIRMED only by its own PubAck naming
+ * sink.stream (stored, or a duplicate of a stored message). Otherwise:
+ *   PubAck error "message too large" (10054)    MSG_REJECTED (dead-lettered)
+ *   any other PubAck error, no responders,
+ *   a PubAck from another stream, a reply that
+ *   is no PubAck                                MSG_RETRY (same ids next time)
+ *   no PubAck for ack_timeout_ms                MSG_RETRY for those still
+ *                                               waiting; the call ends and
+ *                                               the answered ones stand
+ * A reply that arrives after its call ended (the call number in its subject
+ * is an old one) is dropped: its message was retried already, with the same
+ * Nats-Msg-Id, so a PubAck lost after the server stored the message costs
+ * nothing but a duplicate the server drops.
  *
  * Subjects.  open() reads the stream's subjects; a rendered subject that
  * none of them matches is not published at all (it would land in another
@@ -62,6 +62,7 @@
  * create_stream), so a missing stream is one clear error, not a stream of
  * "no responders".
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,14 +112,10 @@ typedef struct nats_sink {
     char *stream_subjects;    /* the same, comma-separated, for messages */
     char *last_subject;       /* cache of the last subject checked ... */
     int last_captured;        /* ... and whether the stream listens on it */
-    /* failures reported by on_pub_error(); guarded by mu */
-    pthread_mutex_t mu;
-    int accepting;            /* 0: late callbacks are ignored */
-    relay_buf fail_keys;      /* Nats-Msg-Id of each failure, NUL-separated */
-    unsigned char *fail_kinds;
-    size_t nfail, fail_cap;
-    char other_error[256];    /* text of the last FAIL_OTHER */
-    /* worker thread only */
+    natsSubscription *acks;   /* "<reply_prefix>>": the PubAcks, read on the worker thread */
+    natsConnection *acks_nc;  /* the connection acks belongs to */
+    char *reply_prefix;       /* "_INBOX.<nuid>." */
+    uint64_t call;            /* publish() calls: the reply subject's first token */
     unsigned char *fail;      /* fail_kind per message of the call */
     relay_arena errs;         /* error texts of the last call */
     uint64_t published;
@@ -260,7 +257,6 @@ static relay_sink *ns_create(const json_t *cfg, relay_worker *w, char *err, size
     }
     nats_sink *s = xcalloc(1, sizeof *s);
     s->base.w = w;
-    pthread_mutex_init(&s->mu, NULL);
     if (nats_conn_parse(&s->conn, cfg, "sink", w ? w->cfg.name : NULL, err, errlen) < 0 ||
         cfg_int(cfg, "sink", "max_in_flight", 4096, 1, 65536, &s->max_in_flight, err, errlen) < 0 ||
         cfg_int(cfg, "sink", "ack_timeout_ms", 5000, 100, 600000, &s->ack_timeout_ms, err, errlen) < 0 ||
@@ -280,43 +276,6 @@ static relay_sink *ns_create(const json_t *cfg, relay_worker *w, char *err, size
     s->storage = strcmp(storage, "memory") == 0 ? js_MemoryStorage : js_FileStorage;
     s->base.subject_template = tmpl ? xstrdup(tmpl) : NULL;
     return &s->base;
-}
-
-/* ---- failed publishes (nats.c callback thread) ------------------------------- */
-
-static fail_kind classify(const jsPubAckErr *pae)
-{
-    if (pae->Err == NATS_TIMEOUT)
-        return FAIL_TIMEOUT;
-    if (pae->Err == NATS_NO_RESPONDERS)
-        return FAIL_NO_RESPONDERS;
-    if (pae->ErrCode == JSStreamMessageExceedsMaximumErr)
-        return FAIL_TOO_LARGE;
-    return FAIL_OTHER;
-}
-
-/* Record which message failed and why; the library frees the message. */
-static void on_pub_error(jsCtx *js, jsPubAckErr *pae, void *closure)
-{
-    (void)js;
-    nats_sink *s = closure;
-    const char *id = NULL;
-    if (!pae->Msg || natsMsgHeader_Get(pae->Msg, "Nats-Msg-Id", &id) != NATS_OK || !id)
-        return;
-    fail_kind k = classify(pae);
-    pthread_mutex_lock(&s->mu);
-    if (s->accepting) {
-        if (s->nfail == s->fail_cap) {
-            s->fail_cap = s->fail_cap ? 2 * s->fail_cap : 64;
-            s->fail_kinds = xrealloc(s->fail_kinds, s->fail_cap);
-        }
-        s->fail_kinds[s->nfail++] = (unsigned char)k;
-        buf_append(&s->fail_keys, id, strlen(id) + 1);
-        if (k == FAIL_OTHER)
-            snprintf(s->other_error, sizeof s->other_error, "%s",
-                     pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
-    }
-    pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- subjects ---------------------------------------------------------------- */
@@ -381,11 +340,7 @@ static int make_js(nats_sink *s, char *err, size_t errlen)
     drop_js(s);
     jsOptions o;
     jsOptions_Init(&o);
-    o.Wait = s->ack_timeout_ms;
-    o.PublishAsync.MaxPending = s->max_in_flight;
-    o.PublishAsync.ErrHandler = on_pub_error;
-    o.PublishAsync.ErrHandlerClosure = s;
-    o.PublishAsync.StallWait = s->ack_timeout_ms;
+    o.Wait = s->ack_timeout_ms; /* stream lookups and creation only */
     natsStatus st = natsConnection_JetStream(&s->js, s->conn.nc, &o);
     if (st != NATS_OK) {
         char why[300];
@@ -535,10 +490,53 @@ static int stop_deadline_passed(nats_sink *s)
     return w && atomic_load(&w->stop) && now_mono_ms() >= atomic_load(&w->stop_deadline_ms);
 }
 
-/* Publish msgs[i]. Returns 1 sent, 0 not sent but marked (the batch goes on),
- * or -1 when the rest of the batch cannot be sent either (err set). */
-static int send_one(nats_sink *s, relay_msg **msgs, size_t i, jsPubOptions *po, char *err,
-                    size_t errlen)
+static void drop_acks(nats_sink *s)
+{
+    if (s->acks)
+        natsSubscription_Destroy(s->acks);
+    s->acks = NULL;
+    s->acks_nc = NULL;
+    free(s->reply_prefix);
+    s->reply_prefix = NULL;
+}
+
+/* The PubAck subscription of this connection: "<inbox>.>" read on the
+ * worker thread. Its pending limits are lifted: what it can hold is bounded
+ * by max_in_flight (and late replies of an earlier call, dropped on read). */
+static int make_acks(nats_sink *s, char *err, size_t errlen)
+{
+    if (s->acks && s->acks_nc == s->conn.nc)
+        return 0;
+    drop_acks(s);
+    natsInbox *inbox = NULL;
+    natsStatus st = natsInbox_Create(&inbox);
+    if (st == NATS_OK) {
+        relay_buf b = {0};
+        buf_printf(&b, "%s.", (const char *)inbox);
+        s->reply_prefix = buf_steal(&b);
+        char *wild = xmalloc(strlen(s->reply_prefix) + 2);
+        sprintf(wild, "%s>", s->reply_prefix);
+        st = natsConnection_SubscribeSync(&s->acks, s->conn.nc, wild);
+        free(wild);
+    }
+    natsInbox_Destroy(inbox);
+    if (st == NATS_OK)
+        st = natsSubscription_SetPendingLimits(s->acks, -1, -1);
+    if (st != NATS_OK) {
+        char why[300];
+        nats_status_text(st, 0, why, sizeof why);
+        snprintf(err, errlen, "subscribing to PubAcks on %s: %s", s->conn.url_display, why);
+        drop_acks(s);
+        return -1;
+    }
+    s->acks_nc = s->conn.nc;
+    return 0;
+}
+
+/* Publish msgs[i] with the reply subject <prefix><call>.<i>. Returns 1 sent,
+ * 0 not sent but marked (the batch goes on), or -1 when the rest of the
+ * batch cannot be sent either (err set). */
+static int send_one(nats_sink *s, relay_msg **msgs, size_t i, char *err, size_t errlen)
 {
     relay_msg *m = msgs[i];
     if (!stream_captures(s, m->subject)) {
@@ -546,8 +544,12 @@ static int send_one(nats_sink *s, relay_msg **msgs, size_t i, jsPubOptions *po, 
         s->fail[i] = FAIL_NOT_CAPTURED;
         return 0;
     }
+    char reply[160];
+    snprintf(reply, sizeof reply, "%s%" PRIu64 ".%zu", s->reply_prefix, s->call, i);
     natsMsg *nm = NULL;
-    natsStatus st = natsMsg_Create(&nm, m->subject, NULL, m->body, (int)m->body_len);
+    natsStatus st = natsMsg_Create(&nm, m->subject, reply, m->body, (int)m->body_len);
+    if (st == NATS_OK)
+        st = natsMsgHeader_Set(nm, "Nats-Msg-Id", m->dedup_key);
     if (st == NATS_OK && (m->is_full_refresh || m->op == OP_SNAPSHOT))
         st = natsMsgHeader_Set(nm, "Pgtrickle-Full-Refresh", "true");
     if (st != NATS_OK) {
@@ -557,12 +559,12 @@ static int send_one(nats_sink *s, relay_msg **msgs, size_t i, jsPubOptions *po, 
                                 m->subject, natsStatus_GetText(st));
         return 0;
     }
-    po->MsgId = m->dedup_key;
-    m->state = MSG_PENDING;
-    st = js_PublishMsgAsync(s->js, &nm, po);
-    if (st == NATS_OK)
+    st = natsConnection_PublishMsg(s->conn.nc, nm);
+    natsMsg_Destroy(nm);
+    if (st == NATS_OK) {
+        m->state = MSG_PENDING;
         return 1;
-    natsMsg_Destroy(nm); /* not sent: still ours */
+    }
     char why[300];
     nats_status_text(st, 0, why, sizeof why);
     if (st == NATS_MAX_PAYLOAD || st == NATS_INVALID_SUBJECT) {
@@ -577,107 +579,136 @@ static int send_one(nats_sink *s, relay_msg **msgs, size_t i, jsPubOptions *po, 
     return -1;
 }
 
-/* Wait until nothing is pending, or the connection dropped, or time is up.
- * Returns 0 when every PubAck (or error) arrived, -1 otherwise (err set). */
-static int wait_acks(nats_sink *s, char *err, size_t errlen)
+/* The message a reply is for: its index when the reply subject is
+ * <prefix><call>.<i> of this call and message i awaits its PubAck, else -1
+ * (a late reply to an earlier call, which was retried already). */
+static long reply_index(nats_sink *s, const char *subject, relay_msg **msgs, size_t n)
 {
-    int64_t limit = s->ack_timeout_ms + 2000;
-    int64_t deadline = now_mono_ms() + limit;
-    jsPubOptions wo;
-    jsPubOptions_Init(&wo);
-    wo.MaxWait = WAIT_SLICE_MS;
-    for (;;) {
-        natsStatus st = js_PublishAsyncComplete(s->js, &wo);
-        if (st == NATS_OK)
-            return 0;
-        if (st != NATS_TIMEOUT) {
-            char why[300];
-            nats_status_text(st, 0, why, sizeof why);
-            snprintf(err, errlen, "waiting for PubAcks: %s", why);
-            return -1;
-        }
-        if (!nats_conn_up(&s->conn)) {
-            snprintf(err, errlen, "NATS connection to %s lost while waiting for PubAcks",
-                     s->conn.url_display);
-            return -1;
-        }
-        if (now_mono_ms() >= deadline) {
-            snprintf(err, errlen, "PubAcks still missing after %lld ms", (long long)limit);
-            return -1;
-        }
-        if (stop_deadline_passed(s)) {
-            snprintf(err, errlen, "shutdown deadline passed while waiting for PubAcks");
-            return -1;
-        }
+    size_t pl = strlen(s->reply_prefix);
+    if (!subject || strncmp(subject, s->reply_prefix, pl) != 0)
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long call = strtoull(subject + pl, &end, 10);
+    if (errno || *end != '.' || call != s->call)
+        return -1;
+    unsigned long long i = strtoull(end + 1, &end, 10);
+    if (errno || *end || i >= n || msgs[i]->state != MSG_PENDING)
+        return -1;
+    return (long)i;
+}
+
+/* Apply one PubAck to the message it answers. */
+static void apply_reply(nats_sink *s, natsMsg *r, relay_msg *m, unsigned char *fail)
+{
+    relay_puback pa;
+    const char *data = natsMsg_GetData(r);
+    int len = natsMsg_GetDataLength(r);
+    if (nats_puback_parse(data ? data : "", data ? (size_t)len : 0, &pa) < 0) {
+        m->state = MSG_RETRY;
+        m->error = "the server's reply is not a PubAck";
+        *fail = FAIL_OTHER;
+    } else if (!pa.stored) {
+        m->state = pa.err_code == JSStreamMessageExceedsMaximumErr ? MSG_REJECTED : MSG_RETRY;
+        *fail = pa.err_code == JSStreamMessageExceedsMaximumErr ? FAIL_TOO_LARGE : FAIL_OTHER;
+        if (*fail == FAIL_OTHER)
+            m->error = arena_printf(&s->errs, "PubAck error: %s (code %d, err_code %d)",
+                                    pa.description, pa.code, pa.err_code);
+    } else if (strcmp(pa.stream, s->stream) != 0) {
+        /* stored, but in a stream whose subjects overlap ours: not where the
+         * pipeline promises it (a misconfiguration an operator must fix) */
+        m->state = MSG_RETRY;
+        *fail = FAIL_OTHER;
+        m->error = arena_printf(&s->errs, "stored in stream \"%s\", not in sink.stream \"%s\" "
+                                "(their subjects overlap)", pa.stream, s->stream);
+    } else {
+        m->state = MSG_CONFIRMED;
     }
 }
 
-/* dedup key -> position in msgs, built only when some message failed */
-typedef struct key_index {
-    size_t cap;      /* power of two */
-    uint32_t *slot;  /* index + 1, 0 = empty */
-} key_index;
-
-static uint64_t key_hash(const char *k)
+/* Drop the replies queued from earlier calls (their messages were retried). */
+static void drop_stale_replies(nats_sink *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (; *k; k++)
-        h = (h ^ (unsigned char)*k) * 1099511628211ULL;
-    return h;
-}
-
-static void key_index_build(key_index *ix, relay_msg **msgs, size_t n)
-{
-    ix->cap = 64;
-    while (ix->cap < 2 * n)
-        ix->cap <<= 1;
-    ix->slot = xcalloc(ix->cap, sizeof *ix->slot);
-    for (size_t i = 0; i < n; i++) {
-        size_t p = key_hash(msgs[i]->dedup_key) & (ix->cap - 1);
-        while (ix->slot[p])
-            p = (p + 1) & (ix->cap - 1);
-        ix->slot[p] = (uint32_t)i + 1;
+    uint64_t queued = 0;
+    if (natsSubscription_QueuedMsgs(s->acks, &queued) != NATS_OK)
+        return;
+    while (queued-- > 0) {
+        natsMsg *r = NULL;
+        if (natsSubscription_NextMsg(&r, s->acks, 1) == NATS_OK)
+            natsMsg_Destroy(r);
     }
 }
 
-/* The position of the sent message with this key (dedup keys are unique
- * within a batch), or -1. */
-static long key_index_find(const key_index *ix, relay_msg **msgs, const char *key)
+/* Take one reply (waiting up to timeout_ms). Returns 1 when it answered a
+ * message of this call, 0 when it did not (a late reply, or none), or the
+ * natsStatus of the failed wait as a negative number. */
+static int take_reply(nats_sink *s, relay_msg **msgs, size_t n, int64_t timeout_ms,
+                      natsStatus *st)
 {
-    for (size_t p = key_hash(key) & (ix->cap - 1); ix->slot[p]; p = (p + 1) & (ix->cap - 1)) {
-        uint32_t i = ix->slot[p] - 1;
-        if (msgs[i]->state == MSG_PENDING && strcmp(msgs[i]->dedup_key, key) == 0)
-            return i;
-    }
-    return -1;
+    natsMsg *r = NULL;
+    *st = natsSubscription_NextMsg(&r, s->acks, timeout_ms);
+    if (*st != NATS_OK)
+        return 0;
+    long i = reply_index(s, natsMsg_GetSubject(r), msgs, n);
+    if (i >= 0)
+        apply_reply(s, r, msgs[i], &s->fail[i]);
+    natsMsg_Destroy(r);
+    return i >= 0;
 }
 
-/* Take back what is still pending (it stays MSG_RETRY), then wait for error
- * callbacks already under way, so that every failure is recorded. */
-static void reclaim_pending(nats_sink *s, key_index *ix, relay_msg **msgs)
+/* Read the PubAcks of this call: first every reply already queued, without
+ * waiting; when none of them answered a message, wait up to one slice for
+ * the next. Waking up once per burst of replies, not once per reply, keeps
+ * the thread hand-offs with nats.c's reader few. Returns the number of
+ * messages answered (0: nothing yet), -2 when the call ends with its
+ * remaining messages unanswered (no PubAck for ack_timeout_ms, or a "no
+ * responders" status: nats.c reports that one without the message, so whose
+ * it was is unknown), -1 when the sink is down (connection lost, shutdown
+ * deadline; err). */
+static int read_replies(nats_sink *s, relay_msg **msgs, size_t n, int64_t *last_answer,
+                        int *no_responders, char *err, size_t errlen)
 {
-    jsPubOptions wo;
-    jsPubOptions_Init(&wo);
-    wo.MaxWait = 1000;
-    for (int round = 0; round < 10; round++) {
-        natsMsgList pending = {0};
-        if (js_PublishAsyncGetPendingList(&pending, s->js) == NATS_OK) {
-            for (int i = 0; i < pending.Count; i++) {
-                const char *id = NULL;
-                if (natsMsgHeader_Get(pending.Msgs[i], "Nats-Msg-Id", &id) != NATS_OK || !id)
-                    continue;
-                long idx = key_index_find(ix, msgs, id);
-                if (idx >= 0) {
-                    msgs[idx]->state = MSG_RETRY;
-                    s->fail[idx] = FAIL_PENDING;
-                }
-            }
-            natsMsgList_Destroy(&pending);
-        }
-        if (js_PublishAsyncComplete(s->js, &wo) == NATS_OK)
-            return;
+    natsStatus st = NATS_OK;
+    uint64_t queued = 0;
+    int answered = 0;
+    if (natsSubscription_QueuedMsgs(s->acks, &queued) == NATS_OK)
+        while (queued-- > 0 && st == NATS_OK)
+            answered += take_reply(s, msgs, n, 1, &st);
+    if (answered == 0 && st == NATS_OK)
+        answered = take_reply(s, msgs, n, WAIT_SLICE_MS, &st);
+    if (answered > 0) {
+        *last_answer = now_mono_ms();
+        return answered;
     }
-    log_error(s->conn.pipeline, "NATS error callbacks did not finish: the batch is retried");
+    if (st == NATS_OK)
+        return 0; /* a late reply of an earlier call */
+    if (st == NATS_NO_RESPONDERS) {
+        snprintf(err, errlen, "no JetStream stream answered on %s (sink.stream \"%s\", subjects "
+                 "%s)", s->conn.url_display, s->stream,
+                 s->stream_subjects ? s->stream_subjects : "?");
+        *no_responders = 1;
+        return -2;
+    }
+    if (st != NATS_TIMEOUT && st != NATS_SLOW_CONSUMER) {
+        char why[300];
+        nats_status_text(st, 0, why, sizeof why);
+        snprintf(err, errlen, "waiting for PubAcks from %s: %s", s->conn.url_display, why);
+        return -1;
+    }
+    if (!nats_conn_up(&s->conn)) {
+        snprintf(err, errlen, "NATS connection to %s lost while waiting for PubAcks",
+                 s->conn.url_display);
+        return -1;
+    }
+    if (now_mono_ms() - *last_answer >= s->ack_timeout_ms) {
+        snprintf(err, errlen, "no PubAck within %lld ms", (long long)s->ack_timeout_ms);
+        return -2;
+    }
+    if (stop_deadline_passed(s)) {
+        snprintf(err, errlen, "shutdown deadline passed while waiting for PubAcks");
+        return -1;
+    }
+    return 0;
 }
 
 static const char *fail_text(nats_sink *s, const relay_msg *m, fail_kind k)
@@ -699,33 +730,19 @@ static const char *fail_text(nats_sink *s, const relay_msg *m, fail_kind k)
     case FAIL_PENDING:
         return "no PubAck (connection lost or timed out)";
     case FAIL_OTHER:
-        return arena_printf(&s->errs, "PubAck error: %s", s->other_error);
     case FAIL_NONE:
         break;
     }
-    return "not confirmed";
-}
-
-/* Apply the failures on_pub_error() recorded. */
-static void apply_failures(nats_sink *s, key_index *ix, relay_msg **msgs)
-{
-    const char *key = s->fail_keys.data;
-    for (size_t f = 0; f < s->nfail; f++) {
-        long idx = key_index_find(ix, msgs, key);
-        if (idx >= 0) {
-            fail_kind k = (fail_kind)s->fail_kinds[f];
-            msgs[idx]->state = k == FAIL_TOO_LARGE ? MSG_REJECTED : MSG_RETRY;
-            s->fail[idx] = (unsigned char)k;
-        }
-        key += strlen(key) + 1;
-    }
+    return m->error ? m->error : "not confirmed";
 }
 
 static int ns_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, size_t errlen)
 {
     nats_sink *s = (nats_sink *)base;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         msgs[i]->state = MSG_RETRY;
+        msgs[i]->error = NULL;
+    }
     if (n == 0)
         return 0;
     arena_reset(&s->errs);
@@ -733,49 +750,50 @@ static int ns_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, s
         if (ns_open(base, err, errlen) < 0)
             return -1;
     }
+    if (make_acks(s, err, errlen) < 0)
+        return -1;
     s->fail = xrealloc(s->fail, n);
     memset(s->fail, FAIL_NONE, n);
-    pthread_mutex_lock(&s->mu);
-    s->accepting = 1;
-    s->nfail = 0;
-    buf_clear(&s->fail_keys);
-    pthread_mutex_unlock(&s->mu);
+    s->call++;
 
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = s->ack_timeout_ms;
-    int down = 0;
-    size_t sent = 0;
-    for (size_t i = 0; i < n && !down; i++) {
-        int rc = send_one(s, msgs, i, &po, err, errlen);
-        down = rc < 0;
-        sent += rc > 0;
+    /* Publish while fewer than max_in_flight PubAcks are outstanding; read
+     * PubAcks in between. A call ends when every message sent was answered,
+     * or when no PubAck came for ack_timeout_ms, the connection dropped or
+     * the shutdown deadline passed: the messages still waiting stay
+     * MSG_RETRY (a late PubAck of theirs is ignored: its call is over). */
+    drop_stale_replies(s);
+    int down = 0, timed_out = 0, no_responders = 0;
+    size_t next = 0, outstanding = 0;
+    int64_t last_answer = now_mono_ms();
+    while (!down && !timed_out && (next < n || outstanding > 0)) {
+        while (!down && next < n && outstanding < (size_t)s->max_in_flight) {
+            int rc = send_one(s, msgs, next++, err, errlen);
+            down = rc < 0;
+            outstanding += rc > 0;
+            if (rc > 0 && outstanding == 1)
+                last_answer = now_mono_ms(); /* the PubAck clock starts at the first send */
+        }
+        if (down || outstanding == 0)
+            continue;
+        int rc = read_replies(s, msgs, n, &last_answer, &no_responders, err, errlen);
+        down = rc == -1;
+        timed_out = rc == -2;
+        if (rc > 0)
+            outstanding -= (size_t)rc;
     }
-    key_index ix = {0};
-    int complete = sent == 0 || wait_acks(s, down ? NULL : err, down ? 0 : errlen) == 0;
-    if (!complete) {
-        key_index_build(&ix, msgs, n);
-        reclaim_pending(s, &ix, msgs);
-        down = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (msgs[i]->state == MSG_PENDING) {
+            msgs[i]->state = MSG_RETRY;
+            s->fail[i] = no_responders ? FAIL_NO_RESPONDERS
+                         : timed_out   ? FAIL_TIMEOUT
+                                       : FAIL_PENDING;
+        }
     }
-    /* Nothing is pending now and no error callback is running. */
-    pthread_mutex_lock(&s->mu);
-    s->accepting = 0;
-    size_t nfail = s->nfail;
-    pthread_mutex_unlock(&s->mu);
-    if (nfail > 0) {
-        if (!ix.slot)
-            key_index_build(&ix, msgs, n);
-        apply_failures(s, &ix, msgs);
-    }
-    free(ix.slot);
 
     size_t confirmed = 0, rejected = 0;
     const char *first = NULL;
     for (size_t i = 0; i < n; i++) {
         relay_msg *m = msgs[i];
-        if (m->state == MSG_PENDING)
-            m->state = MSG_CONFIRMED; /* sent, answered, and not reported as failed */
         if (m->state == MSG_CONFIRMED) {
             confirmed++;
             continue;
@@ -801,6 +819,7 @@ static int ns_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, s
     return 0;
 }
 
+
 /* ---- status and teardown ------------------------------------------------- */
 
 static void ns_describe(relay_sink *base, relay_buf *out)
@@ -821,6 +840,7 @@ static void ns_destroy(relay_sink *base)
     if (!base)
         return;
     nats_sink *s = (nats_sink *)base;
+    drop_acks(s);
     drop_js(s);
     nats_conn_free(&s->conn);
     for (int i = 0; i < s->nsubjects; i++)
@@ -829,11 +849,8 @@ static void ns_destroy(relay_sink *base)
     free(s->stream);
     free(s->stream_subjects);
     forget_subjects(s);
-    free(s->fail_kinds);
-    buf_free(&s->fail_keys);
     free(s->fail);
     arena_free(&s->errs);
-    pthread_mutex_destroy(&s->mu);
     free(s->base.subject_template);
     free(s);
 }

@@ -51,6 +51,7 @@
 #include "../log.h"
 #include "../pg.h"
 #include "../worker.h"
+#include "pg_inbox.h"
 #include "sink.h"
 
 #define ERRLEN 512
@@ -133,6 +134,21 @@ static PGconn *conn(inbox_sink *s)
     return s->url ? s->remote : s->base.w->pg;
 }
 
+char *inbox_insert_sql(const char *qschema, const char *qtable)
+{
+    relay_buf q = {0};
+    buf_printf(&q,
+               "INSERT INTO %s.%s (event_id, event_type, source, aggregate_id, trace_id, payload)"
+               " SELECT u.id, COALESCE(u.p ->> $7, u.subject),"
+               " COALESCE(u.p ->> $8, u.src), COALESCE(u.p ->> $9, u.agg),"
+               " COALESCE(u.p ->> $10, u.trace), u.p"
+               " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[])"
+               " AS u(id, subject, src, agg, trace, p)"
+               " ON CONFLICT (event_id) DO NOTHING",
+               qschema, qtable);
+    return buf_steal(&q);
+}
+
 /* Build the INSERT for the resolved schema. */
 static int build_sql(inbox_sink *s, char *err, size_t errlen)
 {
@@ -158,20 +174,10 @@ static int build_sql(inbox_sink *s, char *err, size_t errlen)
     char *qs = pg_quote_ident(c, schema);
     char *qt = pg_quote_ident(c, s->table);
     free(schema);
-    relay_buf q = {0};
-    buf_printf(&q,
-               "INSERT INTO %s.%s (event_id, event_type, source, aggregate_id, trace_id, payload)"
-               " SELECT u.id, COALESCE(u.p ->> $7, u.subject),"
-               " COALESCE(u.p ->> $8, u.src), COALESCE(u.p ->> $9, u.agg),"
-               " COALESCE(u.p ->> $10, u.trace), u.p"
-               " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[])"
-               " AS u(id, subject, src, agg, trace, p)"
-               " ON CONFLICT (event_id) DO NOTHING",
-               qs, qt);
+    free(s->insert_sql);
+    s->insert_sql = inbox_insert_sql(qs, qt);
     free(qs);
     free(qt);
-    free(s->insert_sql);
-    s->insert_sql = buf_steal(&q);
     return 0;
 }
 
@@ -323,7 +329,7 @@ static long insert_rows(inbox_sink *s, relay_msg **msgs, size_t n, char *sqlstat
                               s->arr[4].data, s->arr[5].data, s->event_type_field,
                               s->map_source, s->map_aggregate, s->map_trace};
     PGconn *c = conn(s);
-    PGresult *r = PQexecParams(c, s->insert_sql, 10, NULL, params, NULL, NULL, 0);
+    PGresult *r = pg_exec_params_guarded(c, s->insert_sql, 10, params, NULL, NULL, 0);
     if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
         long inserted = strtol(PQcmdTuples(r), NULL, 10);
         PQclear(r);

@@ -68,10 +68,13 @@
  * Message is not published, and its Commit advances `confirmed`, so an idle
  * slot on a busy server does not pin WAL.
  *
- * Events.  See docs/backends/cdc.md: payload/old/source, dedup key
- * {commit_lsn}:{index_of_change_in_transaction} (the index counts every
- * change of the transaction, including those of tables filtered out, so it
- * is stable across restarts), unchanged TOAST columns omitted and listed in
+ * Events.  See docs/backends/cdc.md: payload/old/source, dedup keys (one
+ * namespace per event kind, never shared: "Dedup keys" there)
+ * {commit_lsn}:{index_of_change_in_transaction} for changes and
+ * transactional messages (the index counts every change of the
+ * transaction, including those of tables filtered out, so it is stable
+ * across restarts), message:{lsn} for non-transactional messages,
+ * snapshot:{lsn}:{schema}.{table}:{n} for snapshot rows; unchanged TOAST columns omitted and listed in
  * source.unchanged_toast, TRUNCATE one event per table, logical messages
  * op "event" with {table} = the message prefix. A message that cannot be
  * decoded becomes a REJECTED event (dead-lettered by the worker), never a
@@ -248,6 +251,25 @@ int cdc_table_selected(const cdc_source *s, const char *schema, const char *name
         }
     }
     return 0;
+}
+
+/* Append a table or schema name to a dedup key: as is when it is made of
+ * [a-z0-9_] only, else double-quoted with '"' doubled (as quote_ident
+ * does), so "a.b".c and a."b.c" stay two keys. */
+void cdc_key_ident(relay_buf *out, const char *name)
+{
+    size_t n = strlen(name);
+    if (n && strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_") == n) {
+        buf_append(out, name, n);
+        return;
+    }
+    buf_putc(out, '"');
+    for (size_t i = 0; i < n; i++) {
+        if (name[i] == '"')
+            buf_putc(out, '"');
+        buf_putc(out, name[i]);
+    }
+    buf_putc(out, '"');
 }
 
 static void publish_position(cdc_source *s)
@@ -745,8 +767,14 @@ static void snapshot_event(cdc_source *s, snap_table *t, PGresult *r, int i, rel
     char l[24];
     pgo_lsn_format(s->snap_lsn, l, sizeof l);
     m->lsn = arena_strdup(&b->arena, l);
-    m->dedup_key = arena_printf(&b->arena, "snapshot:%s:%s.%s:%" PRIu64, l, t->schema, t->name,
-                                t->rows);
+    relay_buf *k = &s->tmp2;
+    buf_clear(k);
+    buf_printf(k, "snapshot:%s:", l);
+    cdc_key_ident(k, t->schema);
+    buf_putc(k, '.');
+    cdc_key_ident(k, t->name);
+    buf_printf(k, ":%" PRIu64, t->rows);
+    m->dedup_key = arena_strndup(&b->arena, k->data, k->len);
     buf_clear(o);
     buf_puts(o, "{\"schema\":");
     buf_put_json_str(o, t->schema, strlen(t->schema));
@@ -959,7 +987,14 @@ static relay_msg *new_event(cdc_source *s, relay_batch *b, relay_op op, const pg
     char l[24];
     pgo_lsn_format(lsn, l, sizeof l);
     m->lsn = arena_strdup(&b->arena, l);
-    m->dedup_key = arena_printf(&b->arena, "%s:%" PRIu32, s->txn_lsn_text, index);
+    /* The dedup key grammar (docs/backends/cdc.md, "Dedup keys"): inside a
+     * transaction {commit_lsn}:{index}; outside one (a non-transactional
+     * logical message) "message:{lsn}", a namespace of its own: such a
+     * message's LSN can equal the next transaction's commit LSN. */
+    if (s->in_txn)
+        m->dedup_key = arena_printf(&b->arena, "%s:%" PRIu32, s->txn_lsn_text, index);
+    else
+        m->dedup_key = arena_printf(&b->arena, "message:%s", l);
     if (rel) {
         m->schema = arena_strdup(&b->arena, rel->schema);
         m->table = arena_strdup(&b->arena, rel->name);

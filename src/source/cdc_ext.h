@@ -117,6 +117,12 @@ extern const relay_source_ops relay_source_cdc_ops;
 /* Does schema.name pass the source's `tables` filter? */
 int cdc_table_selected(const cdc_source *s, const char *schema, const char *name);
 
+/* Append `name` (a schema or table name) to a dedup key being built in
+ * `out`: unchanged when it is made of [a-z0-9_] only, else in double quotes
+ * with '"' doubled, so that no two qualified names give the same key text
+ * (docs/backends/cdc.md, "Dedup keys"). */
+void cdc_key_ident(relay_buf *out, const char *name);
+
 #ifdef RELAY_CDC_NATS
 int cdc_ext_create(cdc_source *s, char *err, size_t errlen);
 int cdc_ext_open(cdc_source *s, char *err, size_t errlen);

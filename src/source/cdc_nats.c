@@ -14,6 +14,11 @@
  *              published to JetStream as chunks on
  *              init.snap.{table}.{snapshot_id}.{chunk} followed by metadata
  *              on init.meta.{table}, every message awaited for its PubAck.
+ *              snapshot_id = snap-{unix seconds}-{nonce}-{n}: the nonce is
+ *              random per source instance, so a relay restarted (or a
+ *              pipeline reloaded) within the same second never reuses an
+ *              id, whose chunks' Nats-Msg-Id JetStream would then drop as
+ *              duplicates of the earlier snapshot's.
  *              Requests are served one at a time in arrival order; a request
  *              for a table whose snapshot is queued but not started gets
  *              that snapshot's id (so a burst of requests costs one read).
@@ -41,7 +46,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <nats/nats.h>
@@ -65,7 +72,7 @@
 
 typedef struct snap_req {
     char *schema, *name, *ident;
-    char snapshot_id[48];
+    char snapshot_id[64];
 } snap_req;
 
 typedef struct sent_schema {
@@ -105,6 +112,7 @@ struct cdc_ext {
     char **known; /* published tables as schema.name, from the last listing */
     size_t nknown;
     uint64_t seq;
+    uint32_t nonce; /* random, part of every snapshot_id */
 };
 
 /* ---- hooks called by cdc.c ---------------------------------------------------- */
@@ -138,6 +146,8 @@ int cdc_ext_create(cdc_source *s, char *err, size_t errlen)
         return -1;
     }
     x->s = s;
+    if (getrandom(&x->nonce, sizeof x->nonce, 0) != (ssize_t)sizeof x->nonce)
+        x->nonce = (uint32_t)now_wall_ms() ^ (uint32_t)getpid();
     x->pipeline = xstrdup(w->cfg.name ? w->cfg.name : "");
     x->chunk_rows = chunk;
     x->stream = xstrdup(stream);
@@ -378,7 +388,7 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *m, vo
     /* A snapshot of this table that has not started yet serves this request too. */
     for (size_t i = 0; i < x->nreqs; i++) {
         if (strcmp(x->reqs[i].schema, schema) == 0 && strcmp(x->reqs[i].name, name) == 0) {
-            char id[48], ri[256];
+            char id[64], ri[256];
             snprintf(id, sizeof id, "%s", x->reqs[i].snapshot_id);
             snprintf(ri, sizeof ri, "%s", x->reqs[i].ident);
             pthread_mutex_unlock(&x->mu);
@@ -403,9 +413,9 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *m, vo
     r->schema = schema;
     r->name = name;
     r->ident = table_ident(schema, name);
-    snprintf(r->snapshot_id, sizeof r->snapshot_id, "snap-%" PRId64 "-%" PRIu64,
-             now_wall_ms() / 1000, ++x->seq);
-    char id[48], ri[256];
+    snprintf(r->snapshot_id, sizeof r->snapshot_id, "snap-%" PRId64 "-%08" PRIx32 "-%" PRIu64,
+             now_wall_ms() / 1000, x->nonce, ++x->seq);
+    char id[64], ri[256];
     snprintf(id, sizeof id, "%s", r->snapshot_id);
     snprintf(ri, sizeof ri, "%s", r->ident);
     pthread_cond_signal(&x->cond);

@@ -529,11 +529,21 @@ void pgo_value_json(uint32_t type_oid, const char *data, size_t len, relay_buf *
     case OID_INT4:
     case OID_INT8:
     case OID_OID:
-    case OID_FLOAT4:
-    case OID_FLOAT8:
-        /* NaN, Infinity and -Infinity are not JSON numbers: strings. */
         if (is_json_number(data, len)) {
             buf_append(out, data, len);
+            return;
+        }
+        break;
+    case OID_FLOAT4:
+    case OID_FLOAT8:
+        /* NaN, Infinity and -Infinity are not JSON numbers: strings. A
+         * float PostgreSQL prints without a point or exponent ("5", "-0")
+         * gets ".0", so that it stays a float in every JSON reader (and in
+         * MessagePack) and -0 keeps its sign (issue 12 #5). */
+        if (is_json_number(data, len)) {
+            buf_append(out, data, len);
+            if (!memchr(data, '.', len) && !memchr(data, 'e', len) && !memchr(data, 'E', len))
+                buf_puts(out, ".0");
             return;
         }
         break;

@@ -297,6 +297,29 @@ def webhook_sig_seeds():
         write("webhook_sig", name, s)
 
 
+def puback_seeds():
+    # what nats-server 2.9 answers (captured with natscli pub), and edges
+    seeds = {
+        "stored": '{"stream":"ORDERS","seq":42}',
+        "duplicate": '{"stream":"ORDERS","seq":43,"duplicate":true}',
+        "seq-max": '{"stream":"ORDERS","domain":"hub","seq":18446744073709551615}',
+        "error-full": '{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"CAP","seq":0}',
+        "error-too-large": '{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}',
+        "whitespace": ' {"stream":"S","seq":1} \n',
+        "seq-negative": '{"stream":"S","seq":-1}',
+        "seq-real": '{"stream":"S","seq":1.5}',
+        "no-seq": '{"stream":"S"}',
+        "trailing": '{"stream":"S","seq":1}x',
+        "truncated": '{"stream":"S","seq":1',
+        "array": '[1,2]',
+        "empty": '',
+        "error-not-object": '{"error":"x","stream":"S","seq":2}',
+        "seq-overflow": '{"stream":"S","seq":18446744073709551616}',
+    }
+    for name, s in seeds.items():
+        write("puback", name, s)
+
+
 # ---- rmq_headers ------------------------------------------------------------
 
 def amqp_entry(name, kind, value):
@@ -340,5 +363,6 @@ if __name__ == "__main__":
     webhook_body_seeds()
     rmq_headers_seeds()
     webhook_sig_seeds()
+    puback_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print("%-14s %3d seeds" % (t, len(os.listdir(os.path.join(CORPUS, t)))))

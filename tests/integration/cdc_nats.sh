@@ -83,7 +83,7 @@ is "$(natscli kv-get schemas items | jq -c '[.columns[] | .name]')" '["id","name
 ack=$(natscli request snapshot.request.big '' 5000)
 is "$(jq -r .status <<<"$ack")" accepted "snapshot.request.big is acknowledged"
 sid=$(jq -r .snapshot_id <<<"$ack")
-like "$sid" '^snap-[0-9]+-[0-9]+$' "the acknowledgement names the snapshot id"
+like "$sid" '^snap-[0-9]+-[0-9a-f]{8}-[0-9]+$' "the acknowledgement names the snapshot id"
 is "$(natscli request snapshot.request.nosuch '' 5000 | jq -r .status)" error "a request for an unknown table is refused"
 wait_until 40 'natscli dump INIT 2>/dev/null | jq -e "select(.subject == \"init.meta.big\")" >/dev/null'
 init=$(natscli dump INIT)

@@ -40,7 +40,7 @@ rm -rf "$DIR"
 pid0=$(sql "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '$SLOT'")
 for i in $(seq 1 50); do echo "INSERT INTO t VALUES ($i, 'unacked-$i');"; done | "${PSQL[@]}" -d "$TEST_DB" >/dev/null
 wait_until 10 'relay_log r1 | grep -q "sink file unavailable"'
-check "the relay saw the sink go down" relay_log r1 | grep -q "sink file unavailable"
+like "$(relay_log r1)" "sink file unavailable" "the relay saw the sink go down"
 max_seen=$L0
 for _ in $(seq 1 24); do   # 6 s, three times wal_sender_timeout
     l=$(slot_lsn $SLOT)

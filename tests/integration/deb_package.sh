@@ -17,7 +17,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PKG=pgtrickle-relay
 n=0 failed=0
 ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
-check() { local d=$1; shift; if "$@"; then ok 0 "$d"; else ok 1 "$d"; fi; }
+check() { local d=$1; shift; if "$@" >&2; then ok 0 "$d"; else ok 1 "$d"; fi; }  # stdout is TAP only
 is() { if [ "$1" == "$2" ]; then ok 0 "$3"; else ok 1 "$3"; diag "got: '$1'" "expected: '$2'"; fi; }
 diag() { printf '%s\n' "$@" | sed 's/^/# /'; }
 bail() { echo "Bail out! $*"; exit 1; }

@@ -27,5 +27,26 @@ wait_until 5 '[ "$(sql "SELECT count(*) FROM pgtrickle.relay_dlq WHERE replay_re
 is "$(sql "SELECT (replayed_at IS NOT NULL)::text || ',' || replay_count || ',' || (replay_requested_at IS NULL)::text FROM pgtrickle.relay_dlq")" "true,1,true" \
    "the dead letter is marked replayed and no longer requested"
 like "$(relay_log r1)" "1 dead letters replayed" "the log reports the replay"
+
+# A replay the inbox refuses again (the cause is back) must not wedge the
+# pipeline: the replay runs in a transaction, and the failed INSERT used to
+# abort it, so every later statement failed and the replay was retried
+# forever. Now the message is dead-lettered again, the replay completes and
+# the pipeline goes on.
+sql "ALTER TABLE pgtrickle.payments ADD CONSTRAINT amount_positive CHECK ((payload->>'amount')::numeric > 0) NOT VALID" >/dev/null
+echo '{"dedup_key":"p5","amount":-1}' >> "$TEST_TMP/in.jsonl"
+wait_until 10 '[ "$(sql "SELECT count(*) FROM pgtrickle.relay_dlq WHERE dedup_key = '"'p5'"'")" = 1 ]'
+is "$(sql "SELECT pgtrickle.relay_dlq_replay('pay-in', ARRAY(SELECT id FROM pgtrickle.relay_dlq WHERE dedup_key = 'p5'))")" 1 \
+   "a replay of a message the inbox still refuses is requested"
+wait_until 15 '[ "$(sql "SELECT count(*) FROM pgtrickle.relay_dlq WHERE dedup_key = '"'p5'"' AND replay_requested_at IS NULL")" = 2 ]'
+is "$(sql "SELECT string_agg((replayed_at IS NOT NULL)::text || ',' || replay_count || ',' || (replay_requested_at IS NULL)::text, ' ' ORDER BY id)
+            FROM pgtrickle.relay_dlq WHERE dedup_key = 'p5'")" "true,1,true false,0,true" \
+   "the replay completes: the replayed row is done, the refused message is an open dead letter again"
+like "$(sql "SELECT error FROM pgtrickle.relay_dlq WHERE dedup_key = 'p5' AND replayed_at IS NULL")" "amount_positive" "with the reason"
+echo '{"dedup_key":"p6","amount":2}' >> "$TEST_TMP/in.jsonl"
+wait_until 10 '[ "$(sql "SELECT count(*) FROM pgtrickle.payments WHERE event_id = '"'p6'"'")" = 1 ]'
+is "$(sql "SELECT count(*) FROM pgtrickle.payments WHERE event_id = 'p6'")" 1 "and the pipeline goes on"
+unlike_log=$(relay_log r1 | grep -c "current transaction is aborted")
+is "$unlike_log" 0 "no statement ran in an aborted transaction"
 stop_relay r1
 done_testing

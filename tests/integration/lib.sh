@@ -31,8 +31,9 @@ ok() {   # ok <0|1 or command result> <description>
 pass() { ok 0 "$1"; }
 fail() { ok 1 "$1"; }
 check() { # check <description> <command...>: ok when the command succeeds
+    # (its stdout goes to stderr: only TAP lines may reach stdout)
     local d=$1; shift
-    if "$@"; then ok 0 "$d"; else ok 1 "$d"; fi
+    if "$@" >&2; then ok 0 "$d"; else ok 1 "$d"; fi
 }
 is() {   # is <got> <expected> <description>
     if [ "$1" == "$2" ]; then ok 0 "$3"
@@ -98,22 +99,26 @@ free_port() {
 # log in $TEST_TMP/<id>.log, metrics port in RELAY_PORT_<id>, stdin from
 # $RELAY_STDIN (default /dev/null). Pipeline configs may name files under
 # $TEST_TMP (--allow-path; RELAY_ALLOW_PATH overrides; more with extra flags).
+# RELAY_WRAP (an array, e.g. (ip netns exec NS)) runs the relay through a
+# command that execs it; RELAY_HOST is the metrics address (127.0.0.1).
+declare -A RELAY_HOSTS=()
 start_relay() {
     local id=$1; shift
-    local port try
+    local port try host=${RELAY_HOST:-127.0.0.1}
+    RELAY_HOSTS[$id]=$host
     for try in 1 2 3; do
         port=$(free_port)
         eval "RELAY_PORT_$id=$port"
-        "$RELAY_BIN" --postgres-url "${RELAY_URL:-$DB_URL}" --metrics-addr "127.0.0.1:$port" \
+        ${RELAY_WRAP[@]+"${RELAY_WRAP[@]}"} "$RELAY_BIN" --postgres-url "${RELAY_URL:-$DB_URL}" --metrics-addr "$host:$port" \
             --discovery-interval "${DISCOVERY:-1s}" --log-level "${RELAY_LOG_LEVEL:-debug}" \
             --allow-path "${RELAY_ALLOW_PATH:-$TEST_TMP}" "$@" \
             <"${RELAY_STDIN:-/dev/null}" >>"$TEST_TMP/$id.log" 2>&1 &
         RELAY_PIDS[$id]=$!
-        wait_until 10 "curl -sf -o /dev/null http://127.0.0.1:$port/metrics || ! kill -0 ${RELAY_PIDS[$id]}"
-        if curl -sf -o /dev/null "http://127.0.0.1:$port/metrics"; then return 0; fi
+        wait_until 10 "curl -sf -o /dev/null http://$host:$port/metrics || ! kill -0 ${RELAY_PIDS[$id]}"
+        if curl -sf -o /dev/null "http://$host:$port/metrics"; then return 0; fi
         # another process took the port between free_port and the relay's bind
         if [ "$try" -lt 3 ] && ! kill -0 "${RELAY_PIDS[$id]}" 2>/dev/null \
-            && tail -3 "$TEST_TMP/$id.log" | grep -q "metrics address 127.0.0.1:$port: Address already in use"; then
+            && tail -3 "$TEST_TMP/$id.log" | grep -q "metrics address $host:$port: Address already in use"; then
             wait "${RELAY_PIDS[$id]}" 2>/dev/null
             continue
         fi
@@ -133,8 +138,9 @@ kill9_relay() {
     kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; unset "RELAY_PIDS[$1]"
 }
 relay_log() { cat "$TEST_TMP/$1.log"; }
-http_get() { curl -s "http://127.0.0.1:$(relay_port "$1")$2"; }
-http_code() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(relay_port "$1")$2"; }
+relay_host() { echo "${RELAY_HOSTS[$1]:-127.0.0.1}"; }
+http_get() { curl -s "http://$(relay_host "$1"):$(relay_port "$1")$2"; }
+http_code() { curl -s -o /dev/null -w '%{http_code}' "http://$(relay_host "$1"):$(relay_port "$1")$2"; }
 metric() {  # metric <relay id> <metric name with labels, exact>  -> value (or empty)
     http_get "$1" /metrics | awk -v k="$2" '$1 == k { print $2 }'
 }
@@ -176,9 +182,10 @@ start_private_pg() {
     DB_URL="postgresql://postgres@127.0.0.1:$PRIV_PORT/$TEST_DB"
 }
 _as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# PRIV_PG_OPTIONS: more server options (e.g. another listen address).
 private_pg_start() {
     _as_pg "$PGT_PGBIN/pg_ctl" -D "$PRIV_DIR/data" -l "$PRIV_DIR/pg.log" -w -t 60 -o \
-        "-c listen_addresses=127.0.0.1 -p $PRIV_PORT -k $PRIV_DIR -c wal_level=logical -c fsync=off" \
+        "-c listen_addresses=127.0.0.1 -p $PRIV_PORT -k $PRIV_DIR -c wal_level=logical -c fsync=off ${PRIV_PG_OPTIONS:-}" \
         start >/dev/null || bail "private postgres did not start"
 }
 private_pg_stop() { _as_pg "$PGT_PGBIN/pg_ctl" -D "$PRIV_DIR/data" -m fast -w stop >/dev/null 2>&1; }

@@ -35,11 +35,12 @@ last_error() { http_get "$1" /status | jq -r ".pipelines[] | select(.name == \"$
 # start_private_nats <id> [nats-server args...]: JetStream on free ports, its
 # own store; sets PRIV_NATS_URL_<id>, PRIV_NATS_PID_<id>. Restarting with the
 # same id keeps the store (and so the streams and their dedup state).
-# PRIV_NATS_NO_JS=1: a server without JetStream.
+# PRIV_NATS_NO_JS=1: a server without JetStream. PRIV_NATS_ADDR: the address
+# it listens on (127.0.0.1).
 declare -A PRIV_NATS_PIDS=()
 start_private_nats() {
     local id=$1; shift
-    local d="$TEST_TMP/nats-$id" try fresh=1
+    local d="$TEST_TMP/nats-$id" try fresh=1 addr=${PRIV_NATS_ADDR:-127.0.0.1}
     mkdir -p "$d"
     [ -f "$d/port" ] && fresh=0
     local js=(-js -sd "$d/js")
@@ -49,11 +50,11 @@ start_private_nats() {
         # another process (seen in the log) tries again on a new one
         local port; port=$(cat "$d/port" 2>/dev/null || free_port)
         echo "$port" > "$d/port"
-        nats-server -a 127.0.0.1 -p "$port" "${js[@]}" -n "relay-test-$id" -l "$d/nats.log" "$@" \
+        nats-server -a "$addr" -p "$port" "${js[@]}" -n "relay-test-$id" -l "$d/nats.log" "$@" \
             </dev/null >/dev/null 2>&1 &
         PRIV_NATS_PIDS[$id]=$!
-        eval "PRIV_NATS_URL_$id=nats://127.0.0.1:$port"
-        if wait_until 10 "(exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null || ! kill -0 ${PRIV_NATS_PIDS[$id]}" \
+        eval "PRIV_NATS_URL_$id=nats://$addr:$port"
+        if wait_until 10 "(exec 3<>/dev/tcp/$addr/$port) 2>/dev/null || ! kill -0 ${PRIV_NATS_PIDS[$id]}" \
             && kill -0 "${PRIV_NATS_PIDS[$id]}" 2>/dev/null; then
             sleep 0.2   # JetStream needs a moment after the port opens
             return 0

@@ -136,6 +136,42 @@ stop_kafka() {
     kill -9 "$pid" 2>/dev/null || true
 }
 
+# Redis 7 (research/test-services.md section 3): redis-server, no persistence.
+# Shared by the tests: each test uses keys of its own (a prefix with its
+# name); tests that stop the server start a private one. A server that is
+# already running and answers PING is reused.
+REDIS_PORT=${PGT_REDIS_PORT:-16379}
+start_redis() {
+    local d=$DIR/redis
+    mkdir -p "$d"
+    if ! { [ -f "$d/redis.pid" ] && kill -0 "$(cat "$d/redis.pid")" 2>/dev/null \
+           && redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }; then
+        redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$d" --save '' --appendonly no \
+            --daemonize yes --pidfile "$d/redis.pid" --logfile "$d/redis.log" >/dev/null \
+            || { echo "redis-server did not start (log: $d/redis.log)" >&2; return 1; }
+        local i
+        for i in $(seq 1 100); do
+            redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
+            sleep 0.05
+        done
+        redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG \
+            || { echo "redis-server did not answer (log: $d/redis.log)" >&2; return 1; }
+    fi
+    add_env PGT_REDIS_URL "redis://127.0.0.1:$REDIS_PORT"
+    add_env PGT_REDIS_PORT "$REDIS_PORT"
+    echo "redis ready on 127.0.0.1:$REDIS_PORT"
+}
+
+stop_redis() {
+    local f=$DIR/redis/redis.pid
+    [ -f "$f" ] || return 0
+    local pid; pid=$(cat "$f")
+    kill -TERM "$pid" 2>/dev/null || return 0
+    local i
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
 # RabbitMQ: a node of its own under $DIR/rabbitmq (tests/services/rabbitmq-node.sh:
 # the real server script as root, own node name, epmd and distribution
 # ports derived from PGT_RABBITMQ_PORT; AMQP over TLS on PGT_RABBITMQ_PORT+3000,

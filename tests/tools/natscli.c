@@ -22,6 +22,12 @@
  *                             asynchronous JetStream publishes (4096 in
  *                             flight) with ids P<i>, every PubAck awaited (the benchmark's
  *                             reference publisher): {"count","seconds","rate"}
+ *   pub-many-core SUBJECT COUNT [--data TEXT] [--id-prefix P]
+ *                             the same guarantee with core NATS: each message
+ *                             published with Nats-Msg-Id and a reply subject of
+ *                             its own under one inbox, the PubAcks read from one
+ *                             wildcard subscription on the publishing thread,
+ *                             4096 in flight; every PubAck checked
  *   consumer-info STREAM NAME {"num_pending","num_ack_pending","num_redelivered",
  *                             "delivered_consumer_seq","delivered_stream_seq",
  *                             "ack_floor_stream_seq"}; exit 3: no consumer
@@ -441,15 +447,94 @@ static int cmd_pub(int argc, char **argv)
     return 0;
 }
 
-static int cmd_pub_many(int argc, char **argv)
+/* A PubAck body is {"stream":..,"seq":..} or {"error":{..}}: an error is
+ * the only reply that names "error". */
+static int puback_failed(natsMsg *m)
+{
+    if (natsMsg_IsNoResponders(m))
+        return 1;
+    const char *d = natsMsg_GetData(m);
+    return !d || strstr(d, "\"error\"") != NULL;
+}
+
+/* The arguments of pub-many and pub-many-core. */
+typedef struct pub_many_args {
+    long count;
+    const char *data, *prefix;
+} pub_many_args;
+
+static pub_many_args pub_many_parse(int argc, char **argv)
 {
     if (argc < 2)
         usage();
-    long count = strtol(argv[1], NULL, 10);
-    const char *data = opt_value(argc, argv, "--data");
-    const char *prefix = opt_value(argc, argv, "--id-prefix");
-    if (!data)
-        data = "{\"n\":1}";
+    pub_many_args a = {strtol(argv[1], NULL, 10), opt_value(argc, argv, "--data"),
+                       opt_value(argc, argv, "--id-prefix")};
+    if (!a.data)
+        a.data = "{\"n\":1}";
+    if (!a.prefix)
+        a.prefix = "ref-";
+    return a;
+}
+
+static int cmd_pub_many_core(int argc, char **argv)
+{
+    pub_many_args a = pub_many_parse(argc, argv);
+    long count = a.count;
+    const char *data = a.data, *prefix = a.prefix;
+    int dlen = (int)strlen(data);
+    const long window = 4096;
+    natsInbox *inbox = NULL;
+    natsSubscription *sub = NULL;
+    char wildcard[128], reply[160], id[128];
+    natsStatus s = natsInbox_Create(&inbox);
+    snprintf(wildcard, sizeof wildcard, "%s.*", s == NATS_OK ? (const char *)inbox : "");
+    if (s == NATS_OK)
+        s = natsConnection_SubscribeSync(&sub, nc, wildcard);
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(sub, -1, -1);
+    if (s != NATS_OK)
+        die("pub-many-core: subscribe", s, 0);
+    double t0 = now_s();
+    long sent = 0, acked = 0, errors = 0;
+    while (acked < count) {
+        while (sent < count && sent - acked < window) {
+            natsMsg *m = NULL;
+            snprintf(reply, sizeof reply, "%s.%ld", (const char *)inbox, sent);
+            snprintf(id, sizeof id, "%s%ld", prefix, sent);
+            s = natsMsg_Create(&m, argv[0], reply, data, dlen);
+            if (s == NATS_OK)
+                s = natsMsgHeader_Set(m, "Nats-Msg-Id", id);
+            if (s == NATS_OK)
+                s = natsConnection_PublishMsg(nc, m);
+            natsMsg_Destroy(m);
+            if (s != NATS_OK)
+                die("pub-many-core: publish", s, 0);
+            sent++;
+        }
+        natsMsg *r = NULL;
+        s = natsSubscription_NextMsg(&r, sub, 10000);
+        if (s != NATS_OK)
+            die("pub-many-core: waiting for PubAcks", s, 0);
+        errors += puback_failed(r);
+        natsMsg_Destroy(r);
+        acked++;
+    }
+    double t = now_s() - t0;
+    natsSubscription_Destroy(sub);
+    natsInbox_Destroy(inbox);
+    if (errors) {
+        fprintf(stderr, "natscli: pub-many-core: %ld PubAck errors\n", errors);
+        return 1;
+    }
+    printf("{\"count\":%ld,\"seconds\":%.4f,\"rate\":%.0f}\n", count, t, (double)count / t);
+    return 0;
+}
+
+static int cmd_pub_many(int argc, char **argv)
+{
+    pub_many_args a = pub_many_parse(argc, argv);
+    long count = a.count;
+    const char *data = a.data, *prefix = a.prefix;
     natsStatus s;
     jsPubOptions po;
     jsPubOptions_Init(&po);
@@ -457,7 +542,7 @@ static int cmd_pub_many(int argc, char **argv)
     int dlen = (int)strlen(data);
     double t0 = now_s();
     for (long i = 0; i < count; i++) {
-        snprintf(id, sizeof id, "%s%ld", prefix ? prefix : "ref-", i);
+        snprintf(id, sizeof id, "%s%ld", prefix, i);
         po.MsgId = id;
         s = js_PublishAsync(js, argv[0], data, dlen, &po);
         if (s != NATS_OK)
@@ -723,7 +808,8 @@ int main(int argc, char **argv)
         {"dump", cmd_dump}, {"get", cmd_get},
         {"consumer-info", cmd_consumer_info}, {"consumer-delete", cmd_consumer_delete},
         {"consumer-add-push", cmd_consumer_add_push}, {"pub", cmd_pub},
-        {"pub-many", cmd_pub_many}, {"latency", cmd_latency},
+        {"pub-many", cmd_pub_many}, {"pub-many-core", cmd_pub_many_core},
+        {"latency", cmd_latency},
         {"kv-get", cmd_kv_get}, {"request", cmd_request},
     };
     for (size_t c = 0; c < sizeof cmds / sizeof cmds[0]; c++) {

@@ -27,6 +27,7 @@
 #include "hostpath.h"
 #include "buf.h"
 #include "hostpath.h"
+#include "encode.h"
 #include "message.h"
 #include "sink/sink.h"
 
@@ -202,7 +203,7 @@ static void test_config_errors(void **state)
     assert_create_fails(file, "{\"type\":\"file\",\"output\":\"/tmp/x\",\"bogus\":1}",
                         "sink.bogus: unknown key");
     assert_create_fails(file, "{\"type\":\"file\",\"output\":\"/tmp/x\",\"format\":\"xml\"}",
-                        "sink.format: expected one of jsonl, json_pretty, csv");
+                        "sink.format: expected one of jsonl, json_pretty, csv, msgpack");
     assert_create_fails(file, "{\"type\":\"file\",\"output\":\"/tmp/x\",\"format\":7}",
                         "sink.format: expected a string");
     assert_create_fails(file, "{\"type\":\"file\"}", "sink.output: required");
@@ -309,6 +310,55 @@ static void test_partial_record_repaired(void **state)
     s = create_file(f, NULL);
     assert_int_equal(file_size(f->path), 0);
     s->ops->destroy(s);
+}
+
+/* Issue 12 #4: format "msgpack" writes length-prefixed records (4-byte
+ * big-endian length, then the MessagePack body the worker encoded); the
+ * worker is asked to encode; a torn last record is cut on open, however it
+ * was torn (inside the length or inside the body). */
+static void test_msgpack_frames(void **state)
+{
+    fixture *f = *state;
+    add_orders(f);
+    relay_sink *s = create_file(f, "\"format\":\"msgpack\"");
+    assert_int_equal(s->encode, 1);
+    assert_int_equal(s->format, RELAY_FORMAT_MSGPACK);
+    relay_buf bodies = {0};
+    size_t lens[2];
+    for (size_t i = 0; i < 2; i++) {
+        relay_msg *m = &f->batch.msgs[i];
+        relay_buf one = {0};
+        char err[128];
+        assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &one, err, sizeof err), 0);
+        m->body = arena_strndup(&f->batch.arena, one.data, one.len);
+        m->body_len = lens[i] = one.len;
+        buf_append(&bodies, one.data, one.len);
+        buf_free(&one);
+    }
+    publish_ok(s, ptrs(f, 0, 2), 2);
+    s->ops->destroy(s);
+    assert_int_equal(file_size(f->path), 8 + bodies.len);
+    char *got = slurp(f->path);
+    const unsigned char *u = (const unsigned char *)got;
+    assert_int_equal(((size_t)u[0] << 24 | (size_t)u[1] << 16 | (size_t)u[2] << 8 | u[3]), lens[0]);
+    assert_memory_equal(got + 4, bodies.data, lens[0]);
+    u += 4 + lens[0];
+    assert_int_equal(((size_t)u[0] << 24 | (size_t)u[1] << 16 | (size_t)u[2] << 8 | u[3]), lens[1]);
+    assert_memory_equal(got + 8 + lens[0], bodies.data + lens[0], lens[1]);
+    free(got);
+
+    /* torn inside the body, then inside the length: cut after record 1 */
+    off_t whole = file_size(f->path);
+    for (int torn = 0; torn < 2; torn++) {
+        assert_int_equal(truncate(f->path, whole - (torn ? (off_t)lens[1] + 2 : 3)), 0);
+        s = create_file(f, "\"format\":\"msgpack\"");
+        assert_int_equal(file_size(f->path), 4 + (off_t)lens[0]);
+        /* the redelivered batch follows the last whole record */
+        publish_ok(s, ptrs(f, 1, 1), 1);
+        s->ops->destroy(s);
+        assert_int_equal(file_size(f->path), whole);
+    }
+    buf_free(&bodies);
 }
 
 /* Whitespace inside a payload's text never splits a JSONL line. */
@@ -702,6 +752,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stdout_csv, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stdout_epipe, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partial_record_repaired, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msgpack_frames, setup, teardown),
     };
     /* file outputs must lie under --allow-path (hostpath.h) */
     char why[512];

@@ -12,6 +12,7 @@
 
 #include "encode.h"
 #include "message.h"
+#include <math.h>
 #include <msgpack.h>
 
 static relay_msg *outbox_msg(relay_batch *b)
@@ -271,6 +272,175 @@ static void msgpack_refuses_non_utf8_text(void **state)
     batch_free(&b);
 }
 
+/* Encode `payload` (a CDC row) as MessagePack and unpack it into *u;
+ * returns the "columns" array. */
+static const msgpack_object *pack_row(msgpack_unpacked *u, relay_buf *out, const char *payload,
+                                      const char *old, const char *source)
+{
+    relay_batch b = {0};
+    relay_msg *m = batch_add(&b);
+    m->dedup_key = "0/1:0";
+    m->table = "t";
+    m->op = OP_UPDATE;
+    m->payload = payload;
+    m->payload_len = strlen(payload);
+    m->old_json = old;
+    m->source_json = source;
+    char err[256] = "";
+    buf_clear(out);
+    int rc = relay_encode(RELAY_FORMAT_MSGPACK, m, out, err, sizeof err);
+    batch_free(&b);
+    if (rc < 0) {
+        print_error("encode failed: %s\n", err);
+        return NULL;
+    }
+    msgpack_unpacked_init(u);
+    size_t off = 0;
+    assert_int_equal(msgpack_unpack_next(u, out->data, out->len, &off), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(off, out->len);
+    return map_get(&u->data, "columns");
+}
+
+static const msgpack_object *col_value(const msgpack_object *cols, uint32_t i)
+{
+    assert_true(i < cols->via.array.size);
+    return map_get(&cols->via.array.ptr[i], "value");
+}
+
+static void assert_str_obj(const msgpack_object *o, const char *want)
+{
+    assert_int_equal(o->type, MSGPACK_OBJECT_STR);
+    assert_int_equal(o->via.str.size, strlen(want));
+    assert_memory_equal(o->via.str.ptr, want, strlen(want));
+}
+
+/* Issue 12 #2: a row whose json value held an integer >= 2^63 was lost
+ * whole (jansson refuses such integers). Every number survives: as an
+ * integer when 64 bits hold it, a double when a double holds it exactly,
+ * else as the string of its JSON text. */
+static void msgpack_keeps_every_number(void **state)
+{
+    (void)state;
+    msgpack_unpacked u;
+    relay_buf out = {0};
+    const msgpack_object *cols = pack_row(&u, &out,
+        "{\"id\":7,\"j\":{\"big\":9223372036854775808,\"max\":18446744073709551615,"
+        "\"over\":18446744073709551616,\"neg\":-9223372036854775808,\"under\":-9223372036854775809,"
+        "\"huge\":1e400,\"tiny\":1e-400,\"precise\":0.1000000000000000000001,\"pi\":3.14,"
+        "\"third\":0.30000000000000004,\"mz\":-0.0,\"e22\":1.0000000000000000000000e22,"
+        "\"arr\":[1,18446744073709551616],\"exp\":1e99999999999999999999}}", NULL, NULL);
+    assert_non_null(cols);
+    assert_int_equal(cols->via.array.size, 2);
+    assert_int_equal(col_value(cols, 0)->via.u64, 7);
+    const msgpack_object *j = col_value(cols, 1);
+    assert_int_equal(j->type, MSGPACK_OBJECT_MAP);
+    assert_int_equal(j->via.map.size, 14);
+    assert_int_equal(map_get(j, "big")->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    assert_true(map_get(j, "big")->via.u64 == UINT64_C(9223372036854775808));
+    assert_true(map_get(j, "max")->via.u64 == UINT64_MAX);
+    assert_str_obj(map_get(j, "over"), "18446744073709551616");
+    assert_int_equal(map_get(j, "neg")->type, MSGPACK_OBJECT_NEGATIVE_INTEGER);
+    assert_true(map_get(j, "neg")->via.i64 == INT64_MIN);
+    assert_str_obj(map_get(j, "under"), "-9223372036854775809");
+    assert_str_obj(map_get(j, "huge"), "1e400");
+    assert_str_obj(map_get(j, "tiny"), "1e-400");
+    assert_str_obj(map_get(j, "precise"), "0.1000000000000000000001");
+    assert_int_equal(map_get(j, "pi")->type, MSGPACK_OBJECT_FLOAT64);
+    assert_true(map_get(j, "pi")->via.f64 == 3.14);
+    assert_true(map_get(j, "third")->via.f64 == 0.1 + 0.2);
+    assert_int_equal(map_get(j, "mz")->type, MSGPACK_OBJECT_FLOAT64);
+    assert_true(signbit(map_get(j, "mz")->via.f64));
+    assert_true(map_get(j, "e22")->via.f64 == 1e22);
+    assert_str_obj(map_get(j, "exp"), "1e99999999999999999999");
+    const msgpack_object *arr = map_get(j, "arr");
+    assert_int_equal(arr->via.array.size, 2);
+    assert_str_obj(&arr->via.array.ptr[1], "18446744073709551616");
+    msgpack_unpacked_destroy(&u);
+    buf_free(&out);
+}
+
+/* Strings keep escapes, NUL and non-ASCII; keys keep their order and
+ * duplicates of a json (not jsonb) value; an unpaired surrogate escape
+ * (valid json, no UTF-8 form) and absurd nesting are refused with a reason,
+ * never packed empty. */
+static void msgpack_strings_and_refusals(void **state)
+{
+    (void)state;
+    msgpack_unpacked u;
+    relay_buf out = {0};
+    const msgpack_object *cols = pack_row(&u, &out,
+        "{\"s\":\"a\\\"b\\n\\u00e9\\u0000\\ud83d\\ude00\",\"j\":{\"b\":1,\"a\":2,\"b\":3}}", NULL, NULL);
+    assert_non_null(cols);
+    const msgpack_object *sv = col_value(cols, 0);
+    assert_int_equal(sv->via.str.size, 11);
+    assert_memory_equal(sv->via.str.ptr, "a\"b\n\xc3\xa9\0\xf0\x9f\x98\x80", 11);
+    const msgpack_object *j = col_value(cols, 1);
+    assert_int_equal(j->via.map.size, 3);
+    assert_memory_equal(j->via.map.ptr[0].key.via.str.ptr, "b", 1);
+    assert_memory_equal(j->via.map.ptr[1].key.via.str.ptr, "a", 1);
+    msgpack_unpacked_destroy(&u);
+
+    relay_batch b = {0};
+    relay_msg *m = batch_add(&b);
+    m->dedup_key = "k";
+    m->op = OP_INSERT;
+    m->payload = "{\"s\":\"\\ud800x\"}";
+    m->payload_len = strlen(m->payload);
+    char err[256];
+    buf_clear(&out);
+    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &out, err, sizeof err), -1);
+    assert_non_null(strstr(err, "surrogate"));
+    assert_int_equal(out.len, 0);
+    relay_buf deep = {0};
+    buf_puts(&deep, "{\"d\":");
+    for (int i = 0; i < 1200; i++)
+        buf_putc(&deep, '[');
+    for (int i = 0; i < 1200; i++)
+        buf_putc(&deep, ']');
+    buf_putc(&deep, '}');
+    m->payload = deep.data;
+    m->payload_len = deep.len;
+    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &out, err, sizeof err), -1);
+    assert_non_null(strstr(err, "deeper"));
+    m->payload = "{\"a\":1,}";
+    m->payload_len = strlen(m->payload);
+    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &out, err, sizeof err), -1);
+    assert_non_null(strstr(err, "JSON"));
+    buf_free(&deep);
+    buf_free(&out);
+    batch_free(&b);
+}
+
+/* Issue 12 #3: CDC events carry "old" (same shape as columns, nil when
+ * PostgreSQL sent no old row) and "unchanged_toast". */
+static void msgpack_cdc_old_and_unchanged_toast(void **state)
+{
+    (void)state;
+    msgpack_unpacked u;
+    relay_buf out = {0};
+    const char *src = "{\"schema\":\"public\",\"table\":\"t\",\"lsn\":\"0/1\",\"commit_lsn\":\"0/2\","
+                      "\"xid\":5,\"commit_time\":\"x\",\"unchanged_toast\":[\"big\",\"doc\"]}";
+    const msgpack_object *cols = pack_row(&u, &out, "{\"id\":2,\"note\":\"n\"}", "{\"id\":1}", src);
+    assert_non_null(cols);
+    assert_int_equal(u.data.via.map.size, 8);
+    const msgpack_object *old = map_get(&u.data, "old");
+    assert_int_equal(old->type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(old->via.array.size, 1);
+    assert_str_obj(map_get(&old->via.array.ptr[0], "name"), "id");
+    assert_int_equal(map_get(&old->via.array.ptr[0], "value")->via.u64, 1);
+    const msgpack_object *toast = map_get(&u.data, "unchanged_toast");
+    assert_int_equal(toast->via.array.size, 2);
+    assert_str_obj(&toast->via.array.ptr[1], "doc");
+    assert_str_obj(map_get(&u.data, "dedup_key"), "0/1:0");
+    msgpack_unpacked_destroy(&u);
+    cols = pack_row(&u, &out, "{\"id\":2}", NULL, "{\"unchanged_toast\":[]}");
+    assert_non_null(cols);
+    assert_int_equal(map_get(&u.data, "old")->type, MSGPACK_OBJECT_NIL);
+    assert_int_equal(map_get(&u.data, "unchanged_toast")->via.array.size, 0);
+    msgpack_unpacked_destroy(&u);
+    buf_free(&out);
+}
+
 static void format_config(void **state)
 {
     (void)state;
@@ -302,6 +472,9 @@ int main(void)
         cmocka_unit_test(json_string_escaping),
         cmocka_unit_test(msgpack_matches_seed_shape),
         cmocka_unit_test(msgpack_refuses_non_utf8_text),
+        cmocka_unit_test(msgpack_keeps_every_number),
+        cmocka_unit_test(msgpack_strings_and_refusals),
+        cmocka_unit_test(msgpack_cdc_old_and_unchanged_toast),
         cmocka_unit_test(format_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -286,6 +286,55 @@ static void source_config_is_checked(void **state)
     }
 }
 
+/* PubAcks as nats-server 2.9 writes them (JetStream wire API). */
+static void puback_is_decoded(void **state)
+{
+    (void)state;
+    relay_puback pa;
+    const char *ok = "{\"stream\":\"ORDERS\",\"seq\":42}";
+    assert_int_equal(nats_puback_parse(ok, strlen(ok), &pa), 0);
+    assert_int_equal(pa.stored, 1);
+    assert_string_equal(pa.stream, "ORDERS");
+    assert_true(pa.seq == 42);
+    assert_int_equal(pa.duplicate, 0);
+
+    const char *dup = "{\"stream\":\"ORDERS\",\"seq\":18446744073709551615,\"duplicate\":true}";
+    assert_int_equal(nats_puback_parse(dup, strlen(dup), &pa), 0);
+    assert_int_equal(pa.stored, 1);
+    assert_true(pa.seq == UINT64_MAX);
+    assert_int_equal(pa.duplicate, 1);
+
+    const char *full = "{\"error\":{\"code\":503,\"err_code\":10077,\"description\":"
+                       "\"maximum messages exceeded\"},\"stream\":\"CAP\",\"seq\":0}";
+    assert_int_equal(nats_puback_parse(full, strlen(full), &pa), 0);
+    assert_int_equal(pa.stored, 0); /* an error wins over stream and seq */
+    assert_int_equal(pa.code, 503);
+    assert_int_equal(pa.err_code, 10077);
+    assert_string_equal(pa.description, "maximum messages exceeded");
+
+    /* not NUL-terminated: only len bytes are read */
+    char cut[] = {'{', '"', 's', 't', 'r', 'e', 'a', 'm', '"', ':', '"', 'S', '"', ',', '"', 's',
+                  'e', 'q', '"', ':', '7', '}', 'X'};
+    assert_int_equal(nats_puback_parse(cut, sizeof cut - 1, &pa), 0);
+    assert_true(pa.seq == 7);
+}
+
+static void non_pubacks_are_refused(void **state)
+{
+    (void)state;
+    const char *bad[] = {
+        "", "[]", "{}", "{\"stream\":\"S\"}", "{\"seq\":1}", "{\"stream\":1,\"seq\":1}",
+        "{\"stream\":\"S\",\"seq\":-1}", "{\"stream\":\"S\",\"seq\":1.5}",
+        "{\"stream\":\"S\",\"seq\":18446744073709551616}", "{\"stream\":\"S\",\"seq\":1}x",
+        "{\"stream\":\"S\",\"seq\":1", "{\"error\":\"text\"}", "+OK",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        relay_puback pa;
+        if (nats_puback_parse(bad[i], strlen(bad[i]), &pa) != -1)
+            fail_msg("accepted as a PubAck: %s", bad[i]);
+    }
+}
+
 int main(void)
 {
     /* The paths these tests name are checked for their keys, not for
@@ -302,6 +351,8 @@ int main(void)
         cmocka_unit_test(connection_keys_are_checked),
         cmocka_unit_test(sink_config_is_checked),
         cmocka_unit_test(source_config_is_checked),
+        cmocka_unit_test(puback_is_decoded),
+        cmocka_unit_test(non_pubacks_are_refused),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     nats_Close();

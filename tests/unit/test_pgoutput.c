@@ -1174,7 +1174,14 @@ static void value_mapping(void **state)
     assert_string_equal(vj(20, "-9223372036854775808"), "-9223372036854775808");
     assert_string_equal(vj(26, "4294967295"), "4294967295");
     assert_string_equal(vj(701, "1e+30"), "1e+30");
-    assert_string_equal(vj(701, "-0"), "-0");
+    /* issue 12 #5: a float without point or exponent stays a float, and
+     * -0 keeps its sign, in every JSON reader */
+    assert_string_equal(vj(701, "-0"), "-0.0");
+    assert_string_equal(vj(701, "0"), "0.0");
+    assert_string_equal(vj(700, "5"), "5.0");
+    assert_string_equal(vj(701, "-123456"), "-123456.0");
+    assert_string_equal(vj(701, "1.5"), "1.5");
+    assert_string_equal(vj(701, "1e-07"), "1e-07");
     assert_string_equal(vj(700, "NaN"), "\"NaN\"");
     assert_string_equal(vj(701, "-Infinity"), "\"-Infinity\"");
     assert_string_equal(vj(16, "t"), "true");
