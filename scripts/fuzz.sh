@@ -92,7 +92,9 @@ if [ ${#targets[@]} -eq 0 ]; then
     targets=("${built[@]}")
 fi
 for t in "${targets[@]}"; do
-    if ! printf '%s\n' "${built[@]}" | grep -qx "$t"; then
+    # grep without -q: -q exits at the first match, printf gets SIGPIPE and,
+    # under pipefail, a target that is not last in the list looked unknown
+    if ! printf '%s\n' "${built[@]}" | grep -x "$t" >/dev/null; then
         echo "fuzz.sh: unknown target $t (known: ${built[*]})" >&2
         exit 2
     fi

@@ -136,6 +136,12 @@ void msg_set_error(relay_msg *m, relay_msg_state state, const char *fmt, ...)
 
 /* Append a zeroed message (outbox_id = -1, state PENDING) and return it. */
 relay_msg *batch_add(relay_batch *b);
+
+/* A random (version 4, RFC 4122 section 4.4) UUID in its 36-character text
+ * form plus NUL: the dedup key of a reverse message that carries none
+ * (webhook receiver, RabbitMQ source). From getrandom(); should that ever
+ * fail, from the clock and a counter, never aborting. */
+void relay_uuid_v4(char out[37]);
 /* Empty the batch and its arena (keeps allocations for reuse). */
 void batch_reset(relay_batch *b);
 void batch_free(relay_batch *b);

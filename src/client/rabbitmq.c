@@ -535,20 +535,3 @@ void rmq_header_fields_get(const amqp_table_t *headers, rmq_header_fields *out)
             value_bytes(&e->value, out->scratch[1], &out->trace_id, &out->trace_id_len);
     }
 }
-
-void rmq_uuid(char out[37])
-{
-    unsigned char b[16];
-    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
-        /* cannot fail for 16 bytes once the pool is seeded; never abort */
-        static _Atomic uint64_t ctr;
-        uint64_t t = (uint64_t)now_wall_ms(), n = atomic_fetch_add(&ctr, 1);
-        memcpy(b, &t, 8);
-        memcpy(b + 8, &n, 8);
-    }
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-             b[13], b[14], b[15]);
-}

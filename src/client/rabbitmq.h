@@ -159,7 +159,4 @@ typedef struct rmq_header_fields {
  * an unexpected kind (table, array, void) is ignored. */
 void rmq_header_fields_get(const amqp_table_t *headers, rmq_header_fields *out);
 
-/* A random (version 4) UUID, 36 characters + NUL. */
-void rmq_uuid(char out[37]);
-
 #endif

@@ -366,7 +366,7 @@ static void add_delivery(rabbitmq_source *s, relay_batch *b, const amqp_envelope
         m->dedup_key_len = h.dedup_key_len;
     } else {
         char u[37];
-        rmq_uuid(u);
+        relay_uuid_v4(u);
         m->dedup_key = arena_strdup(a, u);
     }
     const amqp_bytes_t rk = env->routing_key;

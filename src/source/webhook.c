@@ -780,24 +780,6 @@ static size_t count_elements(const char *s, size_t n)
     return count + (size_t)seen_value;
 }
 
-static void uuid_v4(char out[37])
-{
-    unsigned char b[16];
-    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
-        /* getrandom cannot fail for 16 bytes once the pool is seeded;
-         * fall back to the clock and a counter rather than abort. */
-        static _Atomic uint64_t ctr;
-        uint64_t t = now_mono_us() ^ ((uint64_t)now_wall_ms() << 20), c = atomic_fetch_add(&ctr, 1);
-        memcpy(b, &t, 8);
-        memcpy(b + 8, &c, 8);
-    }
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-             b[13], b[14], b[15]);
-}
-
 /* The element's own key field, when it has a usable one. */
 static const char *element_key(const webhook_source *s, json_t *el)
 {
@@ -823,7 +805,7 @@ static char *event_key(const webhook_source *s, json_t *el, const char *idem, ss
         return buf_steal(&b);
     }
     char u[37];
-    uuid_v4(u);
+    relay_uuid_v4(u);
     return xstrdup(u);
 }
 

@@ -459,9 +459,25 @@ static void format_config(void **state)
     json_decref(c);
 }
 
+static void uuids_are_version_4(void **state)
+{
+    (void)state;
+    char a[37], b[37];
+    relay_uuid_v4(a);
+    relay_uuid_v4(b);
+    assert_int_equal(strlen(a), 36);
+    assert_string_not_equal(a, b);
+    assert_int_equal(a[14], '4');
+    assert_non_null(strchr("89ab", a[19]));
+    for (int i = 0; i < 36; i++)
+        assert_true(i == 8 || i == 13 || i == 18 || i == 23 ? a[i] == '-'
+                                                               : strchr("0123456789abcdef", a[i]) != NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(uuids_are_version_4),
         cmocka_unit_test(native_envelope_matches_spec),
         cmocka_unit_test(envelope_escapes_and_cdc_fields),
         cmocka_unit_test(templates_render_variables),

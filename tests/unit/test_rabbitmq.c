@@ -200,21 +200,6 @@ static void reply_texts(void **state)
     assert_int_equal(rmq_reply_code(r), 0);
 }
 
-static void uuids(void **state)
-{
-    (void)state;
-    char a[37], b[37];
-    rmq_uuid(a);
-    rmq_uuid(b);
-    assert_int_equal(strlen(a), 36);
-    assert_string_not_equal(a, b);
-    assert_int_equal(a[14], '4');
-    assert_non_null(strchr("89ab", a[19]));
-    for (int i = 0; i < 36; i++)
-        assert_true(i == 8 || i == 13 || i == 18 || i == 23 ? a[i] == '-'
-                                                               : strchr("0123456789abcdef", a[i]) != NULL);
-}
-
 /* ---- config ----------------------------------------------------------------- */
 
 static int sink_create(const char *json, char *err, size_t errlen)
@@ -335,7 +320,6 @@ int main(void)
         cmocka_unit_test(headers_strings_and_bytes),
         cmocka_unit_test(headers_other_kinds_as_text),
         cmocka_unit_test(reply_texts),
-        cmocka_unit_test(uuids),
         cmocka_unit_test(sink_config_is_checked),
         cmocka_unit_test(source_config_is_checked),
     };
