@@ -6,7 +6,8 @@
 #   scripts/install-deps.sh [extra-package ...]
 #
 # Extra packages also come from $EXTRA_PACKAGES, and from the services named
-# in $RELAY_TEST_SERVICES (redis -> redis-server, rabbitmq -> rabbitmq-server).
+# in $RELAY_TEST_SERVICES (redis -> redis-server, rabbitmq -> rabbitmq-server,
+# sqs -> nodejs npm awscli).
 #
 # As root it runs apt-get (non-interactive, --no-install-recommends) without
 # starting any service and without creating PostgreSQL's default "main"
@@ -34,6 +35,12 @@ for svc in ${RELAY_TEST_SERVICES:-}; do
     case "$svc" in
         redis) PACKAGES+=(redis-server) ;;
         rabbitmq) PACKAGES+=(rabbitmq-server) ;;
+        sqs)  # the npm emulator runs on node; awscli checks what the relay sent.
+              # A node or aws already on PATH (e.g. NodeSource's nodejs, which
+              # ships npm and conflicts with Debian's npm) is used as it is.
+            command -v node >/dev/null || PACKAGES+=(nodejs)
+            command -v npm >/dev/null || PACKAGES+=(npm)
+            command -v aws >/dev/null || PACKAGES+=(awscli) ;;
     esac
 done
 

@@ -34,6 +34,9 @@ extern const relay_source_ops relay_source_http_ops;
 extern const relay_sink_ops relay_sink_webhook_ops;
 extern const relay_sink_ops relay_sink_http_ops;
 #endif
+#if HAVE_SQS
+extern const relay_sink_ops relay_sink_sqs_ops;
+#endif
 
 static const relay_source_ops *const sources[] = {
     &relay_source_outbox_ops,
@@ -68,6 +71,9 @@ static const relay_sink_ops *const sinks[] = {
 #if HAVE_WEBHOOK
     &relay_sink_webhook_ops,
     &relay_sink_http_ops,
+#endif
+#if HAVE_SQS
+    &relay_sink_sqs_ops,
 #endif
     NULL,
 };

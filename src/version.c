@@ -38,7 +38,7 @@
 #if HAVE_KAFKA
 #include <librdkafka/rdkafka.h>
 #endif
-#if HAVE_WEBHOOK
+#if HAVE_WEBHOOK || HAVE_SQS
 #include <curl/curl.h>
 #endif
 #if HAVE_LIBCRYPTO
@@ -64,7 +64,8 @@ static void print_libraries(FILE *out)
 #if HAVE_KAFKA
     fprintf(out, "  librdkafka %s\n", rd_kafka_version_str());
 #endif
-#if HAVE_WEBHOOK
+#if HAVE_WEBHOOK || HAVE_SQS
+    /* webhook and sqs */
     const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
     fprintf(out, "  libcurl %s (%s)\n", cv->version, cv->ssl_version ? cv->ssl_version : "no TLS");
 #endif
