@@ -205,7 +205,6 @@ struct curl_slist *sqs_headers(const char *action, const char *session_token)
         buf_printf(&line, "X-Amz-Security-Token: %s", session_token);
         ADD(line.data);
     }
-    ADD("Expect:");
 #undef ADD
     buf_free(&line);
     if (!ok) {
@@ -705,6 +704,13 @@ static int parse_credentials(relay_sqs_conf *c, const json_t *cfg, char *err, si
                  "%s.secret_access_key", c->path, c->path, c->path);
         return -1;
     }
+    /* A profile or file named in the config is what the user asked for: the
+     * environment's keys do not override it (as in the AWS SDKs). */
+    const json_t *named_file = json_object_get(cfg, "credentials_file");
+    const json_t *named_profile = json_object_get(cfg, "profile");
+    if ((json_is_string(named_file) && *json_string_value(named_file)) ||
+        (json_is_string(named_profile) && *json_string_value(named_profile)))
+        return creds_from_file(c, cfg, err, errlen);
     c->access_key_id = env_nonempty("AWS_ACCESS_KEY_ID");
     c->secret_access_key = env_nonempty("AWS_SECRET_ACCESS_KEY");
     if (c->access_key_id && c->secret_access_key) {

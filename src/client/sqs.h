@@ -27,6 +27,8 @@
  *   credentials_file   the shared credentials file (a host path: --allow-path);
  *                      else $AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials
  *   profile            its profile; else $AWS_PROFILE, else "default"
+ *                      (naming credentials_file or profile in the config
+ *                      skips the environment's keys, as the AWS SDKs do)
  *   timeout_ms         one request's time limit (10000; long polls add their wait)
  *   tls_ca             CA bundle for https endpoints (a host path)
  * Credentials are resolved once, when the pipeline is loaded; they are never
@@ -113,8 +115,10 @@ int sqs_credentials_parse(const char *text, const char *profile, char **key_id, 
 void sqs_sigv4_param(const char *region, char *out, size_t outlen);
 
 /* The headers of one call: Content-Type, X-Amz-Target: AmazonSQS.<action>,
- * X-Amz-Security-Token when `session_token` is set, and an empty Expect (no
- * 100-continue round trip). Returns a list to free with curl_slist_free_all,
+ * and X-Amz-Security-Token when `session_token` is set; libcurl signs them
+ * all. (No "Expect:" override: libcurl would sign it as an empty header
+ * that is never sent; it only asks for 100-continue above 1 MiB anyway.)
+ * Returns a list to free with curl_slist_free_all,
  * or NULL when out of memory. */
 struct curl_slist *sqs_headers(const char *action, const char *session_token);
 
