@@ -36,6 +36,7 @@ extern const relay_sink_ops relay_sink_http_ops;
 #endif
 #if HAVE_SQS
 extern const relay_sink_ops relay_sink_sqs_ops;
+extern const relay_source_ops relay_source_sqs_ops;
 #endif
 
 static const relay_source_ops *const sources[] = {
@@ -52,6 +53,9 @@ static const relay_source_ops *const sources[] = {
 #if HAVE_WEBHOOK
     &relay_source_webhook_ops,
     &relay_source_http_ops,
+#endif
+#if HAVE_SQS
+    &relay_source_sqs_ops,
 #endif
     NULL,
 };

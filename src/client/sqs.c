@@ -629,37 +629,37 @@ static int cfg_secret(const json_t *cfg, const char *path, const char *key, char
     return 1;
 }
 
+/* The shared credentials file: sink.credentials_file, else
+ * $AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials; the profile
+ * sink.profile, else $AWS_PROFILE, else "default". A file that is not
+ * there is only an error when the config names it. */
 static int creds_from_file(relay_sqs_conf *c, const json_t *cfg, char *err, size_t errlen)
 {
     const char *file = NULL, *prof = NULL;
     if (cfg_host_path(cfg, c->path, "credentials_file", &file, err, errlen) < 0 ||
         cfg_str(cfg, c->path, "profile", NULL, &prof, err, errlen) < 0)
         return -1;
-    char *path = NULL;
-    const char *key = "credentials_file";
-    int explicit = 1;
-    if (file) {
-        path = xstrdup(file);
-    } else if ((path = env_nonempty("AWS_SHARED_CREDENTIALS_FILE")) == NULL) {
+    char *path = file ? xstrdup(file) : env_nonempty("AWS_SHARED_CREDENTIALS_FILE");
+    if (!path) {
         const char *home = getenv("HOME");
         relay_buf b = {0};
         buf_printf(&b, "%s/.aws/credentials", home && *home ? home : "");
         path = buf_steal(&b);
-        explicit = 0;
     }
     char *profile = prof && *prof ? xstrdup(prof) : env_nonempty("AWS_PROFILE");
     if (!profile)
         profile = xstrdup("default");
-    if (prof && *prof)
-        explicit = 1, key = "profile";
+    /* the key an error names: what the user set, else where credentials go */
+    const char *key = file ? "credentials_file" : prof && *prof ? "profile" : "access_key_id";
     char why[300];
     char *text = NULL;
     int rc = -1;
-    if (!explicit && access(path, F_OK) != 0) {
+    if (!file && access(path, F_OK) != 0) {
         snprintf(err, errlen, "%s.access_key_id: no AWS credentials: set %s.access_key_id and "
                  "%s.secret_access_key, or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                  "environment variables, or a shared credentials file (%s.credentials_file, "
-                 "AWS_SHARED_CREDENTIALS_FILE, %s)", c->path, c->path, c->path, c->path, path);
+                 "AWS_SHARED_CREDENTIALS_FILE; %s does not exist)", c->path, c->path, c->path,
+                 c->path, path);
     } else if ((text = read_small_file(path, why, sizeof why)) == NULL) {
         snprintf(err, errlen, "%s.%s: %s", c->path, key, why);
     } else if (sqs_credentials_parse(text, profile, &c->access_key_id, &c->secret_access_key,
