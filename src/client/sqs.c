@@ -898,6 +898,7 @@ int sqs_call_start(relay_sqs_client *c, sqs_call *call, const char *action,
     call->errbuf[0] = '\0';
     call->status = 0;
     call->res = CURLE_OK;
+    call->done = 0;
     buf_clear(&call->resp);
     CURL *e = call->easy;
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->hdrs);
@@ -913,10 +914,11 @@ int sqs_call_start(relay_sqs_client *c, sqs_call *call, const char *action,
     return 0;
 }
 
-static sqs_call *take_finished(relay_sqs_client *c)
+/* Mark every transfer libcurl reports complete. Returns how many. */
+static int collect_finished(relay_sqs_client *c)
 {
     CURLMsg *cm;
-    int queued;
+    int queued, n = 0;
     while ((cm = curl_multi_info_read(c->multi, &queued)) != NULL) {
         if (cm->msg != CURLMSG_DONE)
             continue;
@@ -927,19 +929,16 @@ static sqs_call *take_finished(relay_sqs_client *c)
         call->res = cm->data.result;
         curl_multi_remove_handle(c->multi, call->easy);
         call->busy = 0;
+        call->done = 1;
         if (call->res == CURLE_OK)
             curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &call->status);
-        return call;
+        n++;
     }
-    return NULL;
+    return n;
 }
 
-int sqs_client_next(relay_sqs_client *c, int timeout_ms, sqs_call **done, char *err,
-                    size_t errlen)
+int sqs_client_run(relay_sqs_client *c, int timeout_ms, char *err, size_t errlen)
 {
-    *done = take_finished(c);
-    if (*done)
-        return 1;
     int64_t waited = 0;
     for (;;) {
         int running = 0;
@@ -948,10 +947,9 @@ int sqs_client_next(relay_sqs_client *c, int timeout_ms, sqs_call **done, char *
             snprintf(err, errlen, "libcurl: %s", curl_multi_strerror(mc));
             return -1;
         }
-        if ((*done = take_finished(c)) != NULL)
-            return 1;
-        if (running == 0 || waited >= timeout_ms)
-            return 0;
+        int n = collect_finished(c);
+        if (n > 0 || running == 0 || waited >= timeout_ms)
+            return n;
         int slice = timeout_ms - waited < 100 ? (int)(timeout_ms - waited) : 100;
         mc = curl_multi_poll(c->multi, NULL, 0, slice, NULL);
         if (mc != CURLM_OK) {
@@ -960,6 +958,13 @@ int sqs_client_next(relay_sqs_client *c, int timeout_ms, sqs_call **done, char *
         }
         waited += slice;
     }
+}
+
+int sqs_call_take(sqs_call *call)
+{
+    int d = call->done;
+    call->done = 0;
+    return d;
 }
 
 sqs_outcome sqs_call_outcome(const sqs_call *call, char *code, size_t codelen, char *msg,
@@ -978,6 +983,7 @@ void sqs_call_abandon(relay_sqs_client *c, sqs_call *call)
     if (call->busy && c->multi)
         curl_multi_remove_handle(c->multi, call->easy);
     call->busy = 0;
+    call->done = 0;
 }
 
 void sqs_call_free(relay_sqs_client *c, sqs_call *call)
@@ -999,18 +1005,12 @@ sqs_outcome sqs_call_sync(relay_sqs_client *c, sqs_call *call, const char *actio
         snprintf(err, errlen, "%s: %s", action, why);
         return SQS_RETRY;
     }
-    for (;;) {
-        sqs_call *done = NULL;
-        int rc = sqs_client_next(c, 1000, &done, why, sizeof why);
-        if (rc < 0) {
+    while (!sqs_call_take(call)) {
+        if (sqs_client_run(c, 1000, why, sizeof why) < 0) {
             sqs_call_abandon(c, call);
             snprintf(err, errlen, "%s: %s", action, why);
             return SQS_RETRY;
         }
-        if (rc == 1 && done == call)
-            break;
-        if (rc == 0 && !call->busy)
-            break;
     }
     char code[64], msg[256];
     sqs_outcome o = sqs_call_outcome(call, code, sizeof code, msg, sizeof msg);

@@ -206,6 +206,7 @@ typedef struct sqs_call {
     relay_buf resp;            /* the response body (bounded, see sqs.c) */
     char errbuf[CURL_ERROR_SIZE];
     int busy;                  /* added to the multi handle */
+    int done;                  /* finished, answer not taken yet */
     CURLcode res;              /* when finished */
     long status;               /* HTTP status when finished, 0 for a transport error */
     void *user;                /* the caller's */
@@ -235,11 +236,18 @@ void sqs_client_close(relay_sqs_client *c);
 int sqs_call_start(relay_sqs_client *c, sqs_call *call, const char *action,
                    int64_t extra_timeout_ms, char *err, size_t errlen);
 
-/* Drive the transfers for up to timeout_ms. Returns 1 with *done set to a
- * call that finished (no longer busy), 0 when none finished in time, or -1
- * with err when libcurl's multi interface failed. */
-int sqs_client_next(relay_sqs_client *c, int timeout_ms, sqs_call **done, char *err,
-                    size_t errlen);
+/* Drive the transfers for up to timeout_ms, returning as soon as a call
+ * finished. A finished call gets busy = 0 and done = 1, and keeps its
+ * answer until its owner takes it (sqs_call_take) or starts it again: the
+ * sink's, the source's receive, delete and metadata calls share one multi
+ * handle, and each owner only looks at its own calls. Returns the number of
+ * calls that finished (0 when none did in time), or -1 with err when
+ * libcurl's multi interface failed. */
+int sqs_client_run(relay_sqs_client *c, int timeout_ms, char *err, size_t errlen);
+
+/* 1 when `call` finished and its answer was not taken yet; clears the flag
+ * (the answer stays readable until the call is started again). */
+int sqs_call_take(sqs_call *call);
 
 /* Classify a finished call (transport errors are SQS_RETRY); code/msg as
  * for sqs_classify, with the curl error for a transport failure. */

@@ -685,15 +685,14 @@ static int sq_publish(relay_sink *base, relay_msg **msgs, size_t n, char *err, s
         }
         if (s->in_flight == 0)
             break; /* nothing runs, and nothing more may start */
-        sqs_call *done = NULL;
-        int rc = sqs_client_next(&s->client, POLL_SLICE_MS, &done, err, errlen);
-        if (rc < 0) {
+        if (sqs_client_run(&s->client, POLL_SLICE_MS, err, errlen) < 0) {
             abandon_all(s, msgs, err);
             sqs_client_close(&s->client);
             return -1;
         }
-        if (rc == 1)
-            finish_call(s, done, msgs, &cr);
+        for (int64_t i = 0; i < s->max_in_flight; i++)
+            if (sqs_call_take(&s->calls[i]))
+                finish_call(s, &s->calls[i], msgs, &cr);
         if (must_abandon(s)) {
             abandon_all(s, msgs, "SQS request abandoned at the shutdown deadline");
             snprintf(err, errlen, "shutdown deadline passed with SQS requests in flight");

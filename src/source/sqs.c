@@ -242,7 +242,8 @@ static int start_receive(sqs_source *s, sqs_call *call, char *err, size_t errlen
 static int start_receives(sqs_source *s, char *err, size_t errlen)
 {
     for (int64_t i = 0; i < s->concurrency; i++)
-        if (!s->recv[i].busy && start_receive(s, &s->recv[i], err, errlen) < 0)
+        if (!s->recv[i].busy && !s->recv[i].done &&
+            start_receive(s, &s->recv[i], err, errlen) < 0)
             return -1;
     return 0;
 }
@@ -347,6 +348,28 @@ static void drain_buffer(sqs_source *s, relay_batch *b, size_t max)
     s->nbuf -= used;
 }
 
+/* Buffer the answers of the receives that finished and start them again;
+ * a failed one is not restarted before the next poll (no busy loop on a
+ * failing endpoint): counted in *failures, its error in first_error. */
+static int take_receives(sqs_source *s, size_t *failures, char *first_error, size_t fel,
+                         char *err, size_t errlen)
+{
+    for (int64_t i = 0; i < s->concurrency; i++) {
+        sqs_call *call = &s->recv[i];
+        if (!sqs_call_take(call))
+            continue;
+        char why[512];
+        if (take_response(s, call, why, sizeof why) < 0) {
+            if ((*failures)++ == 0)
+                snprintf(first_error, fel, "%s", why);
+            continue;
+        }
+        if (start_receive(s, call, err, errlen) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int ss_poll(relay_source *base, relay_batch *b, size_t max, char *err, size_t errlen)
 {
     sqs_source *s = (sqs_source *)base;
@@ -358,35 +381,30 @@ static int ss_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
             log_debug(pipeline_name(s), "SQS queue depth: %s", why);
         publish_position(s);
     }
-    if (start_receives(s, err, errlen) < 0)
-        return -1;
     int64_t deadline = now_mono_ms() + POLL_WAIT_MS;
     size_t failures = 0;
     char first_error[512] = "";
+    /* answers that came in since the last poll (or during an ack) first */
+    if (take_receives(s, &failures, first_error, sizeof first_error, err, errlen) < 0)
+        return -1;
+    failures = 0;
+    if (start_receives(s, err, errlen) < 0)
+        return -1;
     for (;;) {
         drain_buffer(s, b, max);
-        if (b->n >= max)
-            break;
+        if (b->n >= max || failures >= (size_t)s->concurrency)
+            break; /* full, or every receive failed: the endpoint or queue is the problem */
         int64_t left = b->n ? 0 : deadline - now_mono_ms();
         if (left < 0 || worker_stopping(s->base.w))
             left = 0;
-        sqs_call *done = NULL;
-        int rc = sqs_client_next(&s->client, (int)left, &done, err, errlen);
+        int rc = sqs_client_run(&s->client, (int)left, err, errlen);
         if (rc < 0) {
             sqs_client_close(&s->client);
             return -1;
         }
         if (rc == 0)
             break; /* nothing more within the wait */
-        char why[512];
-        if (take_response(s, done, why, sizeof why) < 0) {
-            if (failures++ == 0)
-                snprintf(first_error, sizeof first_error, "%s", why);
-            if (failures >= (size_t)s->concurrency)
-                break; /* every receive failed: the endpoint or queue is the problem */
-            continue;    /* not restarted in this poll: no busy loop on a failing endpoint */
-        }
-        if (start_receive(s, done, err, errlen) < 0)
+        if (take_receives(s, &failures, first_error, sizeof first_error, err, errlen) < 0)
             return -1;
     }
     if (b->n == 0 && failures > 0) {
@@ -402,6 +420,35 @@ static void abandon_actions(sqs_source *s)
 {
     for (int c = 0; c < DELETE_CALLS; c++)
         sqs_call_abandon(&s->client, &s->del[c]);
+}
+
+/* Apply one finished batch-action request covering b's messages idx[0..n).
+ * Returns 0, or -1 with err (the first failure) when the request failed as
+ * a whole. */
+static int action_result(sqs_source *s, const char *action, sqs_call *done, const size_t *idx,
+                         size_t n, unsigned char *todo, size_t *refused, char *err,
+                         size_t errlen)
+{
+    char code[64], msg[256], why[300];
+    sqs_outcome o = sqs_call_outcome(done, code, sizeof code, msg, sizeof msg);
+    sqs_entry_result res[SQS_MAX_BATCH_ENTRIES];
+    memset(res, 0, sizeof res);
+    if (o != SQS_OK || sqs_parse_batch_result(done->resp.data ? done->resp.data : "",
+                                              done->resp.len, res, n, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s on %s: %s%s%s", action, s->conf.endpoint,
+                 o != SQS_OK ? code : why, o != SQS_OK && msg[0] ? ": " : "",
+                 o != SQS_OK ? msg : "");
+        return -1;
+    }
+    for (size_t j = 0; j < n; j++) {
+        if (res[j].state == SQS_ENTRY_OK || res[j].state == SQS_ENTRY_SENDER_FAULT)
+            todo[idx[j]] = 0;
+        if (res[j].state == SQS_ENTRY_SENDER_FAULT) {
+            (*refused)++;
+            log_debug(pipeline_name(s), "%s: %s: %s", action, res[j].code, res[j].message);
+        }
+    }
+    return 0;
 }
 
 /* Run one batch action (DeleteMessageBatch, ChangeMessageVisibilityBatch)
@@ -446,7 +493,6 @@ static int batch_action(sqs_source *s, const char *action, relay_batch *b, unsig
                 buf_putc(&call->req, '}');
             }
             buf_puts(&call->req, "]}");
-            call->user = (void *)(uintptr_t)c;
             if (sqs_call_start(&s->client, call, action, 0, err, errlen) < 0) {
                 abandon_actions(s);
                 return -1;
@@ -455,36 +501,15 @@ static int batch_action(sqs_source *s, const char *action, relay_batch *b, unsig
         }
         if (running == 0)
             break;
-        sqs_call *done = NULL;
-        int rc = sqs_client_next(&s->client, 1000, &done, err, errlen);
-        if (rc < 0) {
+        if (sqs_client_run(&s->client, 1000, err, errlen) < 0) {
             abandon_actions(s);
             return -1;
         }
-        if (rc == 0)
-            continue; /* the calls carry their own timeout */
-        int c = (int)(uintptr_t)done->user;
-        char code[64], msg[256], why[300];
-        sqs_outcome o = sqs_call_outcome(done, code, sizeof code, msg, sizeof msg);
-        sqs_entry_result res[SQS_MAX_BATCH_ENTRIES];
-        memset(res, 0, sizeof res);
-        if (o != SQS_OK || sqs_parse_batch_result(done->resp.data ? done->resp.data : "",
-                                                  done->resp.len, res, cnt[c], why,
-                                                  sizeof why) < 0) {
-            if (!failed)
-                snprintf(err, errlen, "%s on %s: %s%s%s", action, s->conf.endpoint,
-                         o != SQS_OK ? code : why, o != SQS_OK && msg[0] ? ": " : "",
-                         o != SQS_OK ? msg : "");
-            failed = 1;
-            continue;
-        }
-        for (size_t j = 0; j < cnt[c]; j++) {
-            if (res[j].state == SQS_ENTRY_OK || res[j].state == SQS_ENTRY_SENDER_FAULT)
-                todo[idx[c][j]] = 0;
-            if (res[j].state == SQS_ENTRY_SENDER_FAULT) {
-                (*refused)++;
-                log_debug(pipeline_name(s), "%s: %s: %s", action, res[j].code, res[j].message);
-            }
+        for (int c = 0; c < DELETE_CALLS; c++) {
+            if (sqs_call_take(&s->del[c]) &&
+                action_result(s, action, &s->del[c], idx[c], cnt[c], todo, refused,
+                              failed ? NULL : err, failed ? 0 : errlen) < 0)
+                failed = 1;
         }
     }
     return failed ? -1 : 0;

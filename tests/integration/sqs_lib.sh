@@ -25,10 +25,12 @@ create_queue() {
     sqs_cli "${SQS_EP:-$PGT_SQS_ENDPOINT}" create-queue --queue-name "$name" ${attrs:+--attributes "$attrs"} | jq -r .QueueUrl
 }
 
-# queue_depth <url> [endpoint]: ApproximateNumberOfMessages + ...NotVisible
+# queue_depth <url> [endpoint]: the messages in the queue, visible or not.
+# (local-aws-sqs counts received, not yet deleted messages in both
+# ApproximateNumberOfMessages and ...NotVisible, so the first is the total.)
 queue_depth() {
-    sqs_cli "${2:-$PGT_SQS_ENDPOINT}" get-queue-attributes --queue-url "$1" --attribute-names All \
-        | jq -r '(.Attributes.ApproximateNumberOfMessages | tonumber) + (.Attributes.ApproximateNumberOfMessagesNotVisible | tonumber)'
+    sqs_cli "${2:-$PGT_SQS_ENDPOINT}" get-queue-attributes --queue-url "$1" \
+        --attribute-names ApproximateNumberOfMessages | jq -r .Attributes.ApproximateNumberOfMessages
 }
 
 # drain_queue <url> <expected> [endpoint]: receive (and delete) messages until
