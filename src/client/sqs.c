@@ -176,7 +176,7 @@ int sqs_credentials_parse(const char *text, const char *profile, char **key_id, 
     free(*secret);
     free(*token);
     *key_id = *secret = *token = NULL;
-    return -1;
+    return found ? -2 : -1;
 }
 
 void sqs_sigv4_param(const char *region, char *out, size_t outlen)
@@ -653,7 +653,7 @@ static int creds_from_file(relay_sqs_conf *c, const json_t *cfg, char *err, size
     const char *key = file ? "credentials_file" : prof && *prof ? "profile" : "access_key_id";
     char why[300];
     char *text = NULL;
-    int rc = -1;
+    int rc = -1, prc;
     if (!file && access(path, F_OK) != 0) {
         snprintf(err, errlen, "%s.access_key_id: no AWS credentials: set %s.access_key_id and "
                  "%s.secret_access_key, or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
@@ -662,8 +662,12 @@ static int creds_from_file(relay_sqs_conf *c, const json_t *cfg, char *err, size
                  c->path, path);
     } else if ((text = read_small_file(path, why, sizeof why)) == NULL) {
         snprintf(err, errlen, "%s.%s: %s", c->path, key, why);
-    } else if (sqs_credentials_parse(text, profile, &c->access_key_id, &c->secret_access_key,
-                                     &c->session_token, why, sizeof why) < 0) {
+    } else if ((prc = sqs_credentials_parse(text, profile, &c->access_key_id,
+                                            &c->secret_access_key, &c->session_token, why,
+                                            sizeof why)) < 0) {
+        /* a profile the config names that is not there: the profile key */
+        if (prc == -1 && prof && *prof)
+            key = "profile";
         snprintf(err, errlen, "%s.%s: shared credentials file %s: %s", c->path, key, path, why);
     } else {
         relay_buf o = {0};

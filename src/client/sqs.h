@@ -107,7 +107,7 @@ char *sqs_default_endpoint(const char *region);
  * sections, "key = value" lines, '#'/';' comments) and copy its
  * aws_access_key_id, aws_secret_access_key and aws_session_token (malloc'd;
  * the token NULL when absent). Returns 0; -1 with err when the profile is
- * missing or lacks a key. */
+ * missing, -2 when it lacks a key. */
 int sqs_credentials_parse(const char *text, const char *profile, char **key_id, char **secret,
                           char **token, char *err, size_t errlen);
 

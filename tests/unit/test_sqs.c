@@ -111,7 +111,7 @@ static void credentials_file(void **state)
     assert_string_equal(err, "profile \"nope\" not found");
     assert_null(id);
     assert_int_equal(sqs_credentials_parse(text, "broken", &id, &secret, &token, err,
-                                           sizeof err), -1);
+                                           sizeof err), -2);
     assert_string_equal(err, "profile \"broken\" has no aws_secret_access_key");
 }
 
