@@ -417,9 +417,62 @@ int sqs_parse_batch_result(const char *body, size_t len, sqs_entry_result *res, 
     return 0;
 }
 
+static int hex4(const char *p, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + (unsigned)d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Offset of the first lone UTF-16 surrogate escape ("\ud800" without its
+ * pair) in JSON text, or -1. Backslashes only occur inside strings. */
+static long lone_surrogate(const char *p, size_t len, size_t from)
+{
+    for (size_t i = from; i + 1 < len; i++) {
+        if (p[i] != '\\')
+            continue;
+        unsigned u, lo;
+        if (p[i + 1] != 'u' || i + 6 > len || hex4(p + i + 2, &u) < 0) {
+            i++; /* another escape: skip its character */
+            continue;
+        }
+        if (u >= 0xD800 && u <= 0xDBFF && i + 12 <= len && p[i + 6] == '\\' &&
+            p[i + 7] == 'u' && hex4(p + i + 8, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF) {
+            i += 11; /* a pair */
+            continue;
+        }
+        if (u >= 0xD800 && u <= 0xDFFF)
+            return (long)i;
+        i += 5;
+    }
+    return -1;
+}
+
 int sqs_parse_receive(const char *body, size_t len, json_t **root, json_t **msgs, char *err,
                       size_t errlen)
 {
+    /* A lone surrogate is not a character: SQS refuses it in a message, but
+     * an emulator passes it on, and jansson (rightly) refuses the whole
+     * response, which would keep every message of it in the queue for good.
+     * Each becomes "\ufffd" (U+FFFD, the replacement character). */
+    long at = lone_surrogate(body, len, 0);
+    if (at >= 0) {
+        char *fixed = xmalloc(len ? len : 1);
+        memcpy(fixed, body, len);
+        for (; at >= 0; at = lone_surrogate(fixed, len, (size_t)at + 6))
+            memcpy(fixed + at, "\\ufffd", 6);
+        int n = sqs_parse_receive(fixed, len, root, msgs, err, errlen);
+        free(fixed);
+        return n;
+    }
     *root = NULL;
     *msgs = NULL;
     size_t i = 0;

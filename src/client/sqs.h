@@ -188,7 +188,9 @@ typedef struct sqs_received {
 /* Parse a ReceiveMessage response (an empty body means no message; the
  * emulators send one). On success *root owns the parse (json_decref it),
  * *msgs its "Messages" array (NULL when none). Returns the number of
- * messages, or -1 with err. Parsed with JSON_ALLOW_NUL. */
+ * messages, or -1 with err. Parsed with JSON_ALLOW_NUL; a lone UTF-16
+ * surrogate escape (which SQS never sends, but emulators pass on) is read
+ * as U+FFFD rather than failing the whole response. */
 int sqs_parse_receive(const char *body, size_t len, json_t **root, json_t **msgs, char *err,
                       size_t errlen);
 

@@ -318,6 +318,16 @@ static void receive_parse(void **state)
     assert_int_equal(sqs_received_get(json_array_get(msgs, 2), &r, err, sizeof err), -1);
     assert_int_equal(sqs_received_get(NULL, &r, err, sizeof err), -1);
     json_decref(root);
+
+    /* lone surrogates become U+FFFD; pairs and escaped backslashes stay */
+    const char *sur = "{\"Messages\":[{\"MessageId\":\"i\",\"ReceiptHandle\":\"r\","
+                      "\"Body\":\"x\\ud800y\\udc00z\\ud83d\\ude00\\\\ud800\\ud800\"}]}";
+    assert_int_equal(sqs_parse_receive(sur, strlen(sur), &root, &msgs, err, sizeof err), 1);
+    assert_int_equal(sqs_received_get(json_array_get(msgs, 0), &r, err, sizeof err), 0);
+    assert_string_equal(r.body, "x\xef\xbf\xbdy\xef\xbf\xbdz\xf0\x9f\x98\x80\\ud800\xef\xbf\xbd");
+    json_decref(root);
+    const char *cut = "{\"Messages\":[\"\\ud800";
+    assert_int_equal(sqs_parse_receive(cut, strlen(cut), &root, &msgs, err, sizeof err), -1);
 }
 
 /* sqs_conf_parse: keys, then environment, then the shared file. */
