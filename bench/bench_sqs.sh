@@ -23,7 +23,8 @@
 # at a time to keep SQS's order, whatever the client.
 #
 # Prints a table, writes bench/results/sqs.json. Run: bench/run.sh sqs
-# (BENCH_SQS_N=events).
+# (BENCH_SQS_N=events; BENCH_SQS_OUTBOX_BATCH sets the outbox source's
+# batch_size, default its own 500).
 . "$(dirname "$0")/lib.sh"
 bench_services pg sqs
 bench_db bench_sqs
@@ -31,6 +32,7 @@ SQS_SEND=${SQS_SEND:-$(dirname "$RELAY_BIN")/tests/sqs_send}
 [ -x "$SQS_SEND" ] || { echo "bench_sqs: $SQS_SEND not built (ninja -C <build>)" >&2; exit 2; }
 export AWS_ACCESS_KEY_ID=AKIDBENCH AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
 N=${BENCH_SQS_N:-100000}
+OB_BATCH=${BENCH_SQS_OUTBOX_BATCH:-}
 EP=$PGT_SQS_ENDPOINT
 RUN=bs$$_$RANDOM
 RESULTS=()
@@ -101,6 +103,7 @@ forward() {
     qrel=$(create_queue "$RUN-fwd")
     bsql "SELECT pgtrickle.set_relay_outbox('bench-sqs', 'bench', NULL,
           '{\"type\":\"sqs\",\"queue_url\":\"$qrel\",\"endpoint_url\":\"$EP\",\"max_in_flight\":16}')" >/dev/null
+    [ -z "$OB_BATCH" ] || bsql "UPDATE pgtrickle.relay_outbox_config SET config = jsonb_set(config, '{source,batch_size}', '$OB_BATCH') WHERE name = 'bench-sqs'" >/dev/null
     local relay_ms rss; read -r relay_ms rss < <(run_relay bench-sqs sqs start)
     local n; n=$(depth "$qrel")
     [ "$n" = "$N" ] || echo "  WARNING: the queue holds $n messages, expected $N"

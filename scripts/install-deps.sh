@@ -6,8 +6,7 @@
 #   scripts/install-deps.sh [extra-package ...]
 #
 # Extra packages also come from $EXTRA_PACKAGES, and from the services named
-# in $RELAY_TEST_SERVICES (redis -> redis-server, rabbitmq -> rabbitmq-server,
-# sqs -> nodejs npm awscli).
+# in $RELAY_TEST_SERVICES (redis -> redis-server, rabbitmq -> rabbitmq-server).
 #
 # As root it runs apt-get (non-interactive, --no-install-recommends) without
 # starting any service and without creating PostgreSQL's default "main"
@@ -26,6 +25,13 @@ PACKAGES=(
     libsystemd-dev systemd man-db groff-base
     debhelper dpkg-dev lintian
 )
+# The SQS tests (a default service): node and npm run the npm emulator
+# local-aws-sqs, awscli reads back what the relay sent. A node, npm or aws
+# already on PATH (e.g. NodeSource's nodejs, which ships npm and conflicts
+# with Debian's npm package) is used as it is.
+command -v node >/dev/null || PACKAGES+=(nodejs)
+command -v npm >/dev/null || PACKAGES+=(npm)
+command -v aws >/dev/null || PACKAGES+=(awscli)
 PACKAGES+=("$@")
 if [ -n "${EXTRA_PACKAGES:-}" ]; then
     read -r -a extra <<<"$EXTRA_PACKAGES"
@@ -35,12 +41,6 @@ for svc in ${RELAY_TEST_SERVICES:-}; do
     case "$svc" in
         redis) PACKAGES+=(redis-server) ;;
         rabbitmq) PACKAGES+=(rabbitmq-server) ;;
-        sqs)  # the npm emulator runs on node; awscli checks what the relay sent.
-              # A node or aws already on PATH (e.g. NodeSource's nodejs, which
-              # ships npm and conflicts with Debian's npm) is used as it is.
-            command -v node >/dev/null || PACKAGES+=(nodejs)
-            command -v npm >/dev/null || PACKAGES+=(npm)
-            command -v aws >/dev/null || PACKAGES+=(awscli) ;;
     esac
 done
 

@@ -110,9 +110,9 @@ typedef struct sqs_sink {
     size_t cap_gidx;
     msg_group *groups;
     size_t ngroups, cap_groups, last_group;
+    size_t in_flight;         /* requests running */
     /* counters for /status */
     uint64_t requests, published, rejected, retried;
-    size_t in_flight;
 } sqs_sink;
 
 typedef struct call_result {
@@ -722,10 +722,10 @@ static void sq_describe(relay_sink *base, relay_buf *out)
     sqs_sink *s = (sqs_sink *)base;
     buf_putc(out, '{');
     sqs_conf_describe(&s->conf, out);
-    buf_printf(out, ",\"max_in_flight\":%" PRId64 ",\"in_flight\":%zu,\"requests\":%" PRIu64
+    buf_printf(out, ",\"max_in_flight\":%" PRId64 ",\"requests\":%" PRIu64
                ",\"published\":%" PRIu64 ",\"rejected\":%" PRIu64 ",\"retried\":%" PRIu64
                ",\"approximate_depth\":%" PRId64 ",\"approximate_not_visible\":%" PRId64 "}",
-               s->max_in_flight, s->in_flight, s->requests, s->published, s->rejected,
+               s->max_in_flight, s->requests, s->published, s->rejected,
                s->retried, s->depth_visible, s->depth_not_visible);
 }
 

@@ -348,6 +348,17 @@ static void drain_buffer(sqs_source *s, relay_batch *b, size_t max)
     s->nbuf -= used;
 }
 
+/* Drop every call (their answers are lost: those messages come back after
+ * their visibility timeout) and the multi handle; the next poll reopens. */
+static void close_client(sqs_source *s)
+{
+    for (int64_t i = 0; i < s->concurrency; i++)
+        sqs_call_abandon(&s->client, &s->recv[i]);
+    for (int c = 0; c < DELETE_CALLS; c++)
+        sqs_call_abandon(&s->client, &s->del[c]);
+    sqs_client_close(&s->client);
+}
+
 /* Buffer the answers of the receives that finished and start them again;
  * a failed one is not restarted before the next poll (no busy loop on a
  * failing endpoint): counted in *failures, its error in first_error. */
@@ -399,7 +410,7 @@ static int ss_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
             left = 0;
         int rc = sqs_client_run(&s->client, (int)left, err, errlen);
         if (rc < 0) {
-            sqs_client_close(&s->client);
+            close_client(s);
             return -1;
         }
         if (rc == 0)
