@@ -4,8 +4,9 @@
 # 127.0.0.1), 100 000 events each way, standard queues. Numbers measured in
 # the same run:
 #
-#   reference  a plain libcurl client (tests/tools/sqs_send.c): forward,
-#              100 000 messages with the relay's body size and attributes in
+#   reference  a plain libcurl client (tests/tools/sqs_send.c), run before
+#              and after the relay (the mean counts): forward, 100 000
+#              messages with the relay's body size and attributes in
 #              SendMessageBatch requests of 10, 16 in flight (the sink's
 #              max_in_flight) on one curl multi handle, from memory; reverse,
 #              ReceiveMessage of 10 with 4 in flight (the source's
@@ -52,6 +53,20 @@ eps() { echo $((N * 1000 / $1)); }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b / a }'; }   # ratio <ms a> <ms b>: speed a / speed b
 send_ms() { "$SQS_SEND" "$@" 2>&1 >/dev/null | awk '/^(sent|drained)/ { printf "%d", $5 * 1000 }'; }
 
+# The reference runs before and after the relay (each on a fresh queue) and
+# counts with their mean: the machine's load drifts during a run.
+ref_send() {  # ref_send <queue name> <body format>: ms to send N
+    local q ms; q=$(create_queue "$1")
+    ms=$(send_ms send "$EP" "$q" "$N" 16 "$2")
+    delete_queue "$q"; echo "$ms"
+}
+ref_drain() {  # ref_drain <queue name> <body format>: ms to receive and delete N
+    local q ms; q=$(create_queue "$1")
+    "$SQS_SEND" send "$EP" "$q" "$N" 16 "$2" 2>/dev/null
+    ms=$(send_ms drain "$EP" "$q" "$N" 4)
+    delete_queue "$q"; echo "$ms"
+}
+
 metric_wait() {  # metric_wait <port> <metric> <pid>: "<ms first > 0> <ms at N>"
     local port=$1 name=$2 pid=$3 got first=0
     while :; do
@@ -96,10 +111,8 @@ forward() {
                                     'note', '$PAD')), 'deleted', '[]'::jsonb)
           FROM generate_series(1, $N) g" >/dev/null
     local env="{\"dedup_key\":\"outbox_bench:%ld:0\",\"subject\":\"pgtrickle.bench.insert\",\"op\":\"insert\",\"payload\":{\"id\":%ld,\"amount\":1,\"customer\":\"c-1\",\"note\":\"$PAD\"},\"is_full_refresh\":false,\"outbox_id\":%ld,\"refresh_id\":null}"
-    local qref qrel ref_ms
-    qref=$(create_queue "$RUN-ref")
-    ref_ms=$(send_ms send "$EP" "$qref" "$N" 16 "$env")
-    delete_queue "$qref"
+    local qrel ref1 ref2
+    ref1=$(ref_send "$RUN-ref1" "$env")
     qrel=$(create_queue "$RUN-fwd")
     bsql "SELECT pgtrickle.set_relay_outbox('bench-sqs', 'bench', NULL,
           '{\"type\":\"sqs\",\"queue_url\":\"$qrel\",\"endpoint_url\":\"$EP\",\"max_in_flight\":16}')" >/dev/null
@@ -108,20 +121,18 @@ forward() {
     local n; n=$(depth "$qrel")
     [ "$n" = "$N" ] || echo "  WARNING: the queue holds $n messages, expected $N"
     delete_queue "$qrel"
+    ref2=$(ref_send "$RUN-ref2" "$env")
     bsql "SELECT pgtrickle.set_relay_outbox('bench-file', 'bench', NULL,
           '{\"type\":\"file\",\"output\":\"$BENCH_TMP/fwd.jsonl\",\"fsync\":false,\"rotate_bytes\":0}')" >/dev/null
     local base_ms; read -r base_ms _ < <(run_relay bench-file file start)
-    report forward "$ref_ms" "$relay_ms" "$base_ms" "$rss"
+    report forward "$(( (ref1 + ref2) / 2 ))" "$relay_ms" "$base_ms" "$rss"
 }
 
 # --- reverse: SQS -> inbox --------------------------------------------------------------------
 reverse() {
     local body="{\"dedup_key\":\"outbox_bench:%ld:0\",\"n\":%ld,\"m\":%ld,\"event_type\":\"order.created\",\"customer\":\"c-1\",\"note\":\"$PAD\"}"
-    local qref qin ref_ms
-    qref=$(create_queue "$RUN-rref")
-    "$SQS_SEND" send "$EP" "$qref" "$N" 16 "$body" 2>/dev/null
-    ref_ms=$(send_ms drain "$EP" "$qref" "$N" 4)
-    delete_queue "$qref"
+    local qin ref1 ref2
+    ref1=$(ref_drain "$RUN-rref1" "$body")
     qin=$(create_queue "$RUN-in")
     "$SQS_SEND" send "$EP" "$qin" "$N" 16 "$body" 2>/dev/null
     bsql "SELECT pgtrickle.create_inbox('bench_inbox')" >/dev/null
@@ -131,7 +142,8 @@ reverse() {
     local rows; rows=$(bsql "SELECT count(*) FROM pgtrickle.bench_inbox")
     [ "$rows" = "$N" ] || echo "  WARNING: the inbox holds $rows rows, expected $N"
     delete_queue "$qin"
-    report reverse "$ref_ms" "$relay_ms" 0 "$rss"
+    ref2=$(ref_drain "$RUN-rref2" "$body")
+    report reverse "$(( (ref1 + ref2) / 2 ))" "$relay_ms" 0 "$rss"
 }
 
 printf '%-8s %7s %9s %10s %9s %9s %14s %7s\n' case events ref_ev/s relay_ev/s base_ev/s relay/ref relay/baseline rss_kB

@@ -9,8 +9,9 @@
  *       printf(<body format>, k, k, k) (k a long: use %ld) and the string
  *       attributes dedup_key, subject and op, as the relay sends them.
  *   sqs_send drain <endpoint> <queue_url> <n> <concurrency>
- *       ReceiveMessage (10, 1 s long poll) and DeleteMessageBatch of what
- *       came, <concurrency> receives in flight, until n messages are deleted.
+ *       ReceiveMessage (10, 1 s long poll, all attributes, as the relay asks)
+ *       and DeleteMessageBatch of what came, <concurrency> receives in
+ *       flight, until n messages are deleted.
  *
  * Credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, region
  * AWS_REGION (us-east-1), SigV4 by libcurl. Prints "sent|drained N messages
@@ -168,8 +169,10 @@ static int cmd_send(CURLM *m, call *calls, int conc, long n, const char *fmt)
 
 static json_t *receive_body(void)
 {
-    return json_pack("{s:s, s:i, s:i}", "QueueUrl", queue_url, "MaxNumberOfMessages", 10,
-                     "WaitTimeSeconds", 1);
+    /* the attributes the relay's source asks for (it maps them to inbox columns) */
+    return json_pack("{s:s, s:i, s:i, s:[s], s:[s], s:[s]}", "QueueUrl", queue_url,
+                     "MaxNumberOfMessages", 10, "WaitTimeSeconds", 1, "MessageAttributeNames",
+                     "All", "MessageSystemAttributeNames", "All", "AttributeNames", "All");
 }
 
 static int cmd_drain(CURLM *m, call *calls, int conc, long n)
