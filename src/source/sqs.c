@@ -344,6 +344,8 @@ static void drain_buffer(sqs_source *s, relay_batch *b, size_t max)
             break;
         json_decref(rc->root);
     }
+    if (used == 0)
+        return;
     memmove(s->buf, s->buf + used, (s->nbuf - used) * sizeof *s->buf);
     s->nbuf -= used;
 }
