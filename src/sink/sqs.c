@@ -200,7 +200,7 @@ static relay_sink *sq_create(const json_t *cfg, struct relay_worker *w, char *er
     if (sqs_curl_init(err, errlen) < 0)
         return NULL;
     sqs_sink *s = xcalloc(1, sizeof *s);
-    s->base.ops = NULL;
+    s->base.ops = &relay_sink_sqs_ops;
     s->base.w = w;
     s->depth_visible = s->depth_not_visible = -1;
     if (cfg_known_keys(cfg, "sink", keys, err, errlen) < 0 ||
@@ -214,7 +214,6 @@ static relay_sink *sq_create(const json_t *cfg, struct relay_worker *w, char *er
         sq_destroy(&s->base);
         return NULL;
     }
-    s->base.ops = &relay_sink_sqs_ops;
     s->base.encode = 1;
     s->calls = xcalloc((size_t)s->max_in_flight, sizeof *s->calls);
     s->call_unit = xcalloc((size_t)s->max_in_flight, sizeof *s->call_unit);
@@ -226,7 +225,8 @@ static relay_sink *sq_create(const json_t *cfg, struct relay_worker *w, char *er
 /* ---- open ------------------------------------------------------------------ */
 
 /* Refresh the queue's approximate depth; -1 with err when the queue cannot
- * be asked (fatal: missing, refused). */
+ * be asked: missing, refused, or a queue URL SQS does not take (the error
+ * names sink.queue_url), or the endpoint is down. */
 static int refresh_depth(sqs_sink *s, char *err, size_t errlen)
 {
     int64_t vis, notvis, vt;
@@ -239,7 +239,7 @@ static int refresh_depth(sqs_sink *s, char *err, size_t errlen)
         s->depth_not_visible = notvis;
         return 0;
     }
-    if (o == SQS_FATAL)
+    if (o == SQS_FATAL || o == SQS_INVALID)
         snprintf(err, errlen, "sink.queue_url: %s: %s", s->conf.queue_url, why);
     else
         snprintf(err, errlen, "SQS endpoint %s: %s", s->conf.endpoint, why);

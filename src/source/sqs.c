@@ -46,7 +46,6 @@
  * also goes to /status (refreshed at most every 30 s).
  */
 #include <inttypes.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
