@@ -38,7 +38,8 @@ EP=$PGT_SQS_ENDPOINT
 RUN=bs$$_$RANDOM
 RESULTS=()
 RELAY_PID=
-trap 'kill -TERM $RELAY_PID 2>/dev/null; rm -rf "$BENCH_TMP"' EXIT
+# (under set -e a failing command would end the trap early: kill only a relay)
+trap '[ -z "$RELAY_PID" ] || kill -TERM $RELAY_PID 2>/dev/null || true; rm -rf "$BENCH_TMP"' EXIT
 PAD=xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx
 
 sqs_call() {  # sqs_call <action> <json>
