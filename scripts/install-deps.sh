@@ -31,6 +31,13 @@ PACKAGES=(
     libsystemd-dev systemd man-db groff-base
     debhelper dpkg-dev lintian
 )
+# The SQS tests (a default service): node and npm run the npm emulator
+# local-aws-sqs, awscli reads back what the relay sent. A node, npm or aws
+# already on PATH (e.g. NodeSource's nodejs, which ships npm and conflicts
+# with Debian's npm package) is used as it is.
+command -v node >/dev/null || PACKAGES+=(nodejs)
+command -v npm >/dev/null || PACKAGES+=(npm)
+command -v aws >/dev/null || PACKAGES+=(awscli)
 PACKAGES+=("$@")
 if [ -n "${EXTRA_PACKAGES:-}" ]; then
     read -r -a extra <<<"$EXTRA_PACKAGES"

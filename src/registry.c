@@ -42,6 +42,10 @@ extern const relay_source_ops relay_source_http_ops;
 extern const relay_sink_ops relay_sink_webhook_ops;
 extern const relay_sink_ops relay_sink_http_ops;
 #endif
+#if HAVE_SQS
+extern const relay_sink_ops relay_sink_sqs_ops;
+extern const relay_source_ops relay_source_sqs_ops;
+#endif
 
 static const relay_source_ops *const sources[] = {
     &relay_source_outbox_ops,
@@ -63,6 +67,9 @@ static const relay_source_ops *const sources[] = {
 #if HAVE_WEBHOOK
     &relay_source_webhook_ops,
     &relay_source_http_ops,
+#endif
+#if HAVE_SQS
+    &relay_source_sqs_ops,
 #endif
     NULL,
 };
@@ -88,6 +95,9 @@ static const relay_sink_ops *const sinks[] = {
 #if HAVE_WEBHOOK
     &relay_sink_webhook_ops,
     &relay_sink_http_ops,
+#endif
+#if HAVE_SQS
+    &relay_sink_sqs_ops,
 #endif
     NULL,
 };

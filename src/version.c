@@ -42,7 +42,7 @@
 #if HAVE_REDIS
 #include <hiredis.h>
 #endif
-#if HAVE_WEBHOOK
+#if HAVE_WEBHOOK || HAVE_SQS
 #include <curl/curl.h>
 #endif
 #if HAVE_RABBITMQ
@@ -75,7 +75,8 @@ static void print_libraries(FILE *out)
     /* hiredis has no version function: the headers' version */
     fprintf(out, "  hiredis %d.%d.%d (build time)\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
 #endif
-#if HAVE_WEBHOOK
+#if HAVE_WEBHOOK || HAVE_SQS
+    /* webhook and sqs */
     const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
     fprintf(out, "  libcurl %s (%s)\n", cv->version, cv->ssl_version ? cv->ssl_version : "no TLS");
 #endif

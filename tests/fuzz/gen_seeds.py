@@ -6,7 +6,8 @@
 The seeds come from the unit tests' inputs (the pgoutput messages captured
 from PostgreSQL 15 in tests/unit/test_pgoutput.c, the strings of
 test_json_scan.c, test_message.c, test_config.c and test_webhook_sign.c, the
-outbox payload shapes of tests/integration/outbox_payloads.sh) and from the
+outbox payload shapes of tests/integration/outbox_payloads.sh, the SQS
+responses of test_sqs.c) and from the
 crash inputs of issue 10 (names starting with "issue10-"). Files are
 (over)written, never deleted: inputs saved from findings (names starting
 with "crash-" or "regress-") stay next to them. The input format of each
@@ -351,6 +352,32 @@ def rmq_headers_seeds():
           + amqp_entry(b"traceparent", b"V", b""))
     write("rmq_headers", "truncated", amqp_entry(b"pgtrickle-dedup-key", b"S", struct.pack(">I", 100) + b"short"))
     write("rmq_headers", "empty", b"")
+# ---- sqs_response -------------------------------------------------------------
+
+def sqs_response_seeds():
+    # the response shapes of test_sqs.c and of local-aws-sqs
+    # (research/test-services.md section 6); byte 0 selects the parser
+    seeds = {
+        "receive-fifo": b"\x00" + br'{"Messages":[{"MessageId":"id-1","ReceiptHandle":"rh-1",'
+                        br'"Body":"{\"a\":1}","Attributes":{"MessageGroupId":"g",'
+                        br'"MessageDeduplicationId":"d"},"MessageAttributes":{"dedup_key":'
+                        br'{"DataType":"String","StringValue":"k"},"event_type":{"DataType":'
+                        br'"String","StringValue":"t"}}}]}',
+        "receive-empty": b"\x00",
+        "receive-nul-surrogate": b"\x00" + br'{"Messages":[{"MessageId":"i","ReceiptHandle":"r",'
+                                 br'"Body":"a\u0000b\ud800c\ud83d\ude00"}]}',
+        "receive-not-array": b"\x00" + b'{"Messages":{}}',
+        "batch-mixed": b"\x1e" + br'{"Successful":[{"Id":"0","MessageId":"m"}],"Failed":[{"Id":"1",'
+                       br'"Code":"InvalidParameterValue","Message":"too big","SenderFault":true},'
+                       br'{"Id":"2","Code":"InternalError","SenderFault":false}]}',
+        "batch-not-object": b"\x01[]",
+        "classify-400-missing": b"\x05" + br'{"__type":"com.amazonaws.sqs#QueueDoesNotExist",'
+                                br'"message":"The specified queue does not exist."}',
+        "classify-hostile": b"\x05" + br'{"__type":"x#a\u0000b","message":"\u001b[31m"}',
+        "classify-502-html": b"\x11<html>bad gateway</html>",
+    }
+    for name, s in seeds.items():
+        write("sqs_response", name, s)
 
 
 if __name__ == "__main__":
@@ -364,5 +391,6 @@ if __name__ == "__main__":
     rmq_headers_seeds()
     webhook_sig_seeds()
     puback_seeds()
+    sqs_response_seeds()
     for t in sorted(os.listdir(CORPUS)):
         print("%-14s %3d seeds" % (t, len(os.listdir(os.path.join(CORPUS, t)))))

@@ -172,6 +172,62 @@ stop_redis() {
     kill -9 "$pid" 2>/dev/null || true
 }
 
+# sqs: the npm emulator local-aws-sqs (research/test-services.md section 6),
+# installed with npm on first use into a cache that survives "stop"
+# ($PGT_NPM_CACHE, default ~/.cache/pgtrickle-relay/npm), run by node on
+# 127.0.0.1:$PGT_SQS_PORT. It keeps its queues in memory and accepts any
+# SigV4 signature. Shared by the tests (each creates queues of its own);
+# tests that stop it start a private one with $PGT_SQS_SERVER <port>.
+SQS_PORT=${PGT_SQS_PORT:-14566}
+NPM_CACHE=${PGT_NPM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pgtrickle-relay/npm}
+SQS_PKG=local-aws-sqs@2.0.2
+sqs_answers() {  # sqs_answers port: the emulator answers ListQueues
+    curl -sf -o /dev/null -X POST -H 'Content-Type: application/x-amz-json-1.0' \
+        -H 'X-Amz-Target: AmazonSQS.ListQueues' -d '{}' "http://127.0.0.1:$1/" 2>/dev/null
+}
+start_sqs() {
+    local d=$DIR/sqs
+    mkdir -p "$d" "$NPM_CACHE"
+    if [ ! -f "$NPM_CACHE/node_modules/local-aws-sqs/package.json" ]; then
+        command -v npm >/dev/null || { echo "sqs: npm not found (install nodejs and npm)" >&2; return 1; }
+        npm install --prefix "$NPM_CACHE" --no-audit --no-fund --silent "$SQS_PKG" >"$d/npm.log" 2>&1 \
+            || { echo "sqs: npm install $SQS_PKG failed (log: $d/npm.log)" >&2; return 1; }
+    fi
+    # The server script: node sqs-server.cjs <port>; prints READY when listening.
+    cat >"$d/sqs-server.cjs" <<'JS'
+const { createSqsServer } = require("local-aws-sqs");
+const port = parseInt(process.argv[2], 10);
+createSqsServer({ port, hostname: "127.0.0.1", emulateQueueCreationLifecycle: false }).then((srv) => {
+  console.log(`READY http://127.0.0.1:${port}`);
+  for (const s of ["SIGTERM", "SIGINT"]) process.on(s, () => srv.close(() => process.exit(0)));
+});
+JS
+    printf '#!/bin/sh\nNODE_PATH=%s exec node %s "$@"\n' "$NPM_CACHE/node_modules" "$d/sqs-server.cjs" >"$d/sqs-server"
+    chmod +x "$d/sqs-server"
+    if ! { [ -f "$d/sqs.pid" ] && kill -0 "$(cat "$d/sqs.pid")" 2>/dev/null && sqs_answers "$SQS_PORT"; }; then
+        # setsid: the server must outlive the shell that started it
+        setsid "$d/sqs-server" "$SQS_PORT" </dev/null >"$d/sqs.log" 2>&1 &
+        echo $! > "$d/sqs.pid"
+        local i
+        for i in $(seq 1 100); do sqs_answers "$SQS_PORT" && break; sleep 0.1; done
+        sqs_answers "$SQS_PORT" || { echo "sqs emulator did not start (log: $d/sqs.log)" >&2; return 1; }
+    fi
+    add_env PGT_SQS_ENDPOINT "http://127.0.0.1:$SQS_PORT"
+    add_env PGT_SQS_SERVER "$d/sqs-server"
+    echo "sqs (local-aws-sqs) ready on 127.0.0.1:$SQS_PORT"
+}
+
+stop_sqs() {
+    local f=$DIR/sqs/sqs.pid
+    [ -f "$f" ] || return 0
+    local pid; pid=$(cat "$f")
+    rm -f "$f"
+    kill -TERM "$pid" 2>/dev/null || return 0
+    local i
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
 # RabbitMQ: a node of its own under $DIR/rabbitmq (tests/services/rabbitmq-node.sh:
 # the real server script as root, own node name, epmd and distribution
 # ports derived from PGT_RABBITMQ_PORT; AMQP over TLS on PGT_RABBITMQ_PORT+3000,
