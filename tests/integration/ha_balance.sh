@@ -105,6 +105,10 @@ DISCOVERY=1s start_relay r8
 wait_until 15 '[ "$(owned_count r8)" -ge 1 ] && [ "$(owned_sum r6 r7 r8)" = 5 ]'
 diag "three relays: r6 $(owned_by r6)/ r7 $(owned_by r7)/ r8 $(owned_by r8)"
 ok "$([ "$(owned_count r8)" -ge 1 ] && echo 0 || echo 1)" "a third relay joins and is handed pipelines"
+# the relays that handed pipelines over see them run by r8 on their next
+# discovery ticks (1 s); killed before that, r8 would leave them to believe
+# that nobody had taken them, which is then true as far as they can see
+sleep 3
 kill9_relay r8
 # its connections die with it; after at most two discovery intervals (plus
 # the moves they trigger) the two relays left run ceil(5 / 2) = 3 at most
