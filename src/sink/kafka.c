@@ -471,7 +471,7 @@ static rd_kafka_headers_t *record_headers(kafka_sink *s, const relay_msg *m)
     if (s->base.format != RELAY_FORMAT_CLOUDEVENTS)
         return h;
     if (!s->base.fopts.ce_binary) {
-        rd_kafka_header_add(h, "content-type", -1, "application/cloudevents+json; charset=UTF-8", -1);
+        rd_kafka_header_add(h, "content-type", -1, "application/cloudevents+json; charset=utf-8", -1);
         return h;
     }
     relay_arena a = {0};

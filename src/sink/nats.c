@@ -555,7 +555,7 @@ static int make_acks(nats_sink *s, char *err, size_t errlen)
 static natsStatus set_ce_headers(nats_sink *s, natsMsg *nm, const relay_msg *m)
 {
     if (!s->base.fopts.ce_binary)
-        return natsMsgHeader_Set(nm, "Content-Type", "application/cloudevents+json; charset=UTF-8");
+        return natsMsgHeader_Set(nm, "Content-Type", "application/cloudevents+json; charset=utf-8");
     relay_arena a = {0};
     relay_format_ctx ctx = fmt_ctx_for_sink(s->base.w ? s->base.w->cfg.name : NULL, &s->base.fopts);
     fmt_ce_attrs at;

@@ -606,9 +606,9 @@ static int build_headers(webhook_sink *ws, wh_slot *slot, char *err, size_t errl
             goto oom;
     if (!ws->has_content_type) {
         if (ws->base.format == RELAY_FORMAT_CLOUDEVENTS && ws->batch_mode)
-            buf_puts(&line, "Content-Type: application/cloudevents-batch+json; charset=UTF-8");
+            buf_puts(&line, "Content-Type: application/cloudevents-batch+json; charset=utf-8");
         else if (ws->base.format == RELAY_FORMAT_CLOUDEVENTS && !ws->base.fopts.ce_binary)
-            buf_puts(&line, "Content-Type: application/cloudevents+json; charset=UTF-8");
+            buf_puts(&line, "Content-Type: application/cloudevents+json; charset=utf-8");
         else
             buf_printf(&line, "Content-Type: %s",
                        relay_format_content_type(ws->base.format, &ws->base.fopts));
