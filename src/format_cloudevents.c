@@ -241,6 +241,8 @@ int fmt_ce_header_decode(const char *v, size_t n, relay_buf *out)
         }
     }
     buf_free(&uq);
+    if (out->len == start)
+        return 0;
     return utf8_ok((const unsigned char *)out->data + start, out->len - start) ? 0 : -1;
 }
 

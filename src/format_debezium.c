@@ -631,8 +631,8 @@ static int put_scalar(relay_buf *out, uint32_t oid, int32_t typmod, const char *
         if (oid == T_BOOL && tmp->len == 1)
             buf_puts(out, tmp->data[0] == 't' ? "true" : "false");
         else if (oid != T_BOOL && tmp->len && (isdigit((unsigned char)tmp->data[0]) || tmp->data[0] == '-') &&
-                 strspn(tmp->data, "0123456789+-.eE") == tmp->len)
-            buf_append(out, tmp->data, tmp->len);
+                 json_valid(tmp->data, tmp->len) == 1)
+            buf_append(out, tmp->data, tmp->len); /* an array element: a JSON number */
         else
             buf_put_json_str(out, tmp->data ? tmp->data : "", tmp->len);
         return 0;
