@@ -22,6 +22,8 @@ PACKAGES=(
     # tests/integration/cdc_replay: decodes the msgpack files independently
     python3-msgpack
     libssl-dev openssl
+    # tests/integration/cloudevents: the CloudEvents JavaScript SDK (npm, into a cache dir)
+    nodejs npm
     # scripts/fuzz.sh: clang, libFuzzer's runtime, llvm-symbolizer for the stacks
     clang libclang-rt-14-dev llvm
     libsystemd-dev systemd man-db groff-base
