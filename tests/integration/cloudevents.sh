@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # format "cloudevents" (issue 20), read by the official CloudEvents JavaScript
-# SDK (npm "cloudevents", installed into a cache directory): CDC events sent
+# SDK (npm "cloudevents" 9.0.0, installed into a cache directory): CDC events sent
 # by the webhook sink in structured mode (one event a request, and batched)
 # and binary mode (ce- headers), by the Kafka sink in both modes (ce_
 # headers), by the NATS sink in binary mode and by the file sink; every
@@ -22,10 +22,12 @@ CHECK=$(cd "$(dirname "$0")" && pwd)/ce_check.js
 # The SDK, pinned, installed once into a cache directory (CI reaches the npm
 # registry; nothing is installed into the source tree).
 command -v node >/dev/null && command -v npm >/dev/null || bail "node and npm are needed (scripts/install-deps.sh)"
-NPM_DIR=${RELAY_NPM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pgtrickle-relay/npm}
+# 9.0.0: the newest that runs on Debian 12's Node.js 18.
+CE_SDK=cloudevents@9.0.0
+NPM_DIR=${RELAY_NPM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pgtrickle-relay/npm}/$CE_SDK
 if [ ! -f "$NPM_DIR/node_modules/cloudevents/package.json" ]; then
     mkdir -p "$NPM_DIR"
-    npm install --no-audit --no-fund --prefix "$NPM_DIR" cloudevents@10.0.0 >"$TEST_TMP/npm.log" 2>&1 ||
+    npm install --no-audit --no-fund --prefix "$NPM_DIR" "$CE_SDK" >"$TEST_TMP/npm.log" 2>&1 ||
         bail "npm install cloudevents failed: $(tail -3 "$TEST_TMP/npm.log")"
 fi
 export NODE_PATH=$NPM_DIR/node_modules
