@@ -33,7 +33,6 @@
 #include "formats.h"
 
 #include <inttypes.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,13 +54,8 @@ static void rfc3339_now(int64_t us, char *buf, size_t n)
 /* The "commit_time" string of a CDC event's source JSON, or NULL. */
 static const char *commit_time(const relay_msg *m, relay_arena *a)
 {
-    if (!m->source_json)
-        return NULL;
-    json_t *src = json_loads(m->source_json, 0, NULL);
-    const char *t = json_string_value(json_object_get(src, "commit_time"));
-    char *copy = t ? arena_strdup(a, t) : NULL;
-    json_decref(src);
-    return copy;
+    char t[64];
+    return fmt_source_member(m->source_json, "commit_time", t, sizeof t) ? arena_strdup(a, t) : NULL;
 }
 
 void fmt_ce_attrs_of(const relay_format_ctx *ctx, const relay_msg *m, relay_arena *a,
@@ -134,9 +128,11 @@ int fmt_cloudevents_encode(const relay_format_ctx *ctx, const relay_msg *m, rela
             buf_append(out, m->payload, pn);
         return 0;
     }
-    relay_arena a = {0};
+    /* The attributes' strings go to the batch's arena (a unit test's event
+     * has none: a local one). */
+    relay_arena local = {0}, *a = m->arena ? m->arena : &local;
     fmt_ce_attrs at;
-    fmt_ce_attrs_of(ctx, m, &a, &at);
+    fmt_ce_attrs_of(ctx, m, a, &at);
     buf_puts(out, "{\"specversion\":\"1.0\"");
     put_attr(out, "id", at.id);
     put_attr(out, "source", at.source);
@@ -153,7 +149,7 @@ int fmt_cloudevents_encode(const relay_format_ctx *ctx, const relay_msg *m, rela
             buf_put_json_str(out, m->payload, pn);
     }
     buf_putc(out, '}');
-    arena_free(&a);
+    arena_free(&local);
     return 0;
 }
 

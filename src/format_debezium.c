@@ -210,18 +210,26 @@ static int parse_offset(const char *s, size_t n, int64_t *secs, size_t *used)
 
 /* ISO-8601 "THH:MM:SS[.fff]" of us since midnight, fraction without
  * trailing zeros, as java.time's ISO formatters print it. */
+static void put_digits(char *p, int64_t v, int n)
+{
+    while (n-- > 0) {
+        p[n] = (char)('0' + v % 10);
+        v /= 10;
+    }
+}
+
 static void put_iso_time(relay_buf *out, int64_t us)
 {
     int64_t s = us / 1000000, f = us % 1000000;
-    buf_printf(out, "%02d:%02d:%02d", (int)(s / 3600), (int)(s / 60 % 60), (int)(s % 60));
-    if (f) {
-        char d[8];
-        snprintf(d, sizeof d, "%06d", (int)f);
-        int k = 6;
-        while (d[k - 1] == '0')
-            k--;
-        buf_printf(out, ".%.*s", k, d);
-    }
+    char t[16] = "00:00:00.000000";
+    put_digits(t, s / 3600, 2);
+    put_digits(t + 3, s / 60 % 60, 2);
+    put_digits(t + 6, s % 60, 2);
+    put_digits(t + 9, f, 6);
+    int k = 15;
+    while (f && t[k - 1] == '0')
+        k--;
+    buf_append(out, t, f ? (size_t)k : 8);
 }
 
 /* ---- numbers ------------------------------------------------------------ */
@@ -510,7 +518,15 @@ static int put_temporal(relay_buf *out, uint32_t oid, int32_t typmod, const char
         int64_t tod = total - d * 86400000000LL, y;
         int mo, dd;
         civil_from_days(d, &y, &mo, &dd);
-        buf_printf(out, "\"%04" PRId64 "-%02d-%02dT", y, mo, dd);
+        if (y < 0 || y > 9999) {
+            buf_printf(out, "\"%04" PRId64 "-%02d-%02dT", y, mo, dd);
+        } else {
+            char d[13] = "\"0000-00-00T";
+            put_digits(d + 1, y, 4);
+            put_digits(d + 6, mo, 2);
+            put_digits(d + 9, dd, 2);
+            buf_append(out, d, 12);
+        }
         put_iso_time(out, tod);
         buf_puts(out, "Z\"");
         return 0;
@@ -681,22 +697,30 @@ static int put_scalar(relay_buf *out, uint32_t oid, int32_t typmod, const char *
     }
 }
 
-int fmt_debezium_value(uint32_t type_oid, int32_t typmod, const char *v, size_t n, relay_buf *out)
+/* fmt_debezium_value with the caller's scratch buffer (no allocation per value). */
+static int put_value(uint32_t type_oid, int32_t typmod, const char *v, size_t n, relay_buf *out,
+                     relay_buf *tmp)
 {
-    if (json_span(v, n) != n)
-        return -1;
     if (n == 4 && memcmp(v, "null", 4) == 0) {
         buf_puts(out, "null");
         return 0;
     }
-    relay_buf tmp = {0};
     size_t start = out->len;
-    if (put_scalar(out, type_oid, typmod, v, n, &tmp) < 0) {
+    if (put_scalar(out, type_oid, typmod, v, n, tmp) < 0) {
         out->len = start; /* not parseable as the type: the text unchanged */
         buf_append(out, v, n);
     }
-    buf_free(&tmp);
     return 0;
+}
+
+int fmt_debezium_value(uint32_t type_oid, int32_t typmod, const char *v, size_t n, relay_buf *out)
+{
+    if (json_span(v, n) != n)
+        return -1;
+    relay_buf tmp = {0};
+    int rc = put_value(type_oid, typmod, v, n, out, &tmp);
+    buf_free(&tmp);
+    return rc;
 }
 
 /* The placeholder of an unchanged TOAST column in the column's literal
@@ -711,42 +735,60 @@ static void put_unavailable(relay_buf *out, uint32_t oid)
 
 /* ---- rows ------------------------------------------------------------------ */
 
-/* Does the raw JSON key k[0..kn) spell `name`? */
+/* Does the raw JSON string k[0..kn) (quotes stripped, escapes not decoded)
+ * spell `name`? Names without '"', '\\' or control characters compare as
+ * they are; others as buf_put_json_str writes them (the payload's keys are
+ * written by it). */
 static int key_is(const char *k, size_t kn, const char *name, relay_buf *tmp)
 {
+    size_t nl = strlen(name);
+    int plain = 1;
+    for (const unsigned char *p = (const unsigned char *)name; *p && plain; p++)
+        plain = *p >= 0x20 && *p != '"' && *p != '\\';
+    if (plain)
+        return kn == nl && memcmp(k, name, nl) == 0;
     buf_clear(tmp);
-    buf_put_json_str(tmp, name, strlen(name));
+    buf_put_json_str(tmp, name, nl);
     return tmp->len == kn + 2 && memcmp(tmp->data + 1, k, kn) == 0;
 }
 
-/* Find column `name` in the row object r[0..n). */
-static int find_member(const char *r, size_t n, const char *name, size_t *off, size_t *len,
-                       relay_buf *tmp)
+/* Find column `name` in the row object r[0..n), searching from *cursor (the
+ * position after the previous match: rows list their columns in table
+ * order, so a row is matched in one pass) and then from the start. */
+static int find_member(const char *r, size_t n, const char *name, size_t *cursor, size_t *off,
+                       size_t *len, relay_buf *tmp)
 {
-    size_t pos = 0, kn;
-    const char *k;
-    while (json_object_next(r, n, &pos, &k, &kn, off, len) == 1)
-        if (key_is(k, kn, name, tmp))
-            return 1;
+    for (int round = 0; round < 2; round++) {
+        size_t pos = round ? 0 : *cursor, kn;
+        const char *k;
+        if (round && *cursor == 0)
+            break;
+        while (json_object_next(r, n, &pos, &k, &kn, off, len) == 1) {
+            if (key_is(k, kn, name, tmp)) {
+                *cursor = pos;
+                return 1;
+            }
+        }
+    }
     return 0;
 }
 
-/* Is `name` in the JSON array of strings `list` (source.unchanged_toast)? */
-static int in_list(const json_t *list, const char *name)
+/* Is `name` in the JSON array of strings a[0..n) (source.unchanged_toast)? */
+static int in_list(const char *a, size_t n, const char *name, relay_buf *tmp)
 {
-    size_t i;
-    json_t *v;
-    json_array_foreach(list, i, v)
-        if (json_is_string(v) && strcmp(json_string_value(v), name) == 0)
+    size_t pos = 0, off, len;
+    while (a && json_array_next(a, n, &pos, &off, &len) == 1)
+        if (len >= 2 && a[off] == '"' && key_is(a + off + 1, len - 2, name, tmp))
             return 1;
     return 0;
 }
 
 /* A row in Debezium's shape: with row_type, every column in table order
  * with its mapped value (key_only: the key columns only), an unchanged
- * TOAST column as the placeholder; without, the row unchanged. */
+ * TOAST column (listed in the JSON array toast[0..tn)) as the placeholder;
+ * without row_type, the row unchanged. */
 static int put_row(relay_buf *out, const relay_msg *m, const char *r, size_t n, int key_only,
-                   const json_t *toast)
+                   const char *toast, size_t tn)
 {
     if (!r || n == 0) {
         buf_puts(out, "null");
@@ -758,16 +800,17 @@ static int put_row(relay_buf *out, const relay_msg *m, const char *r, size_t n, 
     }
     if (r[0] != '{')
         return -1;
-    relay_buf tmp = {0};
+    relay_buf tmp = {0}, scratch = {0};
     int first = 1, rc = 0;
+    size_t cursor = 0;
     buf_putc(out, '{');
     for (int c = 0; c < m->row_type->ncols && rc == 0; c++) {
         const relay_row_col *col = &m->row_type->cols[c];
         if (key_only && !col->key)
             continue;
         size_t off, len;
-        int have = find_member(r, n, col->name, &off, &len, &tmp);
-        if (!have && !(toast && in_list(toast, col->name)))
+        int have = find_member(r, n, col->name, &cursor, &off, &len, &tmp);
+        if (!have && !(toast && in_list(toast, tn, col->name, &tmp)))
             continue; /* not in this tuple (a key-only old row) */
         if (!first)
             buf_putc(out, ',');
@@ -775,12 +818,13 @@ static int put_row(relay_buf *out, const relay_msg *m, const char *r, size_t n, 
         buf_put_json_str(out, col->name, strlen(col->name));
         buf_putc(out, ':');
         if (have)
-            rc = fmt_debezium_value(col->type_oid, col->typmod, r + off, len, out);
+            rc = put_value(col->type_oid, col->typmod, r + off, len, out, &scratch);
         else
             put_unavailable(out, col->type_oid);
     }
     buf_putc(out, '}');
     buf_free(&tmp);
+    buf_free(&scratch);
     return rc;
 }
 
@@ -791,14 +835,15 @@ int fmt_debezium_key(const relay_msg *m, relay_buf *out)
     size_t n = msg_bytes(m->payload, m->payload_len), start = out->len;
     relay_buf tmp = {0};
     int any = 0;
-    for (int c = 0; c < m->row_type->ncols; c++) {
+    size_t cursor = 0;
+    for (int c = 0; c < m->row_type->ncols && !any; c++) {
         size_t off, len;
-        if (m->row_type->cols[c].key && find_member(m->payload, n, m->row_type->cols[c].name, &off,
-                                                    &len, &tmp))
+        if (m->row_type->cols[c].key && find_member(m->payload, n, m->row_type->cols[c].name,
+                                                    &cursor, &off, &len, &tmp))
             any = 1;
     }
     buf_free(&tmp);
-    if (!any || put_row(out, m, m->payload, n, 1, NULL) < 0) {
+    if (!any || put_row(out, m, m->payload, n, 1, NULL, 0) < 0) {
         out->len = start;
         return 0;
     }
@@ -807,13 +852,77 @@ int fmt_debezium_key(const relay_msg *m, relay_buf *out)
 
 /* ---- source ---------------------------------------------------------------- */
 
+/* "X/Y" (hex) -> the 64-bit LSN; -1 when malformed. */
 static int64_t lsn_number(const char *lsn)
 {
-    unsigned hi, lo;
-    int used = 0;
-    if (!lsn || sscanf(lsn, "%X/%X%n", &hi, &lo, &used) != 2 || lsn[used])
+    uint64_t part[2] = {0, 0};
+    int k = 0, digits = 0;
+    if (!lsn)
         return -1;
-    return (int64_t)(((uint64_t)hi << 32) | lo);
+    for (const char *p = lsn; *p; p++) {
+        int h = hexval(*p);
+        if (*p == '/' && k == 0 && digits) {
+            k = 1;
+            digits = 0;
+        } else if (h >= 0 && digits < 8) {
+            part[k] = part[k] << 4 | (uint64_t)h;
+            digits++;
+        } else {
+            return -1;
+        }
+    }
+    return k == 1 && digits ? (int64_t)(part[0] << 32 | part[1]) : -1;
+}
+
+int fmt_source_member(const char *source_json, const char *name, char *buf, size_t buflen)
+{
+    if (!source_json)
+        return 0;
+    size_t n = strlen(source_json), pos = 0, kn, off, len, nl = strlen(name);
+    const char *k;
+    while (json_object_next(source_json, n, &pos, &k, &kn, &off, &len) == 1) {
+        if (kn != nl || memcmp(k, name, nl) != 0)
+            continue;
+        const char *v = source_json + off;
+        if (len >= 2 && v[0] == '"') { /* the relay's own strings: no escapes */
+            v++;
+            len -= 2;
+        } else if (len == 4 && memcmp(v, "null", 4) == 0) {
+            return 0;
+        }
+        if (len >= buflen || memchr(v, '\\', len))
+            return 0;
+        memcpy(buf, v, len);
+        buf[len] = '\0';
+        return 1;
+    }
+    return 0;
+}
+
+/* The members of a CDC event's source JSON the envelope needs, as raw
+ * JSON slices (NULL when absent), found in one pass over the text. */
+typedef struct cdc_src {
+    const char *commit_time, *commit_lsn, *xid, *toast;
+    size_t commit_time_n, commit_lsn_n, xid_n, toast_n;
+} cdc_src;
+
+static void scan_source(const char *source_json, cdc_src *c)
+{
+    memset(c, 0, sizeof *c);
+    size_t n = source_json ? strlen(source_json) : 0, pos = 0, kn, off, len;
+    const char *k;
+    while (n && json_object_next(source_json, n, &pos, &k, &kn, &off, &len) == 1) {
+        const char *v = source_json + off;
+        int str = len >= 2 && v[0] == '"';
+        if (kn == 11 && memcmp(k, "commit_time", 11) == 0 && str)
+            c->commit_time = v + 1, c->commit_time_n = len - 2;
+        else if (kn == 10 && memcmp(k, "commit_lsn", 10) == 0 && str)
+            c->commit_lsn = v + 1, c->commit_lsn_n = len - 2;
+        else if (kn == 3 && memcmp(k, "xid", 3) == 0 && all_digits(v, len))
+            c->xid = v, c->xid_n = len;
+        else if (kn == 15 && memcmp(k, "unchanged_toast", 15) == 0 && len && v[0] == '[')
+            c->toast = v, c->toast_n = len;
+    }
 }
 
 /* Unix microseconds of an RFC 3339 UTC time "YYYY-MM-DDTHH:MM:SS[.f]Z". */
@@ -828,10 +937,14 @@ static int parse_rfc3339(const char *s, int64_t *us_out)
     return 0;
 }
 
-static void put_ts(relay_buf *out, const char *prefix, int64_t us)
+static void put_ts(relay_buf *out, int64_t us)
 {
-    buf_printf(out, "\"%sts_ms\":%" PRId64 ",\"%sts_us\":%" PRId64 ",\"%sts_ns\":%" PRId64, prefix,
-               us / 1000, prefix, us, prefix, us * 1000);
+    buf_puts(out, "\"ts_ms\":");
+    buf_put_i64(out, us / 1000);
+    buf_puts(out, ",\"ts_us\":");
+    buf_put_i64(out, us);
+    buf_puts(out, ",\"ts_ns\":");
+    buf_put_i64(out, us * 1000);
 }
 
 static void put_str_or_null(relay_buf *out, const char *s)
@@ -843,21 +956,23 @@ static void put_str_or_null(relay_buf *out, const char *s)
 }
 
 /* source: {version, connector, name, ts_*, snapshot, db, sequence, schema,
- * table, txId, lsn, xmin}. `src` is the parsed source_json (NULL outside
- * CDC). */
+ * table, txId, lsn, xmin}, from the event and its source JSON (CDC). */
 static void put_source(relay_buf *out, const relay_format_ctx *ctx, const relay_msg *m,
-                       const json_t *src)
+                       const cdc_src *src)
 {
     const char *schema = m->schema, *table = m->table ? m->table : m->stream_table;
-    int64_t ts = ctx->now_us, lsn = lsn_number(m->lsn), commit = -1;
-    const json_t *xid = NULL;
-    if (src) {
-        const char *ct = json_string_value(json_object_get(src, "commit_time"));
-        int64_t t;
-        if (ct && parse_rfc3339(ct, &t) == 0)
+    int64_t ts = ctx->now_us, lsn = lsn_number(m->lsn), commit = -1, t;
+    char v[64];
+    if (src->commit_time && src->commit_time_n < sizeof v) {
+        memcpy(v, src->commit_time, src->commit_time_n);
+        v[src->commit_time_n] = '\0';
+        if (parse_rfc3339(v, &t) == 0)
             ts = t;
-        commit = lsn_number(json_string_value(json_object_get(src, "commit_lsn")));
-        xid = json_object_get(src, "xid");
+    }
+    if (src->commit_lsn && src->commit_lsn_n < sizeof v) {
+        memcpy(v, src->commit_lsn, src->commit_lsn_n);
+        v[src->commit_lsn_n] = '\0';
+        commit = lsn_number(v);
     }
     if (m->op == OP_EVENT) /* message events: schema and table are "" */
         schema = table = "";
@@ -866,20 +981,23 @@ static void put_source(relay_buf *out, const relay_format_ctx *ctx, const relay_
     buf_puts(out, ",\"connector\":\"postgresql\",\"name\":");
     put_str_or_null(out, ctx->pipeline ? ctx->pipeline : "pgtrickle-relay");
     buf_putc(out, ',');
-    put_ts(out, "", ts);
+    put_ts(out, ts);
     /* SnapshotRecord: the connector writes the enum's name as a string. */
     buf_puts(out, m->op == OP_SNAPSHOT || m->is_full_refresh ? ",\"snapshot\":\"true\""
                                                              : ",\"snapshot\":\"false\"");
     buf_puts(out, ",\"db\":");
     put_str_or_null(out, ctx->db ? ctx->db : "");
     buf_puts(out, ",\"sequence\":");
-    if (lsn >= 0) {
-        char seq[80];
-        if (commit >= 0)
-            snprintf(seq, sizeof seq, "[\"%" PRId64 "\",\"%" PRId64 "\"]", commit, lsn);
-        else
-            snprintf(seq, sizeof seq, "[null,\"%" PRId64 "\"]", lsn);
-        buf_put_json_str(out, seq, strlen(seq));
+    if (lsn >= 0) { /* the JSON string of ["<commit>","<lsn>"] */
+        if (commit >= 0) {
+            buf_puts(out, "\"[\\\"");
+            buf_put_i64(out, commit);
+            buf_puts(out, "\\\",\\\"");
+        } else {
+            buf_puts(out, "\"[null,\\\"");
+        }
+        buf_put_i64(out, lsn);
+        buf_puts(out, "\\\"]\"");
     } else {
         buf_puts(out, "null");
     }
@@ -888,8 +1006,8 @@ static void put_source(relay_buf *out, const relay_format_ctx *ctx, const relay_
     buf_puts(out, ",\"table\":");
     put_str_or_null(out, table ? table : "");
     buf_puts(out, ",\"txId\":");
-    if (json_is_integer(xid))
-        buf_put_i64(out, json_integer_value(xid));
+    if (src->xid)
+        buf_append(out, src->xid, src->xid_n);
     else
         buf_puts(out, "null");
     buf_puts(out, ",\"lsn\":");
@@ -945,12 +1063,10 @@ int fmt_debezium_encode(const relay_format_ctx *ctx, const relay_msg *m, relay_b
                  relay_op_name(m->op));
         return -1;
     }
-    json_t *src = m->source_json ? json_loads(m->source_json, 0, NULL) : NULL;
-    if (m->source_json && !src) {
-        snprintf(err, errlen, "the event's source is not JSON");
-        return -1;
-    }
-    const json_t *toast = json_object_get(src, "unchanged_toast");
+    cdc_src src;
+    scan_source(m->source_json, &src);
+    const char *toast = src.toast;
+    size_t tn = src.toast_n;
     size_t pn = msg_bytes(m->payload, m->payload_len);
     const char *old = m->old_json;
     int rc = 0;
@@ -960,26 +1076,25 @@ int fmt_debezium_encode(const relay_format_ctx *ctx, const relay_msg *m, relay_b
          * payload is that old row. after: the new row. */
         buf_puts(out, "\"before\":");
         if (m->op == OP_DELETE)
-            rc = put_row(out, m, m->payload, pn, 0, NULL);
+            rc = put_row(out, m, m->payload, pn, 0, NULL, 0);
         else
-            rc = put_row(out, m, old, old ? strlen(old) : 0, 0, NULL);
+            rc = put_row(out, m, old, old ? strlen(old) : 0, 0, NULL, 0);
         buf_puts(out, ",\"after\":");
         if (rc == 0 && m->op == OP_DELETE)
             buf_puts(out, "null");
         else if (rc == 0)
-            rc = put_row(out, m, m->payload, pn, 0, toast);
+            rc = put_row(out, m, m->payload, pn, 0, toast, tn);
         buf_putc(out, ',');
     }
     buf_puts(out, "\"source\":");
-    put_source(out, ctx, m, src);
+    put_source(out, ctx, m, &src);
     buf_printf(out, ",\"op\":\"%s\",", op);
-    put_ts(out, "", ctx->now_us);
+    put_ts(out, ctx->now_us);
     if (m->op == OP_EVENT)
         rc = rc < 0 ? rc : put_message(out, m);
     else if (m->op != OP_TRUNCATE)
         buf_puts(out, ",\"transaction\":null");
     buf_putc(out, '}');
-    json_decref(src);
     if (rc < 0)
         snprintf(err, errlen, "the event's row is not a JSON object");
     return rc;

@@ -40,6 +40,12 @@ int fmt_debezium_encode(const relay_format_ctx *ctx, const relay_msg *m, relay_b
  * event has no key (a truncate: "The message key is null in this case"). */
 int fmt_debezium_key(const relay_msg *m, relay_buf *out);
 
+/* Copy the string (or number) member `name` of a CDC event's source JSON
+ * (source.commit_time, .commit_lsn, .xid) into buf, NUL-terminated.
+ * Returns 1, or 0 when it is absent, null, escaped or longer than buflen-1.
+ * A scan of the text: no parse per event. */
+int fmt_source_member(const char *source_json, const char *name, char *buf, size_t buflen);
+
 /* Append the Debezium value of one column: `v[0..n)` is the column's value
  * as the native payload holds it (pgoutput.h, "values to JSON"). Exposed for
  * unit tests. Returns 0, or -1 when the value is malformed JSON. */

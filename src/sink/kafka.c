@@ -474,10 +474,10 @@ static rd_kafka_headers_t *record_headers(kafka_sink *s, const relay_msg *m)
         rd_kafka_header_add(h, "content-type", -1, "application/cloudevents+json; charset=utf-8", -1);
         return h;
     }
-    relay_arena a = {0};
+    relay_arena local = {0}, *a = m->arena ? m->arena : &local; /* the batch's arena */
     relay_format_ctx ctx = fmt_ctx_for_sink(pipeline_name(s), &s->base.fopts);
     fmt_ce_attrs at;
-    fmt_ce_attrs_of(&ctx, m, &a, &at);
+    fmt_ce_attrs_of(&ctx, m, a, &at);
     const char *names[8], *values[8];
     size_t k = fmt_ce_header_attrs(&at, names, values);
     char name[40];
@@ -487,7 +487,7 @@ static rd_kafka_headers_t *record_headers(kafka_sink *s, const relay_msg *m)
     }
     if (at.datacontenttype)
         rd_kafka_header_add(h, "content-type", -1, at.datacontenttype, -1);
-    arena_free(&a);
+    arena_free(&local);
     return h;
 }
 

@@ -556,10 +556,10 @@ static natsStatus set_ce_headers(nats_sink *s, natsMsg *nm, const relay_msg *m)
 {
     if (!s->base.fopts.ce_binary)
         return natsMsgHeader_Set(nm, "Content-Type", "application/cloudevents+json; charset=utf-8");
-    relay_arena a = {0};
+    relay_arena local = {0}, *a = m->arena ? m->arena : &local; /* the batch's arena */
     relay_format_ctx ctx = fmt_ctx_for_sink(s->base.w ? s->base.w->cfg.name : NULL, &s->base.fopts);
     fmt_ce_attrs at;
-    fmt_ce_attrs_of(&ctx, m, &a, &at);
+    fmt_ce_attrs_of(&ctx, m, a, &at);
     const char *names[8], *values[8];
     size_t k = fmt_ce_header_attrs(&at, names, values);
     natsStatus st = NATS_OK;
@@ -574,7 +574,7 @@ static natsStatus set_ce_headers(nats_sink *s, natsMsg *nm, const relay_msg *m)
     if (st == NATS_OK && at.datacontenttype)
         st = natsMsgHeader_Set(nm, "Content-Type", at.datacontenttype);
     buf_free(&v);
-    arena_free(&a);
+    arena_free(&local);
     return st;
 }
 

@@ -575,11 +575,11 @@ static int append_header(struct curl_slist **list, const char *line)
  * (3.1.3.2). Returns 0, or -1 when out of memory. */
 static int add_ce_headers(webhook_sink *ws, const relay_msg *m, struct curl_slist **list)
 {
-    relay_arena a = {0};
+    relay_arena local = {0}, *a = m->arena ? m->arena : &local; /* the batch's arena */
     relay_format_ctx ctx = fmt_ctx_for_sink(ws->base.w ? ws->base.w->cfg.name : NULL,
                                             &ws->base.fopts);
     fmt_ce_attrs at;
-    fmt_ce_attrs_of(&ctx, m, &a, &at);
+    fmt_ce_attrs_of(&ctx, m, a, &at);
     const char *names[8], *values[8];
     size_t k = fmt_ce_header_attrs(&at, names, values);
     relay_buf line = {0};
@@ -591,7 +591,7 @@ static int add_ce_headers(webhook_sink *ws, const relay_msg *m, struct curl_slis
         rc = append_header(list, line.data);
     }
     buf_free(&line);
-    arena_free(&a);
+    arena_free(&local);
     return rc;
 }
 
