@@ -287,6 +287,10 @@ int fmt_ce_parse_structured(const char *body, size_t n, relay_buf *scratch, fmt_
                  "section 3)");
         return -1;
     }
+    if (json_valid(body, n) < 0) { /* RFC 8259 8.2: strings are Unicode text */
+        snprintf(err, errlen, "the CloudEvent holds a \\u0000 or an unpaired surrogate escape");
+        return -1;
+    }
     enum { M_SPEC, M_ID, M_SOURCE, M_TYPE, M_DATA, M_DATA64, M_N };
     ce_member mem[M_N] = {{"specversion", 0, 0, 0}, {"id", 0, 0, 0}, {"source", 0, 0, 0},
                           {"type", 0, 0, 0}, {"data", 0, 0, 0}, {"data_base64", 0, 0, 0}};

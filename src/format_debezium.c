@@ -143,7 +143,8 @@ static void civil_from_days(int64_t z, int64_t *y, int *m, int *d)
     *y = yoe + era * 400 + (*m <= 2);
 }
 
-/* "YYYY-MM-DD" (4+ digit year) at s; sets *used. PostgreSQL's ISO DateStyle
+/* "YYYY-MM-DD" (4 to 7 digit year: PostgreSQL's dates end in 5874897) at s;
+ * sets *used. PostgreSQL's ISO DateStyle
  * output; " BC" is handled by the callers. */
 static int parse_date(const char *s, size_t n, int64_t *days, size_t *used)
 {
@@ -151,7 +152,7 @@ static int parse_date(const char *s, size_t n, int64_t *days, size_t *used)
     while (i < n && isdigit((unsigned char)s[i]))
         i++;
     int64_t y, mo, d;
-    if (i < 4 || i + 6 > n || s[i] != '-' || s[i + 3] != '-' || parse_uint(s, i, &y) < 0 ||
+    if (i < 4 || i > 7 || i + 6 > n || s[i] != '-' || s[i + 3] != '-' || parse_uint(s, i, &y) < 0 ||
         parse_uint(s + i + 1, 2, &mo) < 0 || parse_uint(s + i + 4, 2, &d) < 0 || mo < 1 ||
         mo > 12 || d < 1 || d > 31)
         return -1;
@@ -471,6 +472,9 @@ static int put_bytea(relay_buf *out, const char *t, size_t n)
     return 0;
 }
 
+/* Days whose microseconds since 1970 fit an int64 (with a day to spare). */
+#define MAX_TS_DAYS INT64_C(106751990)
+
 /* Temporal types, time.precision.mode=adaptive. Returns -1 for text that is
  * not a finite ISO value ("infinity", another DateStyle). */
 static int put_temporal(relay_buf *out, uint32_t oid, int32_t typmod, const char *t, size_t n)
@@ -496,6 +500,8 @@ static int put_temporal(relay_buf *out, uint32_t oid, int32_t typmod, const char
         if (parse_date(t, n, &days, &used) < 0 || used >= n || t[used] != ' ' ||
             parse_time(t + used + 1, n - used - 1, &us, &u2) < 0)
             return -1;
+        if (days > MAX_TS_DAYS || days < -MAX_TS_DAYS)
+            return -1; /* microseconds since 1970 would overflow: the text */
         size_t end = used + 1 + u2;
         off = 0;
         if (oid == T_TIMESTAMPTZ) {

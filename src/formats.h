@@ -110,6 +110,7 @@ typedef struct fmt_ce_event {
 } fmt_ce_event;
 
 /* Parse a structured-mode CloudEvent (JSON event format): one JSON object
+ * (Unicode text: no \u0000, no unpaired surrogate escape)
  * with the REQUIRED attributes specversion ("1.0"), id, source, type (all
  * non-empty strings), optional data (any JSON) or data_base64 (a base64
  * string), not both. Strings are decoded into `scratch` (the pointers in
