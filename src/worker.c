@@ -29,6 +29,12 @@
  *    (--shutdown-timeout at SIGTERM, 500 ms when the pipeline's config
  *    changed, see coordinator.c) is abandoned unacknowledged; the source
  *    delivers it again to the next worker.
+ *
+ * Before the first publish of a batch the worker prepares its messages once:
+ * row keys in the sink's format (relay_format_key: {key}, the Kafka record
+ * key), subjects (the sink's template, or its subject_overrides entry for
+ * the event's event_type or op), then bodies (relay_encode; an event the
+ * format cannot carry is dead-lettered here). Retries reuse all three.
  */
 #include "worker.h"
 
