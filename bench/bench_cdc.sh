@@ -13,7 +13,8 @@
 # ratio, the relay's peak RSS (VmHWM). Run: bench/run.sh cdc
 # (BENCH_CDC_CASES="batch1000 single" to pick cases, BENCH_CDC_BATCH=N to set
 # source.batch_size; default 5000, the cdc source's default;
-# BENCH_CDC_SINKS="file nats" to pick sinks). Each sink drains its own slot
+# BENCH_CDC_SINKS="file nats" to pick sinks; BENCH_CDC_FORMAT=debezium or
+# cloudevents for the sinks' format, docs/formats.md). Each sink drains its own slot
 # (created with the reference's, before the load); the NATS case publishes
 # to a file-storage stream BENCH_CDC (subjects cdc.>) on the services'
 # nats-server, recreated per case, and checks it holds every event; a second
@@ -38,6 +39,8 @@ fi
 bench_db bench_cdc
 CASES=${BENCH_CDC_CASES:-batch1000 single bigtxn}
 BATCH=${BENCH_CDC_BATCH:-5000}
+FORMAT=${BENCH_CDC_FORMAT:-}
+FMT_KEY=${FORMAT:+,\"format\":\"$FORMAT\"}
 PUB=bench_cdc_pub
 RESULTS=()
 
@@ -70,10 +73,10 @@ run_relay() {
     if [ "$sink" = nats ]; then
         nc_ stream-delete BENCH_CDC >/dev/null
         nc_ stream-add BENCH_CDC 'cdc.>' >/dev/null
-        sink_cfg="{\"type\":\"nats\",\"url\":\"$PGT_NATS_URL\",\"stream\":\"BENCH_CDC\"}"
+        sink_cfg="{\"type\":\"nats\",\"url\":\"$PGT_NATS_URL\",\"stream\":\"BENCH_CDC\"$FMT_KEY}"
     else
         rm -f "$out"
-        sink_cfg="{\"type\":\"file\",\"output\":\"$out\",\"rotate_bytes\":0}"
+        sink_cfg="{\"type\":\"file\",\"output\":\"$out\",\"rotate_bytes\":0$FMT_KEY}"
     fi
     bsql "SELECT pgtrickle.set_relay_cdc('bench-cdc', '{\"source\":{\"publication\":\"$PUB\",\"slot\":\"$slot\",\"batch_size\":$BATCH,\"create_slot\":false},\"sink\":$sink_cfg}')" >/dev/null
     local t0 t1
@@ -143,12 +146,12 @@ run_case() {
                 "$body_len" "$nats_ref_eps" "$(awk -v a="$relay_eps" -v b="$nats_ref_eps" 'BEGIN { printf "%.2f", a / b }')"
             extra=",\"nats_publisher_eps\":$nats_ref_eps,\"body_bytes\":$body_len"
         fi
-        RESULTS+=("{\"case\":\"$name\",\"sink\":\"$sink\",\"events\":$n,\"reference_s\":$(awk -v m=$ref_ms 'BEGIN{print m/1000}'),\"reference_eps\":$ref_eps,\"relay_s\":$(awk -v m=$relay_ms 'BEGIN{print m/1000}'),\"relay_eps\":$relay_eps,\"ratio\":$ratio,\"relay_peak_rss_kb\":$rss,\"batch_size\":$BATCH$extra}")
+        RESULTS+=("{\"case\":\"$name\",\"sink\":\"$sink\",\"events\":$n,\"reference_s\":$(awk -v m=$ref_ms 'BEGIN{print m/1000}'),\"reference_eps\":$ref_eps,\"relay_s\":$(awk -v m=$relay_ms 'BEGIN{print m/1000}'),\"relay_eps\":$relay_eps,\"ratio\":$ratio,\"relay_peak_rss_kb\":$rss,\"batch_size\":$BATCH,\"format\":\"${FORMAT:-native}\"$extra}")
     done
     drop_slots
 }
 
 printf '%-10s %-5s %9s %10s %12s %10s %12s %6s %9s\n' case sink events ref_s ref_ev/s relay_s relay_ev/s ratio rss_kb
 for c in $CASES; do run_case "$c"; done
-write_json "$BENCH_RESULTS/cdc.json" "{\"benchmark\":\"cdc\",\"machine\":\"$(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')\",\"results\":[$(IFS=,; echo "${RESULTS[*]}")]}"
-echo "results: $BENCH_RESULTS/cdc.json"
+write_json "$BENCH_RESULTS/cdc${FORMAT:+-$FORMAT}.json" "{\"benchmark\":\"cdc\",\"machine\":\"$(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')\",\"results\":[$(IFS=,; echo "${RESULTS[*]}")]}"
+echo "results: $BENCH_RESULTS/cdc${FORMAT:+-$FORMAT}.json"

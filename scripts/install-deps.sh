@@ -26,6 +26,8 @@ PACKAGES=(
     python3-msgpack
     redis-server redis-tools
     libssl-dev openssl
+    # tests/integration/cloudevents: the CloudEvents JavaScript SDK (npm, into a cache dir)
+    nodejs npm
     # scripts/fuzz.sh: clang, libFuzzer's runtime, llvm-symbolizer for the stacks
     clang libclang-rt-14-dev llvm
     libsystemd-dev systemd man-db groff-base

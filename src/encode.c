@@ -11,6 +11,10 @@
  * hold exactly travels as the string of its JSON text. msgpack-c writes
  * through a callback straight into our relay_buf, so there is no
  * intermediate copy.
+ *
+ * The Debezium and CloudEvents encoders live in format_debezium.c and
+ * format_cloudevents.c (formats.h); this file dispatches and reads the
+ * format keys of a sink config.
  */
 #include "encode.h"
 
@@ -23,7 +27,10 @@
 #include <string.h>
 
 #include "config.h"
+#include "formats.h"
 #include "json_scan.h"
+
+static const char *const format_names[] = {"native", "msgpack", "debezium", "cloudevents"};
 
 int relay_format_from_cfg(const json_t *cfg, const char *path, relay_format *out, char *err,
                           size_t errlen)
@@ -31,36 +38,194 @@ int relay_format_from_cfg(const json_t *cfg, const char *path, relay_format *out
     const char *f;
     if (cfg_str(cfg, path, "format", "native", &f, err, errlen) < 0)
         return -1;
-    if (strcmp(f, "native") == 0 || strcmp(f, "json") == 0) {
+    if (strcmp(f, "json") == 0) {
         *out = RELAY_FORMAT_NATIVE;
         return 0;
     }
-    if (strcmp(f, "msgpack") == 0) {
-        *out = RELAY_FORMAT_MSGPACK;
-        return 0;
+    for (size_t i = 0; i < sizeof format_names / sizeof *format_names; i++) {
+        if (strcmp(f, format_names[i]) == 0) {
+            *out = (relay_format)i;
+            return 0;
+        }
     }
-    snprintf(err, errlen, "%s.format: expected \"native\" or \"msgpack\", got \"%s\"", path, f);
+    snprintf(err, errlen, "%s.format: expected \"native\", \"msgpack\", \"debezium\" or "
+             "\"cloudevents\", got \"%s\"", path, f);
     return -1;
+}
+
+void relay_format_opts_free(relay_format_opts *opts)
+{
+    free(opts->ce_source);
+    free(opts->ce_type);
+    for (size_t i = 0; i < opts->noverrides; i++) {
+        free(opts->overrides[i].match);
+        free(opts->overrides[i].tmpl);
+    }
+    free(opts->overrides);
+    memset(opts, 0, sizeof *opts);
+}
+
+static int check_template(const char *path, const char *key, const char *tmpl, char *err,
+                          size_t errlen)
+{
+    char why[256];
+    if (subject_template_check(tmpl, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s.%s: %s", path, key, why);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_overrides(const json_t *cfg, const char *path, relay_format_opts *opts,
+                           char *err, size_t errlen)
+{
+    json_t *map = json_object_get(cfg, "subject_overrides");
+    if (!map)
+        return 0;
+    if (!json_is_object(map)) {
+        snprintf(err, errlen, "%s.subject_overrides: expected an object mapping an op or "
+                 "event_type to a template", path);
+        return -1;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(map, k, v) {
+        char key[300];
+        snprintf(key, sizeof key, "subject_overrides.%s", k);
+        if (!json_is_string(v)) {
+            snprintf(err, errlen, "%s.%s: expected a template string", path, key);
+            return -1;
+        }
+        if (!*k) {
+            snprintf(err, errlen, "%s.subject_overrides: an empty op or event_type", path);
+            return -1;
+        }
+        if (check_template(path, key, json_string_value(v), err, errlen) < 0)
+            return -1;
+        opts->overrides = xrealloc(opts->overrides, (opts->noverrides + 1) * sizeof *opts->overrides);
+        opts->overrides[opts->noverrides].match = xstrdup(k);
+        opts->overrides[opts->noverrides].tmpl = xstrdup(json_string_value(v));
+        opts->noverrides++;
+    }
+    return 0;
+}
+
+int relay_format_opts_from_cfg(const json_t *cfg, const char *path, relay_format f, int binary_ok,
+                               relay_format_opts *opts, char *err, size_t errlen)
+{
+    memset(opts, 0, sizeof *opts);
+    const char *mode, *src, *type;
+    if (cfg_str(cfg, path, "cloudevents_mode", NULL, &mode, err, errlen) < 0 ||
+        cfg_str(cfg, path, "cloudevents_source", NULL, &src, err, errlen) < 0 ||
+        cfg_str(cfg, path, "cloudevents_type", NULL, &type, err, errlen) < 0 ||
+        cfg_bool(cfg, path, "tombstones", 1, &opts->tombstones, err, errlen) < 0)
+        return -1;
+    if ((mode || src || type) && f != RELAY_FORMAT_CLOUDEVENTS) {
+        snprintf(err, errlen, "%s.%s: only with \"format\": \"cloudevents\"", path,
+                 mode ? "cloudevents_mode" : src ? "cloudevents_source" : "cloudevents_type");
+        return -1;
+    }
+    if (json_object_get(cfg, "tombstones") && f != RELAY_FORMAT_DEBEZIUM) {
+        snprintf(err, errlen, "%s.tombstones: only with \"format\": \"debezium\"", path);
+        return -1;
+    }
+    if (mode && strcmp(mode, "binary") == 0) {
+        if (!binary_ok) {
+            snprintf(err, errlen, "%s.cloudevents_mode: \"binary\" needs a protocol binding with "
+                     "headers (webhook, kafka, nats); this sink writes structured events only", path);
+            return -1;
+        }
+        opts->ce_binary = 1;
+    } else if (mode && strcmp(mode, "structured") != 0) {
+        snprintf(err, errlen, "%s.cloudevents_mode: expected \"structured\" or \"binary\", got \"%s\"",
+                 path, mode);
+        return -1;
+    }
+    if (src && !*src) {
+        snprintf(err, errlen, "%s.cloudevents_source: must not be empty (CloudEvents 1.0, "
+                 "section 3.1.1: a non-empty URI-reference)", path);
+        return -1;
+    }
+    if (type && check_template(path, "cloudevents_type", type, err, errlen) < 0)
+        return -1;
+    opts->ce_source = src ? xstrdup(src) : NULL;
+    opts->ce_type = type ? xstrdup(type) : NULL;
+    if (parse_overrides(cfg, path, opts, err, errlen) < 0) {
+        relay_format_opts_free(opts);
+        return -1;
+    }
+    return 0;
+}
+
+/* The payload's top-level "event_type" string, compared with `want`. */
+static int payload_event_type_is(const relay_msg *m, const char *want)
+{
+    if (!m->payload || !m->payload_is_json)
+        return 0;
+    size_t n = msg_bytes(m->payload, m->payload_len), pos = 0, off, len, kn;
+    const char *k;
+    if (n == 0 || m->payload[0] != '{')
+        return 0;
+    while (json_object_next(m->payload, n, &pos, &k, &kn, &off, &len) == 1) {
+        if (kn != 10 || memcmp(k, "event_type", 10) != 0)
+            continue;
+        size_t wn = strlen(want);
+        return len == wn + 2 && m->payload[off] == '"' && memcmp(m->payload + off + 1, want, wn) == 0;
+    }
+    return 0;
+}
+
+const char *relay_subject_template_for(const relay_format_opts *opts, const relay_msg *m,
+                                       const char *dflt)
+{
+    if (!opts || !opts->noverrides)
+        return dflt;
+    const char *by_op = NULL;
+    for (size_t i = 0; i < opts->noverrides; i++) {
+        const relay_subject_override *o = &opts->overrides[i];
+        if (payload_event_type_is(m, o->match))
+            return o->tmpl;
+        if (!by_op && strcmp(o->match, relay_op_name(m->op)) == 0)
+            by_op = o->tmpl;
+    }
+    return by_op ? by_op : dflt;
 }
 
 const char *relay_format_name(relay_format f)
 {
-    return f == RELAY_FORMAT_MSGPACK ? "msgpack" : "native";
+    return (size_t)f < sizeof format_names / sizeof *format_names ? format_names[f] : "native";
 }
 
-const char *relay_format_content_type(relay_format f)
+const char *relay_format_content_type(relay_format f, const relay_format_opts *opts)
 {
-    return f == RELAY_FORMAT_MSGPACK ? "application/msgpack" : "application/json";
+    if (f == RELAY_FORMAT_MSGPACK)
+        return "application/msgpack";
+    if (f == RELAY_FORMAT_CLOUDEVENTS && !(opts && opts->ce_binary))
+        return "application/cloudevents+json";
+    return "application/json";
 }
 
-int relay_encode(relay_format f, const relay_msg *m, relay_buf *out, char *err, size_t errlen)
+int relay_format_key(relay_format f, const relay_msg *m, relay_buf *out)
 {
+    if (f == RELAY_FORMAT_DEBEZIUM)
+        return fmt_debezium_key(m, out);
+    return msg_row_key_native(m, out);
+}
+
+int relay_encode(relay_format f, const relay_format_ctx *ctx, const relay_msg *m, relay_buf *out,
+                 char *err, size_t errlen)
+{
+    static const relay_format_ctx none = {0};
+    if (!ctx)
+        ctx = &none;
     size_t start = out->len;
     int rc = 0;
-    if (f == RELAY_FORMAT_MSGPACK)
-        rc = msg_encode_msgpack(m, out, err, errlen);
-    else
-        msg_encode_native(m, out);
+    switch (f) {
+    case RELAY_FORMAT_MSGPACK: rc = msg_encode_msgpack(m, out, err, errlen); break;
+    case RELAY_FORMAT_DEBEZIUM: rc = fmt_debezium_encode(ctx, m, out, err, errlen); break;
+    case RELAY_FORMAT_CLOUDEVENTS: rc = fmt_cloudevents_encode(ctx, m, out, err, errlen); break;
+    case RELAY_FORMAT_NATIVE: msg_encode_native(m, out); break;
+    }
     if (rc < 0) {
         out->len = start;
         if (out->data)

@@ -14,6 +14,8 @@
  */
 #include "message.h"
 
+#include "json_scan.h"
+
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -188,7 +190,7 @@ relay_op relay_op_parse(const char *name)
 /* ---- subject templates ------------------------------------------------ */
 
 static const char *const template_vars[] = {
-    "stream_table", "op", "outbox_id", "refresh_id", "schema", "table", NULL,
+    "stream_table", "op", "outbox_id", "refresh_id", "schema", "table", "key", NULL,
 };
 
 static int var_index(const char *name, size_t n)
@@ -222,7 +224,7 @@ int subject_template_check(const char *tmpl, char *err, size_t errlen)
         if (var_index(p + 1, (size_t)(end - p - 1)) < 0) {
             snprintf(err, errlen,
                      "unknown variable {%.*s} in template \"%s\" (known: {stream_table} {op} "
-                     "{outbox_id} {refresh_id} {schema} {table})",
+                     "{outbox_id} {refresh_id} {schema} {table} {key})",
                      (int)(end - p - 1), p + 1, tmpl);
             return -1;
         }
@@ -282,9 +284,57 @@ void subject_render(const char *tmpl, const relay_msg *m, relay_buf *out)
         case 3: put_token(out, m->refresh_id); break;
         case 4: put_token(out, m->schema); break;
         case 5: put_token(out, m->table ? m->table : m->stream_table); break;
+        case 6: put_token(out, m->key); break;
         }
         p = end;
     }
+}
+
+/* ---- row keys --------------------------------------------------------- */
+
+/* Is the raw JSON key k[0..kn) (as json_object_next returns it: quotes
+ * stripped, escapes not decoded) the column name `name`? Names are written
+ * with buf_put_json_str, so compare with that spelling. */
+static int key_is(const char *k, size_t kn, const char *name, relay_buf *tmp)
+{
+    buf_clear(tmp);
+    buf_put_json_str(tmp, name, strlen(name));
+    return tmp->len == kn + 2 && memcmp(tmp->data + 1, k, kn) == 0;
+}
+
+int msg_row_key_native(const relay_msg *m, relay_buf *out)
+{
+    if (!m->row_type || !m->payload || m->op == OP_TRUNCATE || m->op == OP_EVENT)
+        return 0;
+    size_t n = m->payload_len ? m->payload_len : strlen(m->payload);
+    if (n == 0 || m->payload[0] != '{')
+        return 0;
+    size_t start = out->len;
+    relay_buf tmp = {0};
+    int found = 0;
+    for (int c = 0; c < m->row_type->ncols; c++) {
+        const relay_row_col *col = &m->row_type->cols[c];
+        if (!col->key)
+            continue;
+        size_t pos = 0, off, len, kn;
+        const char *k;
+        while (json_object_next(m->payload, n, &pos, &k, &kn, &off, &len) == 1) {
+            if (!key_is(k, kn, col->name, &tmp))
+                continue;
+            buf_putc(out, found++ ? ',' : '{');
+            buf_put_json_str(out, col->name, strlen(col->name));
+            buf_putc(out, ':');
+            buf_append(out, m->payload + off, len);
+            break;
+        }
+    }
+    buf_free(&tmp);
+    if (!found) {
+        out->len = start;
+        return 0;
+    }
+    buf_putc(out, '}');
+    return 1;
 }
 
 /* ---- native envelope -------------------------------------------------- */

@@ -11,7 +11,7 @@
  *   cdc      {commit_lsn}:{index_of_change_in_transaction}
  *   reverse  source-specific (Nats-Msg-Id, Idempotency-Key, ...)
  * Subject templates take {stream_table} {op} {outbox_id} {refresh_id} {schema}
- * {table}; substituted values are escaped so they can never split a NATS
+ * {table} {key}; substituted values are escaped so they can never split a NATS
  * subject into extra tokens or add wildcards.
  */
 #ifndef RELAY_MESSAGE_H
@@ -60,6 +60,21 @@ typedef enum {
     MSG_DEAD,        /* written to the dead-letter table */
 } relay_msg_state;
 
+/* The columns of a CDC row (pgoutput Relation message, or the catalog for
+ * snapshot rows), in table order. Formats that map PostgreSQL types (the
+ * Debezium format) and the row key ({key}, the Kafka record key) read it. */
+typedef struct relay_row_col {
+    const char *name;
+    uint32_t type_oid;
+    int32_t typmod;       /* -1 when none */
+    int key;              /* part of the replica identity */
+} relay_row_col;
+
+typedef struct relay_row_type {
+    int ncols;
+    const relay_row_col *cols;
+} relay_row_type;
+
 typedef struct relay_msg {
     const char *dedup_key;   /* never NULL once the source returned the batch */
     const char *subject;     /* rendered subject/topic (forward) or event type (reverse) */
@@ -79,6 +94,15 @@ typedef struct relay_msg {
     const char *source_json;
     uint32_t relation_id;    /* CDC: pgoutput relation OID, 0 otherwise */
     const char *lsn;         /* CDC: the change's LSN as text ("0/16B3748"), NULL otherwise */
+    /* CDC: the row's columns; arena storage shared by the batch's events of
+     * one table, NULL outside CDC (and for logical messages). */
+    const relay_row_type *row_type;
+    /* The row's replica-identity columns as a JSON object in the sink's
+     * format (relay_format_key()), set by the worker before subjects are
+     * rendered: the {key} template variable and the default Kafka record
+     * key. NULL when the event has no row key (outbox, truncate, a table
+     * without replica identity). Arena storage. */
+    const char *key;
     /* The body in the sink's wire format (relay_encode()), encoded once by
      * the worker before the first publish when the sink asks for it
      * (relay_sink.encode); arena storage. NULL otherwise. */
@@ -156,8 +180,16 @@ int subject_template_check(const char *tmpl, char *err, size_t errlen);
 
 /* Render `tmpl` for `m` into `out` (appended). Substituted values have every
  * byte that is not [A-Za-z0-9_-] escaped as "%XX" (e.g. "." -> "%2E", " " ->
- * "%20"), so a value is always exactly one NATS token. */
+ * "%20"), so a value is always exactly one NATS token. {key} is m->key (the
+ * row's replica-identity columns as JSON), "_" when the event has none. */
 void subject_render(const char *tmpl, const relay_msg *m, relay_buf *out);
+
+/* Append the row key of a CDC event: a JSON object of the replica-identity
+ * columns (row_type key flags) taken from the row (payload), in column
+ * order, values as they are in the payload. Returns 1 when written, 0 when
+ * the event has no row key (no row_type, no key column present, a
+ * truncate, a non-object payload): nothing is appended then. */
+int msg_row_key_native(const relay_msg *m, relay_buf *out);
 
 /* Encode the native JSON envelope of SPEC section 5 (one object, no newline):
  * {"dedup_key","subject","op","payload","is_full_refresh","outbox_id","refresh_id"}

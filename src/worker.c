@@ -29,6 +29,12 @@
  *    (--shutdown-timeout at SIGTERM, 500 ms when the pipeline's config
  *    changed, see coordinator.c) is abandoned unacknowledged; the source
  *    delivers it again to the next worker.
+ *
+ * Before the first publish of a batch the worker prepares its messages once:
+ * row keys in the sink's format (relay_format_key: {key}, the Kafka record
+ * key), subjects (the sink's template, or its subject_overrides entry for
+ * the event's event_type or op), then bodies (relay_encode; an event the
+ * format cannot carry is dead-lettered here). Retries reuse all three.
  */
 #include "worker.h"
 
@@ -36,6 +42,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -243,18 +250,46 @@ int worker_dead_letter(relay_worker *w, const relay_msg *m, const char *error, c
 
 /* ---- one batch ------------------------------------------------------------ */
 
-/* Render subjects for a forward batch from the sink's template (or the
- * source's default). Reverse sources set the subject themselves. */
+/* Unix epoch microseconds (the formats' processing time). */
+static int64_t wall_clock_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* The row key of every event in the sink's format (the {key} variable and
+ * the Kafka record key), before subjects are rendered. */
+static void set_keys(relay_worker *w, relay_batch *b)
+{
+    relay_format f = w->sink->encode ? w->sink->format : RELAY_FORMAT_NATIVE;
+    relay_buf tmp = {0};
+    for (size_t i = 0; i < b->n; i++) {
+        relay_msg *m = &b->msgs[i];
+        if (m->key || !m->row_type)
+            continue;
+        buf_clear(&tmp);
+        if (relay_format_key(f, m, &tmp))
+            m->key = arena_strndup(&b->arena, tmp.data, tmp.len);
+    }
+    buf_free(&tmp);
+}
+
+/* Render subjects for a forward batch from the sink's template, or the
+ * subject_overrides entry for the event's event_type or op, or the
+ * source's default. Reverse sources set the subject themselves. */
 static void render_subjects(relay_worker *w, relay_batch *b)
 {
-    const char *tmpl = w->sink->subject_template ? w->sink->subject_template
+    const char *base = w->sink->subject_template ? w->sink->subject_template
                                                  : w->source->default_subject;
-    if (!tmpl)
-        return;
+    set_keys(w, b);
     relay_buf tmp = {0};
     for (size_t i = 0; i < b->n; i++) {
         relay_msg *m = &b->msgs[i];
         if (m->subject)
+            continue;
+        const char *tmpl = relay_subject_template_for(&w->sink->fopts, m, base);
+        if (!tmpl)
             continue;
         buf_clear(&tmp);
         subject_render(tmpl, m, &tmp);
@@ -271,6 +306,12 @@ static void encode_bodies(relay_worker *w, relay_batch *b)
 {
     if (!w->sink->encode)
         return;
+    relay_format_ctx ctx = {
+        .pipeline = w->cfg.name,
+        .db = w->pg ? PQdb(w->pg) : NULL,
+        .now_us = wall_clock_us(),
+        .opts = &w->sink->fopts,
+    };
     relay_buf tmp = {0};
     char why[512];
     for (size_t i = 0; i < b->n; i++) {
@@ -278,7 +319,7 @@ static void encode_bodies(relay_worker *w, relay_batch *b)
         if (m->body || m->state != MSG_PENDING)
             continue;
         buf_clear(&tmp);
-        if (relay_encode(w->sink->format, m, &tmp, why, sizeof why) < 0) {
+        if (relay_encode(w->sink->format, &ctx, m, &tmp, why, sizeof why) < 0) {
             msg_set_error(m, MSG_REJECTED, "cannot encode the event as %s: %s",
                           relay_format_name(w->sink->format), why);
             continue;

@@ -71,9 +71,12 @@
 
 #define CSV_HEADER "dedup_key,subject,op,is_full_refresh,outbox_id,refresh_id,payload\n"
 
-typedef enum { FMT_JSONL = 0, FMT_JSON_PRETTY, FMT_CSV, FMT_MSGPACK, FMT_COUNT } file_format;
+typedef enum {
+    FMT_JSONL = 0, FMT_JSON_PRETTY, FMT_CSV, FMT_MSGPACK, FMT_DEBEZIUM, FMT_CLOUDEVENTS, FMT_COUNT
+} file_format;
 
-static const char *const format_names[FMT_COUNT] = {"jsonl", "json_pretty", "csv", "msgpack"};
+static const char *const format_names[FMT_COUNT] = {"jsonl", "json_pretty", "csv", "msgpack",
+                                                    "debezium", "cloudevents"};
 
 /* msgpack records: a big-endian uint32 length before each body. */
 #define FRAME_HEADER 4
@@ -118,7 +121,8 @@ static int parse_format(const json_t *cfg, file_format *out, char *err, size_t e
             return 0;
         }
     }
-    snprintf(err, errlen, "sink.format: expected one of jsonl, json_pretty, csv, msgpack");
+    snprintf(err, errlen, "sink.format: expected one of jsonl, json_pretty, csv, msgpack, "
+             "debezium, cloudevents");
     return -1;
 }
 
@@ -164,7 +168,7 @@ static relay_sink *create_sink(const json_t *cfg, struct relay_worker *w, int st
                                char *err, size_t errlen)
 {
     static const char *const keys[] = {"type", "format", "output", "rotate_bytes", "fsync",
-                                       "subject_template", NULL};
+                                       "subject_template", RELAY_FORMAT_KEYS, NULL};
     file_format format;
     const char *output;
     int64_t rotate;
@@ -181,8 +185,17 @@ static relay_sink *create_sink(const json_t *cfg, struct relay_worker *w, int st
         snprintf(err, errlen, "sink.rotate_bytes: rotation needs an output file, not stdout");
         return NULL;
     }
-    if (parse_subject_template(cfg, &tmpl, err, errlen) < 0)
+    relay_format enc = format == FMT_MSGPACK     ? RELAY_FORMAT_MSGPACK
+                     : format == FMT_DEBEZIUM    ? RELAY_FORMAT_DEBEZIUM
+                     : format == FMT_CLOUDEVENTS ? RELAY_FORMAT_CLOUDEVENTS
+                                                 : RELAY_FORMAT_NATIVE;
+    relay_format_opts fopts;
+    if (relay_format_opts_from_cfg(cfg, "sink", enc, 0, &fopts, err, errlen) < 0)
         return NULL;
+    if (parse_subject_template(cfg, &tmpl, err, errlen) < 0) {
+        relay_format_opts_free(&fopts);
+        return NULL;
+    }
 
     file_sink *fs = xcalloc(1, sizeof *fs);
     fs->base.ops = stdout_type ? &relay_sink_stdout_ops : &relay_sink_file_ops;
@@ -190,9 +203,10 @@ static relay_sink *create_sink(const json_t *cfg, struct relay_worker *w, int st
     fs->base.subject_template = tmpl;
     fs->output = output ? xstrdup(output) : NULL;
     fs->format = format;
-    if (format == FMT_MSGPACK) {
+    fs->base.fopts = fopts;
+    if (enc != RELAY_FORMAT_NATIVE) {
         fs->base.encode = 1;
-        fs->base.format = RELAY_FORMAT_MSGPACK;
+        fs->base.format = enc;
     }
     fs->rotate_bytes = rotate;
     fs->do_fsync = do_fsync;
@@ -364,6 +378,14 @@ static void put_record(file_sink *fs, const relay_msg *m, relay_buf *scratch)
         buf_append(&fs->out, m->body, m->body_len);
         break;
     }
+    case FMT_DEBEZIUM:
+    case FMT_CLOUDEVENTS:
+        /* One event per line (the worker encoded it; a structured
+         * CloudEvent for cloudevents). */
+        buf_append(&fs->out, m->body, m->body_len);
+        flatten_newlines(fs->out.data + start, fs->out.len - start);
+        buf_putc(&fs->out, '\n');
+        break;
     case FMT_CSV:
     case FMT_COUNT:
         put_csv_row(&fs->out, m);
@@ -719,6 +741,7 @@ static void file_destroy(relay_sink *s)
     buf_free(&fs->out);
     free(fs->output);
     free(fs->base.subject_template);
+    relay_format_opts_free(&fs->base.fopts);
     free(fs);
 }
 

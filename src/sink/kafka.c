@@ -6,8 +6,12 @@
  *   topic_template      topic per event ({stream_table} {op} {outbox_id}
  *                       {refresh_id} {schema} {table}); the source's default
  *                       (outbox: pgtrickle.{stream_table}.{op})
- *   key_template        record key; default the event's dedup key. Variables:
- *                       those of topic_template, {dedup_key}, and
+ *   key_template        record key; default the row key for CDC events (the
+ *                       replica-identity columns as JSON, {key}: one row's
+ *                       changes stay on one partition, in order, and log
+ *                       compaction keeps its last state), else the event's
+ *                       dedup key. Variables: those of topic_template
+ *                       ({key} included), {dedup_key}, and
  *                       {payload.FIELD} (a top-level field of the event's
  *                       row: a string verbatim, a number or boolean as JSON,
  *                       null or missing as nothing), e.g.
@@ -19,7 +23,20 @@
  *   compression         none | gzip | snappy | lz4 | zstd (none)
  *   linger_ms           5
  *   message_timeout_ms  30000: how long librdkafka may retry one message
- *   format              native | msgpack (native), see encode.h
+ *   format              native | msgpack | debezium | cloudevents (native),
+ *                       see encode.h; cloudevents_mode etc. there too
+ *   tombstones          format debezium: a record (key, null value) after
+ *                       every delete, as Debezium writes for log compaction
+ *                       (true)
+ *
+ * Formats.  CloudEvents follow the Kafka protocol binding: structured mode
+ * sets the header content-type application/cloudevents+json (3.3.1);
+ * binary mode carries every attribute as a ce_<name> header with its
+ * string value and the data's content-type (3.2.1, 3.2.3). The record key
+ * is the partitionkey extension (3.1): the row key. A Debezium delete is
+ * followed by its tombstone (Debezium PostgreSQL connector, "Tombstone
+ * events"): both records carry the relay_msg as opaque, and the message is
+ * confirmed only when both are (a failure report always wins).
  *
  * Producer.  One idempotent producer (enable.idempotence=true, acks=all)
  * per pipeline, created on open(). Every record carries the headers
@@ -65,6 +82,7 @@
 #include "buf.h"
 #include "config.h"
 #include "encode.h"
+#include "formats.h"
 #include "client/kafka.h"
 #include "log.h"
 #include "message.h"
@@ -101,9 +119,10 @@ static const char *pipeline_name(const kafka_sink *s)
 
 typedef enum { KEY_TEXT, KEY_VAR, KEY_PAYLOAD } key_part_kind;
 typedef enum { KV_STREAM_TABLE, KV_OP, KV_OUTBOX_ID, KV_REFRESH_ID, KV_SCHEMA, KV_TABLE,
-               KV_DEDUP_KEY, KV_COUNT } key_var;
+               KV_DEDUP_KEY, KV_KEY, KV_COUNT } key_var;
 static const char *const key_var_names[KV_COUNT] = {"stream_table", "op", "outbox_id",
-                                                    "refresh_id", "schema", "table", "dedup_key"};
+                                                    "refresh_id", "schema", "table", "dedup_key",
+                                                    "key"};
 
 typedef struct key_part {
     key_part_kind kind;
@@ -175,7 +194,7 @@ static int parse_key_template(kafka_sink *s, const char *t, char *err, size_t er
                     v = (key_var)i;
             if (v == KV_COUNT) {
                 snprintf(err, errlen, "sink.key_template: unknown variable {%.*s} in \"%s\" (known: "
-                         "{stream_table} {op} {outbox_id} {refresh_id} {schema} {table} "
+                         "{stream_table} {op} {outbox_id} {refresh_id} {schema} {table} {key} "
                          "{dedup_key} {payload.FIELD})", (int)n, name, t);
                 goto out;
             }
@@ -236,6 +255,7 @@ static void render_key(kafka_sink *s, const relay_msg *m, relay_buf *out)
             case KV_SCHEMA: put_str(out, m->schema); break;
             case KV_TABLE: put_str(out, m->table); break;
             case KV_DEDUP_KEY: put_str(out, m->dedup_key); break;
+            case KV_KEY: put_str(out, m->key); break;
             case KV_COUNT: break;
             }
         }
@@ -295,7 +315,7 @@ static relay_sink *ks_create(const json_t *cfg, struct relay_worker *w, char *er
 {
     static const char *const keys[] = {"type", "topic_template", "key_template", "acks",
                                        "compression", "linger_ms", "message_timeout_ms",
-                                       "format", KAFKA_CONF_KEYS, NULL};
+                                       "format", RELAY_FORMAT_KEYS, KAFKA_CONF_KEYS, NULL};
     const char *compression;
     int64_t linger, timeout;
     relay_format format;
@@ -312,7 +332,8 @@ static relay_sink *ks_create(const json_t *cfg, struct relay_worker *w, char *er
     s->base.encode = 1;
     s->base.format = format;
     const char *key_tmpl;
-    if (parse_template(cfg, "topic_template", &s->base.subject_template, err, errlen) < 0 ||
+    if (relay_format_opts_from_cfg(cfg, "sink", format, 1, &s->base.fopts, err, errlen) < 0 ||
+        parse_template(cfg, "topic_template", &s->base.subject_template, err, errlen) < 0 ||
         cfg_str(cfg, "sink", "key_template", NULL, &key_tmpl, err, errlen) < 0 ||
         (key_tmpl && parse_key_template(s, key_tmpl, err, errlen) < 0))
         goto fail;
@@ -364,7 +385,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     relay_msg *m = rkm->_private;
     s->outstanding--;
     if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        m->state = MSG_CONFIRMED;
+        /* A delete and its tombstone share m: a failure of either sticks. */
+        if (m->state == MSG_PENDING)
+            m->state = MSG_CONFIRMED;
         s->delivered++;
         s->cs.brokers_down = 0;
         return;
@@ -437,6 +460,58 @@ static int past_deadline(const kafka_sink *s)
     return w && worker_stopping(w) && now_mono_ms() >= atomic_load(&w->stop_deadline_ms);
 }
 
+/* The headers of a record: pgtrickle-dedup-key, pgtrickle-full-refresh,
+ * and for CloudEvents the content-type and, in binary mode, the ce_*
+ * attributes (Kafka protocol binding 3.2.3). */
+static rd_kafka_headers_t *record_headers(kafka_sink *s, const relay_msg *m)
+{
+    rd_kafka_headers_t *h = rd_kafka_headers_new(10);
+    rd_kafka_header_add(h, "pgtrickle-dedup-key", -1, m->dedup_key, -1);
+    rd_kafka_header_add(h, "pgtrickle-full-refresh", -1, m->is_full_refresh ? "true" : "false", -1);
+    if (s->base.format != RELAY_FORMAT_CLOUDEVENTS)
+        return h;
+    if (!s->base.fopts.ce_binary) {
+        rd_kafka_header_add(h, "content-type", -1, "application/cloudevents+json; charset=utf-8", -1);
+        return h;
+    }
+    relay_arena local = {0}, *a = m->arena ? m->arena : &local; /* the batch's arena */
+    relay_format_ctx ctx = fmt_ctx_for_sink(pipeline_name(s), &s->base.fopts);
+    fmt_ce_attrs at;
+    fmt_ce_attrs_of(&ctx, m, a, &at);
+    const char *names[8], *values[8];
+    size_t k = fmt_ce_header_attrs(&at, names, values);
+    char name[40];
+    for (size_t i = 0; i < k; i++) {
+        snprintf(name, sizeof name, "ce_%s", names[i]);
+        rd_kafka_header_add(h, name, -1, values[i], -1);
+    }
+    if (at.datacontenttype)
+        rd_kafka_header_add(h, "content-type", -1, at.datacontenttype, -1);
+    arena_free(&local);
+    return h;
+}
+
+/* The tombstone after a Debezium delete: same topic and key, null value. */
+static rd_kafka_resp_err_t produce_tombstone(kafka_sink *s, relay_msg *m, const char *key,
+                                             size_t key_len)
+{
+    rd_kafka_headers_t *h = rd_kafka_headers_new(1);
+    rd_kafka_header_add(h, "pgtrickle-dedup-key", -1, m->dedup_key, -1);
+    rd_kafka_resp_err_t e;
+    /* The queue may be full: serve reports until it takes the record. */
+    while ((e = rd_kafka_producev(s->rk, RD_KAFKA_V_TOPIC(m->subject), RD_KAFKA_V_KEY(key, key_len),
+                                  RD_KAFKA_V_VALUE(NULL, 0), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                  RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END)) ==
+               RD_KAFKA_RESP_ERR__QUEUE_FULL &&
+           !past_deadline(s))
+        rd_kafka_poll(s->rk, 10);
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
+        s->outstanding++;
+    else
+        rd_kafka_headers_destroy(h);
+    return e;
+}
+
 /* Produce one record. Returns 0 when librdkafka took it (or the message got
  * a final state here), 1 when its queue is full (try again after serving
  * reports), -1 on a fatal error. */
@@ -448,7 +523,7 @@ static int produce_one(kafka_sink *s, relay_msg *m)
                    "check sink.topic_template";
         return 0;
     }
-    const char *key = m->dedup_key;
+    const char *key = m->key ? m->key : m->dedup_key;
     size_t key_len = strlen(key);
     if (s->key_parts) {
         buf_clear(&s->key);
@@ -456,19 +531,25 @@ static int produce_one(kafka_sink *s, relay_msg *m)
         key = s->key.len ? s->key.data : NULL;
         key_len = s->key.len;
     }
-    rd_kafka_headers_t *h = rd_kafka_headers_new(2);
-    rd_kafka_header_add(h, "pgtrickle-dedup-key", -1, m->dedup_key, -1);
-    rd_kafka_header_add(h, "pgtrickle-full-refresh", -1, m->is_full_refresh ? "true" : "false", -1);
+    int tombstone = s->base.format == RELAY_FORMAT_DEBEZIUM && s->base.fopts.tombstones &&
+                    m->op == OP_DELETE && key;
+    rd_kafka_headers_t *h = record_headers(s, m);
     rd_kafka_resp_err_t e = rd_kafka_producev(
         s->rk, RD_KAFKA_V_TOPIC(m->subject), RD_KAFKA_V_KEY(key, key_len),
         RD_KAFKA_V_VALUE((void *)m->body, m->body_len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
     if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
         s->outstanding++;
-        return 0;
+        if (tombstone)
+            e = produce_tombstone(s, m, key, key_len);
+        if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
+            return 0;
+        /* The delete is queued, its tombstone is not: the delete's report
+         * still comes (it writes m); fail m so the worker republishes both. */
+    } else {
+        rd_kafka_headers_destroy(h); /* still ours when producev fails */
     }
-    rd_kafka_headers_destroy(h); /* still ours when producev fails */
-    if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+    if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && !tombstone)
         return 1;
     if (e == RD_KAFKA_RESP_ERR__FATAL) {
         s->cs.fatal = 1;
@@ -626,6 +707,7 @@ static void ks_destroy(relay_sink *base)
     free(s->brokers);
     free_key_parts(s);
     free(s->base.subject_template);
+    relay_format_opts_free(&s->base.fopts);
     buf_free(&s->key);
     free(s);
 }

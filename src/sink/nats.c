@@ -70,6 +70,7 @@
 
 #include "../config.h"
 #include "../encode.h"
+#include "../formats.h"
 #include "../log.h"
 #include "../client/nats.h"
 #include "../worker.h"
@@ -235,7 +236,7 @@ static relay_sink *ns_create(const json_t *cfg, relay_worker *w, char *err, size
     static const char *const keys[] = {
         "type", "stream", "subject_template", "format", "max_in_flight", "ack_timeout_ms",
         "create_stream", "subjects", "duplicate_window_seconds", "storage", "replicas",
-        "max_age_seconds", RELAY_NATS_CONN_KEYS, NULL};
+        "max_age_seconds", RELAY_FORMAT_KEYS, RELAY_NATS_CONN_KEYS, NULL};
     const char *stream, *tmpl, *storage;
     relay_format format;
     if (cfg_known_keys(cfg, "sink", keys, err, errlen) < 0 ||
@@ -251,12 +252,26 @@ static relay_sink *ns_create(const json_t *cfg, relay_worker *w, char *err, size
     }
     if (tmpl && check_subject_template(tmpl, err, errlen) < 0)
         return NULL;
+    relay_format_opts fopts;
+    if (relay_format_opts_from_cfg(cfg, "sink", format, 1, &fopts, err, errlen) < 0)
+        return NULL;
+    for (size_t i = 0; i < fopts.noverrides; i++) {
+        char why[512];
+        if (check_subject_template(fopts.overrides[i].tmpl, why, sizeof why) < 0) {
+            snprintf(err, errlen, "sink.subject_overrides.%s: %s", fopts.overrides[i].match,
+                     why + strlen("sink.subject_template: "));
+            relay_format_opts_free(&fopts);
+            return NULL;
+        }
+    }
     if (strcmp(storage, "file") != 0 && strcmp(storage, "memory") != 0) {
         snprintf(err, errlen, "sink.storage: expected \"file\" or \"memory\", got \"%s\"", storage);
+        relay_format_opts_free(&fopts);
         return NULL;
     }
     nats_sink *s = xcalloc(1, sizeof *s);
     s->base.w = w;
+    s->base.fopts = fopts;
     if (nats_conn_parse(&s->conn, cfg, "sink", w ? w->cfg.name : NULL, err, errlen) < 0 ||
         cfg_int(cfg, "sink", "max_in_flight", 4096, 1, 65536, &s->max_in_flight, err, errlen) < 0 ||
         cfg_int(cfg, "sink", "ack_timeout_ms", 5000, 100, 600000, &s->ack_timeout_ms, err, errlen) < 0 ||
@@ -533,6 +548,36 @@ static int make_acks(nats_sink *s, char *err, size_t errlen)
     return 0;
 }
 
+/* CloudEvents NATS protocol binding: structured mode is marked by
+ * Content-Type application/cloudevents+json (section 3); binary mode maps
+ * every attribute to a "ce-" header, percent-encoded as in the HTTP binding
+ * (3.1.3), and datacontenttype to Content-Type. */
+static natsStatus set_ce_headers(nats_sink *s, natsMsg *nm, const relay_msg *m)
+{
+    if (!s->base.fopts.ce_binary)
+        return natsMsgHeader_Set(nm, "Content-Type", "application/cloudevents+json; charset=utf-8");
+    relay_arena local = {0}, *a = m->arena ? m->arena : &local; /* the batch's arena */
+    relay_format_ctx ctx = fmt_ctx_for_sink(s->base.w ? s->base.w->cfg.name : NULL, &s->base.fopts);
+    fmt_ce_attrs at;
+    fmt_ce_attrs_of(&ctx, m, a, &at);
+    const char *names[8], *values[8];
+    size_t k = fmt_ce_header_attrs(&at, names, values);
+    natsStatus st = NATS_OK;
+    relay_buf v = {0};
+    char name[40];
+    for (size_t i = 0; i < k && st == NATS_OK; i++) {
+        snprintf(name, sizeof name, "ce-%s", names[i]);
+        buf_clear(&v);
+        fmt_ce_header_encode(values[i], &v);
+        st = natsMsgHeader_Set(nm, name, v.data ? v.data : "");
+    }
+    if (st == NATS_OK && at.datacontenttype)
+        st = natsMsgHeader_Set(nm, "Content-Type", at.datacontenttype);
+    buf_free(&v);
+    arena_free(&local);
+    return st;
+}
+
 /* Publish msgs[i] with the reply subject <prefix><call>.<i>. Returns 1 sent,
  * 0 not sent but marked (the batch goes on), or -1 when the rest of the
  * batch cannot be sent either (err set). */
@@ -552,6 +597,8 @@ static int send_one(nats_sink *s, relay_msg **msgs, size_t i, char *err, size_t 
         st = natsMsgHeader_Set(nm, "Nats-Msg-Id", m->dedup_key);
     if (st == NATS_OK && (m->is_full_refresh || m->op == OP_SNAPSHOT))
         st = natsMsgHeader_Set(nm, "Pgtrickle-Full-Refresh", "true");
+    if (st == NATS_OK && s->base.format == RELAY_FORMAT_CLOUDEVENTS)
+        st = set_ce_headers(s, nm, m);
     if (st != NATS_OK) {
         natsMsg_Destroy(nm);
         m->state = MSG_REJECTED;
@@ -852,6 +899,7 @@ static void ns_destroy(relay_sink *base)
     free(s->fail);
     arena_free(&s->errs);
     free(s->base.subject_template);
+    relay_format_opts_free(&s->base.fopts);
     free(s);
 }
 

@@ -66,6 +66,10 @@ struct relay_sink {
      * that cannot be encoded. 0: the sink formats messages itself. */
     int encode;
     relay_format format;
+    /* Format settings and subject_overrides (encode.h), read by create()
+     * with relay_format_opts_from_cfg() and freed by destroy(); the worker
+     * applies the overrides when it renders subjects. Zero: the defaults. */
+    relay_format_opts fopts;
 };
 
 #endif

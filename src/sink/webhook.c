@@ -12,7 +12,9 @@
  *   retry_on_status   statuses retried with backoff ([429,500,502,503,504])
  *   signing_secret    when set, every request is signed (client/webhook.h)
  *   max_in_flight     concurrent requests in per-event mode (64)
- *   format            "native" JSON envelope (default) or "msgpack"
+ *   format            "native" JSON envelope (default), "msgpack", "debezium"
+ *                     or "cloudevents" (encode.h; cloudevents_mode "binary"
+ *                     sends one event per request with ce- headers)
  *   tls_ca            CA bundle file for https endpoints
  *   subject_template  subject rendered into the envelope
  *
@@ -70,6 +72,7 @@
 #include "buf.h"
 #include "config.h"
 #include "encode.h"
+#include "formats.h"
 #include "log.h"
 #include "message.h"
 #include "sink/sink.h"
@@ -358,7 +361,7 @@ static relay_sink *create_sink(const json_t *cfg, struct relay_worker *w,
     static const char *const keys[] = {"type", "url", "method", "headers", "timeout_ms",
                                        "batch_mode", "retry_on_status", "signing_secret",
                                        "max_in_flight", "format", "tls_ca", "subject_template",
-                                       NULL};
+                                       RELAY_FORMAT_KEYS, NULL};
     pthread_once(&curl_once, curl_global_setup);
     if (curl_init_rc != CURLE_OK) {
         snprintf(err, errlen, "sink: libcurl initialisation failed: %s",
@@ -384,9 +387,22 @@ static relay_sink *create_sink(const json_t *cfg, struct relay_worker *w,
                 err, errlen) < 0 ||
         relay_format_from_cfg(cfg, "sink", &ws->base.format, err, errlen) < 0 ||
         parse_tls_ca(ws, cfg, err, errlen) < 0 ||
-        parse_subject_template(ws, cfg, err, errlen) < 0) {
+        parse_subject_template(ws, cfg, err, errlen) < 0 ||
+        relay_format_opts_from_cfg(cfg, "sink", ws->base.format, 1, &ws->base.fopts, err,
+                                   errlen) < 0) {
         wh_destroy(&ws->base);
         return NULL;
+    }
+    if (ws->base.fopts.ce_binary) {
+        /* HTTP binding 3.1: one event per message in binary mode. */
+        if (json_is_true(json_object_get(cfg, "batch_mode"))) {
+            snprintf(err, errlen, "sink.batch_mode: CloudEvents binary mode carries one event "
+                     "per request (its attributes are the request's ce- headers); leave "
+                     "batch_mode out or set it false");
+            wh_destroy(&ws->base);
+            return NULL;
+        }
+        ws->batch_mode = 0;
     }
     ws->base.encode = 1;
     ws->url = xstrdup(url);
@@ -554,6 +570,31 @@ static int append_header(struct curl_slist **list, const char *line)
     return 0;
 }
 
+/* CloudEvents binary mode (HTTP binding 3.1.3): every attribute but
+ * datacontenttype (the Content-Type) as a "ce-" header, percent-encoded
+ * (3.1.3.2). Returns 0, or -1 when out of memory. */
+static int add_ce_headers(webhook_sink *ws, const relay_msg *m, struct curl_slist **list)
+{
+    relay_arena local = {0}, *a = m->arena ? m->arena : &local; /* the batch's arena */
+    relay_format_ctx ctx = fmt_ctx_for_sink(ws->base.w ? ws->base.w->cfg.name : NULL,
+                                            &ws->base.fopts);
+    fmt_ce_attrs at;
+    fmt_ce_attrs_of(&ctx, m, a, &at);
+    const char *names[8], *values[8];
+    size_t k = fmt_ce_header_attrs(&at, names, values);
+    relay_buf line = {0};
+    int rc = 0;
+    for (size_t i = 0; i < k && rc == 0; i++) {
+        buf_clear(&line);
+        buf_printf(&line, "ce-%s: ", names[i]);
+        fmt_ce_header_encode(values[i], &line);
+        rc = append_header(list, line.data);
+    }
+    buf_free(&line);
+    arena_free(&local);
+    return rc;
+}
+
 /* The request's header list: configured headers, then the relay's own. */
 static int build_headers(webhook_sink *ws, wh_slot *slot, char *err, size_t errlen)
 {
@@ -564,10 +605,19 @@ static int build_headers(webhook_sink *ws, wh_slot *slot, char *err, size_t errl
         if (append_header(&list, h->data) < 0)
             goto oom;
     if (!ws->has_content_type) {
-        buf_printf(&line, "Content-Type: %s", relay_format_content_type(ws->base.format));
+        if (ws->base.format == RELAY_FORMAT_CLOUDEVENTS && ws->batch_mode)
+            buf_puts(&line, "Content-Type: application/cloudevents-batch+json; charset=utf-8");
+        else if (ws->base.format == RELAY_FORMAT_CLOUDEVENTS && !ws->base.fopts.ce_binary)
+            buf_puts(&line, "Content-Type: application/cloudevents+json; charset=utf-8");
+        else
+            buf_printf(&line, "Content-Type: %s",
+                       relay_format_content_type(ws->base.format, &ws->base.fopts));
         if (append_header(&list, line.data) < 0)
             goto oom;
     }
+    if (ws->base.format == RELAY_FORMAT_CLOUDEVENTS && ws->base.fopts.ce_binary &&
+        add_ce_headers(ws, slot->msgs[0], &list) < 0)
+        goto oom;
     /* No "Expect: 100-continue" round trip before large bodies. */
     if (append_header(&list, "Expect:") < 0)
         goto oom;
@@ -877,6 +927,7 @@ static void wh_destroy(relay_sink *s)
                   ws->url_safe, ws->requests, ws->responses_2xx);
     free(ws->url);
     free(ws->url_safe);
+    relay_format_opts_free(&ws->base.fopts);
     free(ws->tls_ca);
     free(ws->base.subject_template);
     free(ws);

@@ -332,6 +332,9 @@ static void close_snapshot(cdc_source *s)
             free(t->last_key[k]);
         free(t->last_key);
         free(t->col_types);
+        for (int k = 0; t->row_cols && k < t->ncols; k++)
+            free((char *)t->row_cols[k].name);
+        free(t->row_cols);
     }
     free(s->snaps);
     s->snaps = NULL;
@@ -578,9 +581,14 @@ static int snapshot_prepare_table(cdc_source *s, const pub_table *pt, snap_table
     relay_buf cols = {0};
     t->ncols = PQntuples(r);
     t->col_types = xcalloc((size_t)t->ncols + 1, sizeof *t->col_types);
+    t->row_cols = xcalloc((size_t)t->ncols + 1, sizeof *t->row_cols);
     for (int i = 0; i < t->ncols; i++) {
         buf_printf(&cols, "%s%s", i ? ", " : "", PQgetvalue(r, i, 0));
         t->col_types[i] = (uint32_t)strtoul(PQgetvalue(r, i, 1), NULL, 10);
+        t->row_cols[i].name = xstrdup(PQgetvalue(r, i, 2));
+        t->row_cols[i].type_oid = t->col_types[i];
+        t->row_cols[i].typmod = (int32_t)strtol(PQgetvalue(r, i, 3), NULL, 10);
+        t->row_cols[i].key = strcmp(PQgetvalue(r, i, 4), "t") == 0;
     }
     PQclear(r);
     if (t->ncols == 0)
@@ -738,6 +746,39 @@ static int snapshot_finish(cdc_source *s, char *err, size_t errlen)
     return 0;
 }
 
+/* The row type of a table for the events of batch b: one copy in the
+ * batch's arena per table and poll (events outlive neither). Columns come
+ * from `cols` (snapshot tables) or `rel` (pgoutput relations). */
+static const relay_row_type *row_type_of(cdc_source *s, relay_batch *b, const void *owner,
+                                         uint32_t oid, uint32_t gen, int ncols,
+                                         const relay_row_col *cols, const pgo_rel *rel)
+{
+    if (s->rt && s->rt_poll == s->poll_seq && s->rt_owner == owner && s->rt_oid == oid &&
+        s->rt_gen == gen)
+        return s->rt;
+    relay_row_type *rt = arena_alloc(&b->arena, sizeof *rt);
+    relay_row_col *c = arena_alloc(&b->arena, ((size_t)ncols + 1) * sizeof *c);
+    for (int i = 0; i < ncols; i++) {
+        if (rel) {
+            c[i].name = arena_strdup(&b->arena, rel->cols[i].name);
+            c[i].type_oid = rel->cols[i].type_oid;
+            c[i].typmod = rel->cols[i].typmod;
+            c[i].key = rel->cols[i].key;
+        } else {
+            c[i] = cols[i];
+            c[i].name = arena_strdup(&b->arena, cols[i].name);
+        }
+    }
+    rt->ncols = ncols;
+    rt->cols = c;
+    s->rt = rt;
+    s->rt_poll = s->poll_seq;
+    s->rt_owner = owner;
+    s->rt_gen = gen;
+    s->rt_oid = oid;
+    return rt;
+}
+
 /* Encode one snapshot row (first t->ncols columns of row i) as an event. */
 static void snapshot_event(cdc_source *s, snap_table *t, PGresult *r, int i, relay_batch *b)
 {
@@ -764,6 +805,7 @@ static void snapshot_event(cdc_source *s, snap_table *t, PGresult *r, int i, rel
     m->schema = arena_strdup(&b->arena, t->schema);
     m->table = arena_strdup(&b->arena, t->name);
     m->relation_id = t->oid;
+    m->row_type = row_type_of(s, b, t, t->oid, 0, t->ncols, t->row_cols, NULL);
     char l[24];
     pgo_lsn_format(s->snap_lsn, l, sizeof l);
     m->lsn = arena_strdup(&b->arena, l);
@@ -1081,6 +1123,7 @@ static int emit_change(cdc_source *s, relay_batch *b, const pgo_msg *m, uint64_t
         return 0;
     }
     relay_msg *e = new_event(s, b, op, rel, lsn, index);
+    e->row_type = row_type_of(s, b, rel, rel->oid, rel->generation, rel->ncols, NULL, rel);
     s->ops[op]++;
     if (op == OP_DELETE) {
         e->payload = arena_strndup(&b->arena, old->data, old->len);
@@ -1408,6 +1451,7 @@ static int stream_poll(cdc_source *s, relay_batch *b, size_t max, char *err, siz
 static int cdc_poll(relay_source *base, relay_batch *b, size_t max, char *err, size_t errlen)
 {
     cdc_source *s = (cdc_source *)base;
+    s->poll_seq++; /* the batch's arena was reset: cached row types are gone */
     if (s->phase == PHASE_SNAPSHOT) {
         if (s->snap_cur >= s->nsnap) {
             /* Everything read was acked before this poll: finish. */

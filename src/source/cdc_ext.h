@@ -43,6 +43,7 @@ typedef struct snap_table {
     char *schema, *name;
     int ncols;          /* payload columns (the key columns follow in the result) */
     uint32_t *col_types;
+    relay_row_col *row_cols; /* names, types, typmods, replica-identity flags (owned) */
     int npk;            /* 0: read through a cursor */
     char *sql_first, *sql_next;
     char **last_key;    /* keyset position (text), NULL before the first page */
@@ -101,6 +102,11 @@ typedef struct cdc_source {
     pgo_decoder dec;
     pgo_relcache rels;
     relay_buf tmp, tmp2, toast, src;
+    /* row types: one arena copy per table and poll (row_type_of) */
+    uint64_t poll_seq, rt_poll;
+    const void *rt_owner;
+    uint32_t rt_gen, rt_oid;
+    const relay_row_type *rt;
     /* initial snapshot */
     char *tmp_slot;
     uint64_t snap_lsn;
@@ -159,10 +165,16 @@ static inline void cdc_ext_destroy(cdc_source *s)
 /* The published columns of a table ($1 = relation oid, $2 = publication):
  * the publication's column list (PostgreSQL 15), never dropped or generated
  * columns (pgoutput never sends those), in attribute order, as
- * (quoted name, type oid, name). */
+ * (quoted name, type oid, name, typmod, member of the replica identity as
+ * pgoutput flags it: the primary key / REPLICA IDENTITY index columns, every
+ * column with REPLICA IDENTITY FULL). */
 #define CDC_PUBLISHED_COLUMNS_SQL                                                                  \
-    "SELECT quote_ident(a.attname), a.atttypid, a.attname"                                         \
+    "SELECT quote_ident(a.attname), a.atttypid, a.attname, a.atttypmod,"                           \
+    "       c.relreplident = 'f' OR EXISTS (SELECT 1 FROM pg_catalog.pg_index i"                   \
+    "         WHERE i.indrelid = c.oid AND a.attnum = ANY (i.indkey) AND CASE c.relreplident"      \
+    "         WHEN 'i' THEN i.indisreplident WHEN 'd' THEN i.indisprimary ELSE false END)"        \
     "  FROM pg_catalog.pg_attribute a"                                                             \
+    "  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"                                           \
     "  JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = $2"                                \
     "   AND pt.schemaname = (SELECT n.nspname FROM pg_catalog.pg_class c"                          \
     "        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"                             \

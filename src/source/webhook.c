@@ -68,6 +68,17 @@
  * element_key_field, else "<Idempotency-Key>:<i>", else a UUID. Payload bytes
  * are stored as sent: never re-serialised, so numbers keep their spelling.
  *
+ * CloudEvents (HTTP protocol binding 1.0; formats.h parses them): a request
+ * with Content-Type application/cloudevents+json is one structured event,
+ * application/cloudevents-batch+json a JSON array of them, and a request
+ * with a ce-specversion header one binary-mode event (ce-id, ce-type,
+ * ce-source percent-decoded, the body its data). Each event's id is its
+ * dedup key (Idempotency-Key is not read), its type its subject (so the
+ * inbox's event_type), its data the payload (JSON as sent, text as a JSON
+ * string, JSON null without data). A request that breaks the specification
+ * (a REQUIRED attribute missing or empty, specversion other than 1.0, ...)
+ * gets 400 naming the rule.
+ *
  * Hostile clients.  Nothing is read that must be refused: the path, the
  * method, the bearer token / auth header, the presence and age of the
  * signature headers and a Content-Length over max_body_bytes are checked
@@ -131,6 +142,8 @@
 #include "../net.h"
 #include "../stats.h"
 #include "../client/webhook.h"
+#include "../formats.h"
+#include "../json_scan.h"
 #include "../worker.h"
 #include "source.h"
 #include "webhook.h"
@@ -166,10 +179,12 @@ typedef enum {
 } req_state;
 
 typedef struct wh_event {
-    const char *payload; /* NUL-terminated, inside body */
+    const char *payload; /* NUL-terminated, inside body (or `owned`) */
     size_t len;
     int is_json;
     char *key;           /* dedup key (owned) */
+    char *type;          /* CloudEvents type: the event's subject (owned); NULL: the path */
+    char *owned;         /* decoded data_base64 (owned), when payload points here */
 } wh_event;
 
 typedef struct wh_req {
@@ -459,8 +474,11 @@ static void drop_body(webhook_source *s, wh_req *r)
 static void req_free(webhook_source *s, wh_req *r)
 {
     release_locked(s, r);
-    for (size_t i = 0; i < r->nevents; i++)
+    for (size_t i = 0; i < r->nevents; i++) {
         free(r->events[i].key);
+        free(r->events[i].type);
+        free(r->events[i].owned);
+    }
     free(r->events);
     body_free(&r->body);
     free(r->path);
@@ -809,10 +827,8 @@ static char *event_key(const webhook_source *s, json_t *el, const char *idem, ss
     return xstrdup(u);
 }
 
-static int content_type_is_json(struct MHD_Connection *conn)
+static int media_type_is_json(const char *ct)
 {
-    const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                 MHD_HTTP_HEADER_CONTENT_TYPE);
     if (!ct)
         return 0;
     size_t n = strcspn(ct, ";");
@@ -820,6 +836,12 @@ static int content_type_is_json(struct MHD_Connection *conn)
         n--;
     return (n == 16 && strncasecmp(ct, "application/json", 16) == 0) ||
            (n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0);
+}
+
+static int content_type_is_json(struct MHD_Connection *conn)
+{
+    return media_type_is_json(MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                          MHD_HTTP_HEADER_CONTENT_TYPE));
 }
 
 /* Split the body into events. Returns 0, or the status to answer (and *why). */
@@ -898,6 +920,195 @@ static unsigned parse_body(webhook_source *s, int declared_json, wh_req *r, cons
     return 0;
 }
 
+/* ---- CloudEvents (formats.h; docs/formats.md "Receiving CloudEvents") ------ */
+
+/* The media type of Content-Type without parameters, compared case-insensitively. */
+static int media_type_is(const char *ct, const char *want)
+{
+    if (!ct)
+        return 0;
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && is_space(ct[n - 1]))
+        n--;
+    return n == strlen(want) && strncasecmp(ct, want, n) == 0;
+}
+
+/* The request's CloudEvents content mode: structured (HTTP binding 3.2.1:
+ * Content-Type application/cloudevents+json), batched (3.3.1:
+ * application/cloudevents-batch+json), binary (3.1: a ce-specversion
+ * header), or none. */
+static webhook_ce_mode ce_mode_of(const char *content_type, const char *ce_specversion)
+{
+    if (media_type_is(content_type, "application/cloudevents+json"))
+        return WEBHOOK_CE_STRUCTURED;
+    if (media_type_is(content_type, "application/cloudevents-batch+json"))
+        return WEBHOOK_CE_BATCH;
+    if (ce_specversion)
+        return WEBHOOK_CE_BINARY;
+    return WEBHOOK_CE_NONE;
+}
+
+/* One structured event at body[off, off+n) into *ev. Returns 0 or 400 (why). */
+static unsigned ce_structured_event(char *body, size_t off, size_t n, wh_event *ev, char *why,
+                                    size_t whylen)
+{
+    relay_buf scratch = {0};
+    fmt_ce_event ce;
+    char reason[300];
+    if (fmt_ce_parse_structured(body + off, n, &scratch, &ce, reason, sizeof reason) < 0) {
+        snprintf(why, whylen, "not a valid CloudEvent: %s", reason);
+        buf_free(&scratch);
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    unsigned st = 0;
+    if (ce.id_len > MAX_KEY_LEN) {
+        snprintf(why, whylen, "the CloudEvent id must be 1 to %d bytes (it is the inbox event_id)",
+                 MAX_KEY_LEN);
+        st = MHD_HTTP_BAD_REQUEST;
+    } else if (ce.data && !ce.data_is_json &&
+               !valid_utf8((const unsigned char *)ce.data, ce.data_len)) {
+        snprintf(why, whylen, "the CloudEvent's data_base64 is not UTF-8 text (the inbox stores "
+                 "JSON or text)");
+        st = MHD_HTTP_BAD_REQUEST;
+    } else {
+        ev->key = xstrndup(ce.id, ce.id_len);
+        ev->type = xstrndup(ce.type, ce.type_len);
+        if (!ce.data) {
+            ev->payload = "null";
+            ev->len = 4;
+            ev->is_json = 1;
+        } else if (ce.data_is_json) {
+            ev->payload = ce.data; /* inside body: NUL-terminated by the caller */
+            ev->len = ce.data_len;
+            ev->is_json = 1;
+        } else {
+            ev->owned = xstrndup(ce.data, ce.data_len);
+            ev->payload = ev->owned;
+            ev->len = ce.data_len;
+        }
+    }
+    buf_free(&scratch);
+    return st;
+}
+
+/* Split a CloudEvents request into events: one structured event, a batch
+ * (a JSON array of structured events), or a binary-mode event whose
+ * attributes are the ce- headers (hdr: specversion, id, type, source, as
+ * received) and whose data is the body. */
+static unsigned parse_cloudevents(webhook_ce_mode mode, const char *const hdr[4], int declared_json,
+                                  wh_req *r, char *why, size_t whylen)
+{
+    char *p = r->body.data;
+    size_t n = r->body.len;
+    if (mode == WEBHOOK_CE_BINARY) {
+        static const char *const names[4] = {"ce-specversion", "ce-id", "ce-type", "ce-source"};
+        relay_buf v[4] = {{0}};
+        unsigned st = 0;
+        for (int i = 0; i < 4 && st == 0; i++) {
+            if (!hdr[i] || fmt_ce_header_decode(hdr[i], strlen(hdr[i]), &v[i]) < 0 ||
+                v[i].len == 0 || memchr(v[i].data, '\0', v[i].len)) {
+                snprintf(why, whylen, "binary-mode CloudEvent: the REQUIRED header %s is %s",
+                         names[i], hdr[i] ? "not a valid percent-encoded UTF-8 string" : "missing");
+                st = MHD_HTTP_BAD_REQUEST;
+            }
+        }
+        if (st == 0 && (v[0].len != 3 || memcmp(v[0].data, "1.0", 3) != 0)) {
+            snprintf(why, whylen, "unsupported CloudEvents specversion (this receiver reads 1.0)");
+            st = MHD_HTTP_BAD_REQUEST;
+        }
+        if (st == 0 && v[1].len > MAX_KEY_LEN) {
+            snprintf(why, whylen, "ce-id must be 1 to %d bytes (it is the inbox event_id)",
+                     MAX_KEY_LEN);
+            st = MHD_HTTP_BAD_REQUEST;
+        }
+        wh_event ev = {0};
+        if (st == 0) {
+            /* The data: JSON when Content-Type says so (3.1.1), else text. */
+            size_t start = 0;
+            while (start < n && is_space(p[start]))
+                start++;
+            size_t end = n;
+            while (end > start && is_space(p[end - 1]))
+                end--;
+            if (start == end) {
+                ev.payload = "null";
+                ev.len = 4;
+                ev.is_json = 1;
+            } else if (declared_json) {
+                if (json_valid(p + start, end - start) != 1) {
+                    snprintf(why, whylen, "binary-mode CloudEvent: the body is declared JSON but "
+                             "is not");
+                    st = MHD_HTTP_BAD_REQUEST;
+                }
+                p[end] = '\0';
+                ev.payload = p + start;
+                ev.len = end - start;
+                ev.is_json = 1;
+            } else if (!valid_utf8((const unsigned char *)p, n)) {
+                snprintf(why, whylen, "binary-mode CloudEvent: the body is neither JSON nor UTF-8 text");
+                st = MHD_HTTP_BAD_REQUEST;
+            } else {
+                ev.payload = p;
+                ev.len = n;
+            }
+        }
+        if (st == 0) {
+            ev.key = xstrndup(v[1].data, v[1].len);
+            ev.type = xstrndup(v[2].data, v[2].len);
+            r->events = xcalloc(1, sizeof *r->events);
+            r->events[0] = ev;
+            r->nevents = 1;
+        }
+        for (int i = 0; i < 4; i++)
+            buf_free(&v[i]);
+        return st;
+    }
+    size_t start = json_skip_ws(p, n, 0);
+    if (mode == WEBHOOK_CE_STRUCTURED) {
+        r->events = xcalloc(1, sizeof *r->events);
+        unsigned st = ce_structured_event(p, start, n - start, &r->events[0], why, whylen);
+        if (st)
+            return st;
+        r->nevents = 1;
+        wh_event *e = &r->events[0];
+        if (!e->owned && e->payload >= p && e->payload < p + n)
+            ((char *)e->payload)[e->len] = '\0';
+        return 0;
+    }
+    /* Batch: a JSON array of structured events (JSON event format 4). */
+    if (start >= n || p[start] != '[' || json_valid(p + start, n - start) != 1) {
+        snprintf(why, whylen, "a CloudEvents batch is a JSON array of events (JSON event "
+                 "format, section 4)");
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    size_t count = count_elements(p + start, n - start);
+    if (count > MAX_EVENTS_PER_REQUEST) {
+        snprintf(why, whylen, "more than %d events in one request", MAX_EVENTS_PER_REQUEST);
+        return MHD_HTTP_CONTENT_TOO_LARGE;
+    }
+    if (count == 0) {
+        snprintf(why, whylen, "empty CloudEvents batch");
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    r->events = xcalloc(count, sizeof *r->events);
+    size_t pos = 0, off, len;
+    int rc;
+    while ((rc = json_array_next(p + start, n - start, &pos, &off, &len)) == 1) {
+        unsigned st = ce_structured_event(p, start + off, len, &r->events[r->nevents], why, whylen);
+        if (st)
+            return st;
+        r->nevents++;
+    }
+    /* NUL-terminate data in place only now: the bytes after each value are
+     * separators that the parse above has read. */
+    for (size_t k = 0; k < r->nevents; k++) {
+        wh_event *e = &r->events[k];
+        if (!e->owned && e->payload >= p && e->payload < p + n)
+            ((char *)e->payload)[e->len] = '\0';
+    }
+    return rc < 0 ? MHD_HTTP_BAD_REQUEST : 0;
+}
+
 static unsigned check_idempotency_key(struct MHD_Connection *conn, const char **key,
                                       char *why, size_t whylen)
 {
@@ -961,8 +1172,18 @@ static enum MHD_Result request_complete(webhook_source *s, struct MHD_Connection
         r->unverified = 0;
         pthread_mutex_unlock(&s->mu);
     }
-    unsigned st = check_idempotency_key(conn, &idem, why, sizeof why);
-    if (st == 0)
+    const char *hdr[4] = {
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "ce-specversion"),
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "ce-id"),
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "ce-type"),
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "ce-source"),
+    };
+    webhook_ce_mode mode = ce_mode_of(
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE), hdr[0]);
+    unsigned st;
+    if (mode != WEBHOOK_CE_NONE)
+        st = parse_cloudevents(mode, hdr, content_type_is_json(conn), r, why, sizeof why);
+    else if ((st = check_idempotency_key(conn, &idem, why, sizeof why)) == 0)
         st = parse_body(s, content_type_is_json(conn), r, idem, why, sizeof why);
     if (st != 0) {
         drop_body(s, r);
@@ -1353,8 +1574,12 @@ static void fill_batch(wh_req *list, relay_batch *b)
         for (size_t i = 0; i < r->nevents; i++) {
             relay_msg *m = batch_add(b);
             m->dedup_key = r->events[i].key;
-            m->subject = r->path;
-            m->subject_len = r->path_len;
+            if (r->events[i].type) {
+                m->subject = r->events[i].type;
+            } else {
+                m->subject = r->path;
+                m->subject_len = r->path_len;
+            }
             m->op = OP_EVENT;
             m->payload = r->events[i].payload;
             m->payload_len = r->events[i].len;
@@ -1560,6 +1785,40 @@ const relay_source_ops relay_source_http_ops = {
     .position = wh_position,
     .destroy = wh_destroy,
 };
+
+unsigned webhook_cloudevents(const char *body, size_t len, const char *content_type,
+                             const char *const ce_headers[4], relay_batch *b, char *why,
+                             size_t whylen)
+{
+    webhook_ce_mode mode = ce_mode_of(content_type, ce_headers[0]);
+    if (mode == WEBHOOK_CE_NONE) {
+        snprintf(why, whylen, "not a CloudEvents request");
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    webhook_source s = {0};
+    wh_req *r = xcalloc(1, sizeof *r);
+    if (body_set_cap(&r->body, len + 1) < 0) {
+        free(r);
+        snprintf(why, whylen, "out of memory");
+        return MHD_HTTP_SERVICE_UNAVAILABLE;
+    }
+    memcpy(r->body.data, body, len);
+    r->body.len = len;
+    r->body.data[len] = '\0';
+    unsigned st = parse_cloudevents(mode, ce_headers, media_type_is_json(content_type), r, why,
+                                    whylen);
+    for (size_t i = 0; st == 0 && i < r->nevents; i++) {
+        relay_msg *m = batch_add(b);
+        m->op = OP_EVENT;
+        m->payload = arena_strndup(&b->arena, r->events[i].payload, r->events[i].len);
+        m->payload_len = r->events[i].len;
+        m->payload_is_json = r->events[i].is_json;
+        m->dedup_key = arena_strdup(&b->arena, r->events[i].key);
+        m->subject = arena_strdup(&b->arena, r->events[i].type);
+    }
+    req_free(&s, r);
+    return st;
+}
 
 unsigned webhook_body_events(const char *body, size_t len, int declared_json,
                              const char *idempotency_key, const char *element_key_field,

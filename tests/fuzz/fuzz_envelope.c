@@ -78,7 +78,7 @@ static void check_native(const relay_msg *m)
     relay_buf via = {0};
     buf_puts(&via, "prefix");
     char err[256];
-    FUZZ_CHECK(relay_encode(RELAY_FORMAT_NATIVE, m, &via, err, sizeof err) == 0, "native failed");
+    FUZZ_CHECK(relay_encode(RELAY_FORMAT_NATIVE, NULL, m, &via, err, sizeof err) == 0, "native failed");
     FUZZ_CHECK(via.len == out.len + 6 && memcmp(via.data + 6, out.data, out.len) == 0,
                "relay_encode(native) differs from msg_encode_native");
     buf_free(&via);
@@ -162,7 +162,7 @@ static void check_msgpack(const relay_msg *m)
     relay_buf out = {0};
     buf_puts(&out, "prefix");
     char err[256] = "";
-    int rc = relay_encode(RELAY_FORMAT_MSGPACK, m, &out, err, sizeof err);
+    int rc = relay_encode(RELAY_FORMAT_MSGPACK, NULL, m, &out, err, sizeof err);
     int pjson = m->payload && m->payload_is_json;
     int valid = pjson ? json_valid(m->payload, m->payload_len) : 1;
     int text_ok = 1; /* a non-JSON payload is packed as a string: UTF-8 only */

@@ -329,7 +329,7 @@ static void test_msgpack_frames(void **state)
         relay_msg *m = &f->batch.msgs[i];
         relay_buf one = {0};
         char err[128];
-        assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &one, err, sizeof err), 0);
+        assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, NULL, m, &one, err, sizeof err), 0);
         m->body = arena_strndup(&f->batch.arena, one.data, one.len);
         m->body_len = lens[i] = one.len;
         buf_append(&bodies, one.data, one.len);

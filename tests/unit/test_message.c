@@ -204,7 +204,7 @@ static void msgpack_matches_seed_shape(void **state)
     m->payload = "{\"id\":1,\"name\":\"Alice\",\"score\":1.5,\"ok\":true,\"tags\":[\"a\"],\"n\":null}";
     m->payload_len = strlen(m->payload);
     relay_buf out = {0};
-    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &out, NULL, 0), 0);
+    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, NULL, m, &out, NULL, 0), 0);
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     size_t off = 0;
@@ -249,14 +249,14 @@ static void msgpack_refuses_non_utf8_text(void **state)
     relay_buf out = {0};
     buf_puts(&out, "keep");
     char err[256];
-    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &out, err, sizeof err), -1);
+    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, NULL, m, &out, err, sizeof err), -1);
     assert_non_null(strstr(err, "UTF-8"));
     assert_string_equal(out.data, "keep");
     /* valid UTF-8 text (NUL bytes included) is one string column */
     m->payload = "text\0more";
     m->payload_len = 9;
     buf_clear(&out);
-    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &out, err, sizeof err), 0);
+    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, NULL, m, &out, err, sizeof err), 0);
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     size_t off = 0;
@@ -288,7 +288,7 @@ static const msgpack_object *pack_row(msgpack_unpacked *u, relay_buf *out, const
     m->source_json = source;
     char err[256] = "";
     buf_clear(out);
-    int rc = relay_encode(RELAY_FORMAT_MSGPACK, m, out, err, sizeof err);
+    int rc = relay_encode(RELAY_FORMAT_MSGPACK, NULL, m, out, err, sizeof err);
     batch_free(&b);
     if (rc < 0) {
         print_error("encode failed: %s\n", err);
@@ -388,7 +388,7 @@ static void msgpack_strings_and_refusals(void **state)
     m->payload_len = strlen(m->payload);
     char err[256];
     buf_clear(&out);
-    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &out, err, sizeof err), -1);
+    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, NULL, m, &out, err, sizeof err), -1);
     assert_non_null(strstr(err, "surrogate"));
     assert_int_equal(out.len, 0);
     relay_buf deep = {0};
@@ -400,11 +400,11 @@ static void msgpack_strings_and_refusals(void **state)
     buf_putc(&deep, '}');
     m->payload = deep.data;
     m->payload_len = deep.len;
-    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &out, err, sizeof err), -1);
+    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, NULL, m, &out, err, sizeof err), -1);
     assert_non_null(strstr(err, "deeper"));
     m->payload = "{\"a\":1,}";
     m->payload_len = strlen(m->payload);
-    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, m, &out, err, sizeof err), -1);
+    assert_int_equal(relay_encode(RELAY_FORMAT_MSGPACK, NULL, m, &out, err, sizeof err), -1);
     assert_non_null(strstr(err, "JSON"));
     buf_free(&deep);
     buf_free(&out);
@@ -455,7 +455,7 @@ static void format_config(void **state)
     json_object_del(c, "format");
     assert_int_equal(relay_format_from_cfg(c, "sink", &f, err, sizeof err), 0);
     assert_int_equal(f, RELAY_FORMAT_NATIVE);
-    assert_string_equal(relay_format_content_type(f), "application/json");
+    assert_string_equal(relay_format_content_type(f, NULL), "application/json");
     json_decref(c);
 }
 
