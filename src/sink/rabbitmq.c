@@ -152,7 +152,7 @@ static relay_sink *rs_create(const json_t *cfg, struct relay_worker *w, char *er
     static const char *const keys[] = {"type", "exchange", "exchange_type", "declare_exchange",
                                        "routing_key_template", "persistent", "mandatory",
                                        "format", "confirm_timeout_ms", "max_in_flight",
-                                       RELAY_RMQ_CONN_KEYS, NULL};
+                                       RELAY_RMQ_CONN_KEYS, RELAY_FORMAT_KEYS, NULL};
     const char *exchange, *etype, *tmpl;
     int declare, persistent, mandatory;
     int64_t confirm_timeout, max_in_flight;
@@ -185,10 +185,14 @@ static relay_sink *rs_create(const json_t *cfg, struct relay_worker *w, char *er
         return NULL;
     }
 
+    relay_format_opts fopts;
+    if (relay_format_opts_from_cfg(cfg, "sink", format, 0, &fopts, err, errlen) < 0)
+        return NULL;
     rabbitmq_sink *s = xcalloc(1, sizeof *s);
     s->base.w = w;
     s->base.encode = 1;
     s->base.format = format;
+    s->base.fopts = fopts;
     s->base.subject_template = tmpl ? xstrdup(tmpl) : NULL;
     s->exchange = xstrdup(exchange);
     s->exchange_type = xstrdup(etype);
@@ -496,8 +500,11 @@ static wait_rc wait_confirms(rabbitmq_sink *s, size_t target, int64_t deadline, 
             break;
         default: {
             int code = rmq_conn_take_close(&s->c, &f, err, errlen);
-            if (code == AMQP_NOT_FOUND) /* the exchange was deleted */
-                snprintf(err + strlen(err), errlen - strlen(err), " (sink.exchange)");
+            if (code == AMQP_NOT_FOUND) { /* the exchange was deleted: name the key, as open() does */
+                char why[512];
+                snprintf(why, sizeof why, "%s", err);
+                snprintf(err, errlen, "sink.exchange: %s", why);
+            }
             if (code)
                 return WAIT_FAILED;
             break;
@@ -530,7 +537,7 @@ static int send_one(rabbitmq_sink *s, relay_msg *m, time_t now, char *err, size_
     p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
                AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_TYPE_FLAG |
                AMQP_BASIC_APP_ID_FLAG;
-    p.content_type = amqp_cstring_bytes(relay_format_content_type(s->base.format));
+    p.content_type = amqp_cstring_bytes(relay_format_content_type(s->base.format, &s->base.fopts));
     p.delivery_mode = s->persistent ? AMQP_DELIVERY_PERSISTENT : AMQP_DELIVERY_NONPERSISTENT;
     p.message_id = (amqp_bytes_t){klen, (void *)m->dedup_key};
     p.timestamp = (uint64_t)now;
@@ -662,6 +669,7 @@ static void rs_destroy(relay_sink *base)
     free(s->pub);
     free(s->done);
     free(s->base.subject_template);
+    relay_format_opts_free(&s->base.fopts);
     free(s);
 }
 

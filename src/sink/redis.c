@@ -149,7 +149,7 @@ static relay_sink *rs_create(const json_t *cfg, struct relay_worker *w, char *er
 {
     static const char *const keys[] = {"type", "stream_key", "subject_template", "maxlen",
                                        "dedup_window_seconds", "format", RELAY_REDIS_CONN_KEYS,
-                                       NULL};
+                                       RELAY_FORMAT_KEYS, NULL};
     relay_format format;
     if (cfg_known_keys(cfg, "sink", keys, err, errlen) < 0 ||
         relay_format_from_cfg(cfg, "sink", &format, err, errlen) < 0)
@@ -166,7 +166,8 @@ static relay_sink *rs_create(const json_t *cfg, struct relay_worker *w, char *er
                        errlen) < 0 ||
         cfg_int(cfg, "sink", "maxlen", 0, 0, INT64_MAX, &s->maxlen, err, errlen) < 0 ||
         cfg_int(cfg, "sink", "dedup_window_seconds", 0, 0, 100L * 365 * 86400,
-                &s->dedup_window_s, err, errlen) < 0)
+                &s->dedup_window_s, err, errlen) < 0 ||
+        relay_format_opts_from_cfg(cfg, "sink", format, 0, &s->base.fopts, err, errlen) < 0)
         goto fail;
     snprintf(s->maxlen_s, sizeof s->maxlen_s, "%" PRId64, s->maxlen);
     snprintf(s->window_s, sizeof s->window_s, "%" PRId64, s->dedup_window_s);
@@ -474,6 +475,7 @@ static void rs_destroy(relay_sink *base)
     redis_conn_free(&s->conn);
     free(s->stream_key);
     free(s->base.subject_template);
+    relay_format_opts_free(&s->base.fopts);
     buf_free(&s->key);
     buf_free(&s->marker);
     free(s);

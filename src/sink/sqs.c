@@ -168,12 +168,13 @@ static int parse_format(sqs_sink *s, const json_t *cfg, char *err, size_t errlen
 {
     if (relay_format_from_cfg(cfg, "sink", &s->base.format, err, errlen) < 0)
         return -1;
-    if (s->base.format != RELAY_FORMAT_NATIVE) {
-        snprintf(err, errlen, "sink.format: SQS message bodies are text; only \"native\" (the "
-                 "JSON envelope) is supported");
+    if (s->base.format == RELAY_FORMAT_MSGPACK) {
+        snprintf(err, errlen, "sink.format: SQS message bodies are text; \"msgpack\" is binary "
+                 "(use \"native\", \"debezium\" or \"cloudevents\")");
         return -1;
     }
-    return 0;
+    return relay_format_opts_from_cfg(cfg, "sink", s->base.format, 0, &s->base.fopts, err,
+                                      errlen);
 }
 
 static int parse_subject_template(sqs_sink *s, const json_t *cfg, char *err, size_t errlen)
@@ -196,7 +197,7 @@ static relay_sink *sq_create(const json_t *cfg, struct relay_worker *w, char *er
 {
     static const char *const keys[] = {"type", RELAY_SQS_CONN_KEYS, "message_group_id",
                                        "subject_template", "format", "max_in_flight",
-                                       "max_message_bytes", NULL};
+                                       "max_message_bytes", RELAY_FORMAT_KEYS, NULL};
     if (sqs_curl_init(err, errlen) < 0)
         return NULL;
     sqs_sink *s = xcalloc(1, sizeof *s);
@@ -747,6 +748,7 @@ static void sq_destroy(relay_sink *base)
     free(s->groups);
     free(s->group_template);
     free(s->base.subject_template);
+    relay_format_opts_free(&s->base.fopts);
     free(s);
 }
 
