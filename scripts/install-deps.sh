@@ -26,15 +26,14 @@ PACKAGES=(
     python3-msgpack
     redis-server redis-tools
     libssl-dev openssl
-    # tests/integration/cloudevents: the CloudEvents JavaScript SDK (npm, into a cache dir)
-    nodejs npm
     # scripts/fuzz.sh: clang, libFuzzer's runtime, llvm-symbolizer for the stacks
     clang libclang-rt-14-dev llvm
     libsystemd-dev systemd man-db groff-base
     debhelper dpkg-dev lintian
 )
 # The SQS tests (a default service): node and npm run the npm emulator
-# local-aws-sqs, awscli reads back what the relay sent. A node, npm or aws
+# local-aws-sqs, awscli reads back what the relay sent; tests/integration/
+# cloudevents checks the relay's CloudEvents with the npm SDK. A node, npm or aws
 # already on PATH (e.g. NodeSource's nodejs, which ships npm and conflicts
 # with Debian's npm package) is used as it is.
 command -v node >/dev/null || PACKAGES+=(nodejs)
