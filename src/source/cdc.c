@@ -142,7 +142,7 @@ static relay_source *cdc_create(const json_t *cfg, relay_worker *w, char *err, s
     static const char *const keys[] = {
         "type", "publication", "slot", "tables", "create_slot", "snapshot", "heartbeat_interval",
         "status_interval", "proto_version", "batch_size", "snapshot_chunk_rows", "snapshot_stream",
-        NULL};
+        "backfill_chunk_rows", NULL};
     const char *pub, *slot, *snapshot;
     int create_slot;
     int64_t proto, hb, st, batch;
@@ -219,7 +219,7 @@ static relay_source *cdc_create(const json_t *cfg, relay_worker *w, char *err, s
         for (size_t i = 0; i < s->ntables; i++)
             s->tables[i] = xstrdup(json_string_value(json_array_get(tables, i)));
     }
-    if (cdc_ext_create(s, err, errlen) < 0) {
+    if (cdc_bf_create(s, cfg, err, errlen) < 0 || cdc_ext_create(s, err, errlen) < 0) {
         relay_source_cdc_ops.destroy(&s->base);
         return NULL;
     }
@@ -293,6 +293,7 @@ static void publish_position(cdc_source *s)
         buf_printf(&p, ",\"snapshot\":{\"lsn\":\"%s\",\"tables_done\":%zu,\"tables\":%zu,"
                    "\"rows\":%" PRIu64 "}", sl, s->snap_cur, s->nsnap, s->snap_rows);
     }
+    cdc_bf_position(s, &p);
     buf_puts(&p, ",\"events\":{");
     static const char *const names[CDC_OPS] = {"insert", "update", "delete", "truncate",
                                                "snapshot", "event"};
@@ -738,13 +739,10 @@ static int snapshot_finish(cdc_source *s, char *err, size_t errlen)
     return 0;
 }
 
-/* Encode one snapshot row (first t->ncols columns of row i) as an event. */
-static void snapshot_event(cdc_source *s, snap_table *t, PGresult *r, int i, relay_batch *b)
+void cdc_row_json(relay_buf *o, const PGresult *r, int i, int ncols, const uint32_t *types)
 {
-    relay_buf *o = &s->tmp;
-    buf_clear(o);
     buf_putc(o, '{');
-    for (int c = 0; c < t->ncols; c++) {
+    for (int c = 0; c < ncols; c++) {
         if (c)
             buf_putc(o, ',');
         const char *f = PQfname(r, c);
@@ -753,9 +751,17 @@ static void snapshot_event(cdc_source *s, snap_table *t, PGresult *r, int i, rel
         if (PQgetisnull(r, i, c))
             buf_puts(o, "null");
         else
-            pgo_value_json(t->col_types[c], PQgetvalue(r, i, c), (size_t)PQgetlength(r, i, c), o);
+            pgo_value_json(types[c], PQgetvalue(r, i, c), (size_t)PQgetlength(r, i, c), o);
     }
     buf_putc(o, '}');
+}
+
+/* Encode one snapshot row (first t->ncols columns of row i) as an event. */
+static void snapshot_event(cdc_source *s, snap_table *t, PGresult *r, int i, relay_batch *b)
+{
+    relay_buf *o = &s->tmp;
+    buf_clear(o);
+    cdc_row_json(o, r, i, t->ncols, t->col_types);
     relay_msg *m = batch_add(b);
     m->op = OP_SNAPSHOT;
     m->is_full_refresh = 1;
@@ -912,7 +918,7 @@ static int cdc_open(relay_source *base, char *err, size_t errlen)
             record_offset(s, s->confirmed);
         }
     }
-    if (cdc_ext_open(s, err, errlen) < 0)
+    if (cdc_bf_open(s, err, errlen) < 0 || cdc_ext_open(s, err, errlen) < 0)
         return -1;
     publish_position(s);
     return 0;
@@ -974,6 +980,7 @@ static void begin_txn(cdc_source *s, const pgo_msg *m)
     pgo_time_format(m->u.begin.commit_time, s->txn_time_text, sizeof s->txn_time_text);
     s->txn_xid = m->u.begin.xid;
     s->txn_index = 0;
+    cdc_bf_begin(s, m->u.begin.xid);
     free(s->origin);
     s->origin = NULL;
 }
@@ -1062,6 +1069,7 @@ static int emit_change(cdc_source *s, relay_batch *b, const pgo_msg *m, uint64_t
         return 0;
     }
     uint32_t index = s->txn_index++;
+    cdc_bf_change(s, rel, m);
     if (!rel->user_flag)
         return 0;
     relay_op op = m->type == 'I' ? OP_INSERT : m->type == 'U' ? OP_UPDATE : OP_DELETE;
@@ -1112,6 +1120,7 @@ static void emit_truncate(cdc_source *s, relay_batch *b, const pgo_msg *m, uint6
             continue;
         }
         uint32_t index = s->txn_index++;
+        cdc_bf_truncate(s, rel->oid);
         if (!rel->user_flag)
             continue;
         relay_msg *e = new_event(s, b, OP_TRUNCATE, rel, lsn, index);
@@ -1144,7 +1153,7 @@ static void emit_message(cdc_source *s, relay_batch *b, const pgo_msg *m, uint64
     uint32_t index = 0;
     if (transactional && s->in_txn)
         index = s->txn_index++;
-    if (strcmp(m->u.message.prefix, HEARTBEAT_PREFIX) == 0)
+    if (strcmp(m->u.message.prefix, HEARTBEAT_PREFIX) == 0 || cdc_bf_message(s, m, lsn))
         return;
     int was_in_txn = s->in_txn;
     char saved_lsn[sizeof s->txn_lsn_text];
@@ -1348,9 +1357,23 @@ static int stream_poll(cdc_source *s, relay_batch *b, size_t max, char *err, siz
         close_replication(s);
         return -1;
     }
+    if (cdc_bf_poll(s, b, max, err, errlen) < 0) {
+        char e[ERRLEN];
+        snprintf(e, sizeof e, "%s", err);
+        snprintf(err, errlen, "backfill: %s", e);
+        return -1;
+    }
     int64_t deadline = now_mono_ms() + POLL_WAIT_MS;
     int consumed = 0; /* PQconsumeInput done since libpq ran dry */
     for (;;) {
+        if (cdc_bf_holding(s)) {
+            /* The stream reached a chunk's high watermark: its rows go
+             * first, nothing after the watermark is read before them. */
+            if (cdc_bf_poll(s, b, max, err, errlen) < 0)
+                return -1;
+            if (cdc_bf_holding(s))
+                break;
+        }
         char *buf = NULL;
         int n = b->n < max ? PQgetCopyData(s->repl, &buf, 1) : 0;
         if (n > 0) {
@@ -1434,6 +1457,8 @@ static int cdc_ack(relay_source *base, relay_batch *b, char *err, size_t errlen)
             log_debug(pname(s), "standby status not sent (connection lost); it is sent again "
                       "after reconnecting");
     }
+    if (s->phase == PHASE_STREAM)
+        cdc_bf_ack(s);
     publish_position(s);
     return 0;
 }
@@ -1460,6 +1485,7 @@ static void cdc_destroy(relay_source *base)
     if (s->confirmed > s->offset_lsn && s->base.w->pg && !pg_broken(s->base.w->pg))
         record_offset(s, s->confirmed);
     cdc_ext_destroy(s);
+    cdc_bf_destroy(s);
     close_snapshot(s);
     close_replication(s);
     reset_stream_state(s);

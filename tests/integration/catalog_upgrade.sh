@@ -24,7 +24,7 @@
 # "Upgrading", says the same.
 . "$(dirname "$0")/lib.sh"
 FIXTURE=$(cd "$(dirname "$0")/../fixtures/catalog-v1" && pwd)
-EXPECTED_VERSION=3            # RELAY_CATALOG_VERSION (src/catalog.h)
+EXPECTED_VERSION=4            # RELAY_CATALOG_VERSION (src/catalog.h)
 OLD=t_catalog_upgrade_v1      # the version-1 deployment's runtime login
 
 "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS \"$TEST_DB\" WITH (FORCE)" \
