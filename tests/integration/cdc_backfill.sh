@@ -11,28 +11,18 @@
 # runtime role).
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/cdc_lib.sh"
+. "$(dirname "$0")/cdc_backfill_lib.sh"
 cdc_setup_db
 OUT=$TEST_TMP/events.jsonl
 SLOT=cdc_backfill_slot
 ROWS=50000
 CHUNK=2000
 
-sql "CREATE TABLE bf (id int PRIMARY KEY, v int NOT NULL, note text);
-     INSERT INTO bf SELECT g, g, 'n' || g FROM generate_series(1, $ROWS) g;
-     CREATE TABLE marker (id int PRIMARY KEY);
+bf_setup_table bf $ROWS $CHUNK
+sql "CREATE TABLE marker (id int PRIMARY KEY);
      CREATE TABLE nopk (v int);
      CREATE TABLE outside (id int PRIMARY KEY);
-     CREATE SEQUENCE moves;
-     CREATE PUBLICATION cdc_backfill_pub FOR TABLE bf, marker, nopk;
-     CREATE SCHEMA replica;
-     CREATE TABLE replica.bf (LIKE bf INCLUDING ALL);
-     -- a key at or just after the backfill's confirmed position: the writer
-     -- aims at the chunk being read
-     CREATE FUNCTION near() RETURNS int LANGUAGE sql VOLATILE AS \$\$
-         SELECT COALESCE((SELECT last_key[1]::int FROM pgtrickle.relay_backfill
-                           WHERE state = 'running' ORDER BY id DESC LIMIT 1), 0)
-                + 1 + floor(random() * $((CHUNK * 2)))::int \$\$;" >/dev/null \
-    || bail "setup failed"
+     CREATE PUBLICATION cdc_backfill_pub FOR TABLE bf, marker, nopk;" >/dev/null || bail "setup failed"
 
 cdc_pipeline bf-cdc "{\"publication\":\"cdc_backfill_pub\",\"slot\":\"$SLOT\",\"batch_size\":500,\"backfill_chunk_rows\":$CHUNK}" \
     "{\"type\":\"file\",\"output\":\"$OUT\"}"
@@ -75,19 +65,8 @@ sql "DROP ROLE t_backfill_rt" >/dev/null 2>&1
 
 # --- a backfill under concurrent writes to its chunks -------------------------------------
 STOP=$TEST_TMP/stop-writer
-writer() {  # until $STOP exists: updates, deletes, upserts and key moves near the backfill
-    local i=0
-    while [ ! -f "$STOP" ]; do
-        i=$((i + 1))
-        echo "UPDATE bf SET v = v + 1, note = 'u$i' WHERE id = (SELECT near());"
-        echo "BEGIN; DELETE FROM bf WHERE id = (SELECT near()); UPDATE bf SET v = -v WHERE id = (SELECT near()); COMMIT;"
-        echo "INSERT INTO bf SELECT (SELECT near()), $i, 'ins$i' ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v, note = EXCLUDED.note;"
-        [ $((i % 5)) = 0 ] && echo "UPDATE bf SET id = 1000000 + nextval('moves') WHERE id = (SELECT near());"
-        [ $((i % 50)) = 0 ] && echo "SELECT pg_sleep(0.01);"
-    done | "${PSQL[@]/ON_ERROR_STOP=1/ON_ERROR_STOP=0}" -d "$TEST_DB" >/dev/null 2>>"$TEST_TMP/writer.err"
-}
-writer & wpid=$!
-writer & wpid2=$!
+bf_writer bf "$STOP" & wpid=$!
+bf_writer bf "$STOP" & wpid2=$!
 sleep 1
 id=$(sql "SELECT pgtrickle.request_backfill('bf-cdc', 'bf')")
 is "$id" 1 "request_backfill returns the backfill's id"
@@ -95,13 +74,10 @@ check "the relay takes it up at once (NOTIFY): running" \
     wait_until 20 "[ \"\$(sql \"SELECT state FROM pgtrickle.relay_backfills WHERE id = $id\")\" = running ]"
 check "/status shows the backfill in the pipeline's position" \
     wait_until 20 "[ \"\$(status_field r1 '.pipelines[0].source.position.backfill.id')\" = $id ]"
-check "the backfill finishes while the writer writes" \
-    wait_until 300 "[ \"\$(sql \"SELECT state FROM pgtrickle.relay_backfills WHERE id = $id\")\" = done ]"
+check "the backfill finishes while the writers write" wait_until 300 "[ \"\$(bf_state $id)\" = done ]"
 touch "$STOP"
 wait $wpid $wpid2
-# (the two writers may deadlock now and then: that transaction is rolled back)
-is "$(grep '^ERROR' "$TEST_TMP/writer.err" | grep -v 'deadlock detected' | head -3)" "" \
-    "the two writers ran without errors but deadlocks"
+is "$(bf_writer_errors)" "" "the two writers ran without errors but deadlocks"
 sql "INSERT INTO marker VALUES (1)" >/dev/null
 check "the stream caught up with the writer" \
     wait_until 60 "[ \"\$(count_events $OUT 'select(.source.table == \"marker\")')\" = 1 ]"
@@ -127,9 +103,7 @@ is "$(events "$OUT" '.dedup_key' | sort | uniq -d | head -3)" "" "every dedup ke
 is "$(count_events "$OUT" 'select(.op == "event")')" 0 "the watermarks are not published"
 
 # the ground truth
-res=$(python3 "$(dirname "$0")/cdc_backfill_replay.py" "$OUT" replica bf "${PSQL[@]}" -d "$TEST_DB" 2>&1)
-diag "$(grep '^#' <<<"$res" | sed 's/^# //')"
-is "$(tail -n 1 <<<"$res")" "RESULT ok" "replaying the events onto an empty copy yields exactly the final table"
+is "$(bf_replay "$OUT" bf)" "RESULT ok" "replaying the events onto an empty copy yields exactly the final table"
 
 is "$(metric r1 'pgtrickle_relay_backfill_rows_total{pipeline="bf-cdc"}')" "$snaps" "metric backfill_rows_total"
 is "$(metric r1 'pgtrickle_relay_backfill_chunks_total{pipeline="bf-cdc"}')" "$chunks" "metric backfill_chunks_total"
