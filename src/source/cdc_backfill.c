@@ -150,27 +150,36 @@ static void drop_chunk(cdc_backfill *bf)
     bf->token[0] = '\0';
 }
 
+/* Forget what prepare_table() loaded (not npk: last_key depends on it). */
+static void free_table(cdc_backfill *bf)
+{
+    free_keys(bf->pk_names, bf->npk);
+    bf->pk_names = NULL;
+    free(bf->schema);
+    free(bf->name);
+    free(bf->col_types);
+    free(bf->sql_first);
+    free(bf->sql_next);
+    free(bf->rel_pk);
+    bf->schema = bf->name = bf->sql_first = bf->sql_next = NULL;
+    bf->col_types = NULL;
+    bf->rel_pk = NULL;
+    bf->rel_oid = 0;
+    bf->ncols = 0;
+}
+
 /* Forget the backfill worked on (not its catalog row). */
 static void drop_backfill(cdc_source *s)
 {
     cdc_backfill *bf = s->bf;
     drop_chunk(bf);
     free_keys(bf->last_key, bf->npk);
-    free_keys(bf->pk_names, bf->npk);
-    bf->last_key = bf->pk_names = NULL;
-    free(bf->schema);
-    free(bf->name);
+    bf->last_key = NULL;
+    free_table(bf);
     free(bf->where);
-    free(bf->col_types);
-    free(bf->sql_first);
-    free(bf->sql_next);
-    free(bf->rel_pk);
-    bf->schema = bf->name = bf->where = bf->sql_first = bf->sql_next = NULL;
-    bf->col_types = NULL;
-    bf->rel_pk = NULL;
-    bf->rel_oid = 0;
+    bf->where = NULL;
     bf->id = 0;
-    bf->npk = bf->ncols = 0;
+    bf->npk = 0;
     if (s->base.w->stats)
         atomic_store(&s->base.w->stats->backfills_running, 0);
 }
@@ -351,12 +360,16 @@ int cdc_bf_holding(const cdc_source *s)
 
 /* ---- reading a chunk -------------------------------------------------------------- */
 
-/* Load the table of backfill `id` (names, published columns, primary key,
- * publication row filter) and build its chunk statements. 0, -1 (err). */
+/* Load the table of the backfill (names, published columns, primary key,
+ * publication row filter) and build its chunk statements; again before
+ * every chunk, so a renamed table or an added or dropped column is
+ * followed. 0, -1 (err). */
 static int prepare_table(cdc_source *s, char *err, size_t errlen)
 {
     cdc_backfill *bf = s->bf;
     PGconn *c = s->base.w->pg;
+    int npk = bf->npk; /* 0 the first time */
+    free_table(bf);
     char oid[16];
     snprintf(oid, sizeof oid, "%" PRIu32, bf->oid);
     const char *p[2] = {oid, s->publication};
@@ -411,12 +424,14 @@ static int prepare_table(cdc_source *s, char *err, size_t errlen)
     int rc = -1;
     if (!r)
         goto out;
-    bf->npk = PQntuples(r);
-    if (bf->npk == 0) {
+    if (PQntuples(r) == 0 || (npk && PQntuples(r) != npk)) {
+        snprintf(err, errlen, "table %s.%s %s", bf->schema, bf->name, PQntuples(r) == 0
+                 ? "has no primary key any more" : "has another primary key than when the backfill "
+                 "started");
         PQclear(r);
-        snprintf(err, errlen, "table %s.%s has no primary key any more", bf->schema, bf->name);
         goto out;
     }
+    bf->npk = PQntuples(r);
     bf->pk_names = xcalloc((size_t)bf->npk, sizeof *bf->pk_names);
     for (int i = 0; i < bf->npk; i++) {
         buf_printf(&keys, "%s%s", i ? ", " : "", PQgetvalue(r, i, 0));
@@ -702,13 +717,20 @@ static int read_chunk(cdc_source *s, char *err, size_t errlen)
 {
     cdc_backfill *bf = s->bf;
     PGconn *c = s->base.w->pg;
+    char e[ERRLEN];
+    if (prepare_table(s, e, sizeof e) < 0) {
+        if (pg_broken(c)) {
+            snprintf(err, errlen, "%s", e);
+            return -1;
+        }
+        return mark_failed(s, e, err, errlen);
+    }
     char lim[24];
     snprintf(lim, sizeof lim, "%" PRId64, bf->chunk_rows);
     const char **p = xcalloc((size_t)bf->npk + 2, sizeof *p);
     p[0] = lim;
     for (int k = 0; bf->last_key && k < bf->npk; k++)
         p[k + 1] = bf->last_key[k];
-    char e[ERRLEN];
     PGresult *snap = NULL, *r = NULL;
     int rc = pg_exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", 0, NULL, err, errlen);
     if (rc == 0 && !(snap = pg_query(c, "SELECT pg_catalog.pg_current_snapshot()::text", 0, NULL,

@@ -119,6 +119,21 @@ is "$(events "$OUT" "select(.source.backfill == $id2) | .payload.id" | tr '\n' '
 is "$(sql "SELECT rows_sent, chunks_sent FROM pgtrickle.relay_backfills WHERE id = $id2")" \
     "$(wc -w <<<"$want")|1" "relay_backfills counts them (one chunk)"
 
+# --- a backfill the relay cannot run fails with the reason; the next one runs ------------------
+id3=$(sql "SELECT pgtrickle.request_backfill('bf-cdc', 'bf', 'v / (v - v) > 0')")
+id4=$(sql "SELECT pgtrickle.request_backfill('bf-cdc', 'bf', 'id <= 10')")
+check "a filter that fails when run: the backfill fails" wait_until 60 "[ \"\$(bf_state $id3)\" = failed ]"
+like "$(sql "SELECT error FROM pgtrickle.relay_backfills WHERE id = $id3")" '^reading public.bf: division by zero' \
+    "relay_backfills says why"
+like "$(relay_log r1)" "ERROR.*backfill $id3 of bf failed: reading public.bf: division by zero" "the relay logs it as an error"
+check "the next backfill in the queue runs" wait_until 60 "[ \"\$(bf_state $id4)\" = done ]"
+
+# --- bad config ----------------------------------------------------------------------------
+cdc_pipeline bad-chunk '{"publication":"cdc_backfill_pub","slot":"cdc_backfill_bad","backfill_chunk_rows":0}' "$(file_sink "$TEST_TMP/bad.jsonl")"
+check "backfill_chunk_rows out of range is refused, naming the key" \
+    wait_until 20 "relay_log r1 | grep -q 'bad-chunk.*source.backfill_chunk_rows'"
+sql "SELECT pgtrickle.delete_relay('bad-chunk')" >/dev/null
+
 stop_relay r1
 is "$?" 0 "the relay stops cleanly"
 done_testing
