@@ -1449,17 +1449,15 @@ static int cdc_ack(relay_source *base, relay_batch *b, char *err, size_t errlen)
 {
     cdc_source *s = (cdc_source *)base;
     (void)b;
-    (void)err;
-    (void)errlen;
     if (s->phase == PHASE_STREAM && s->ack_target > s->confirmed) {
         s->confirmed = s->ack_target;
         if (send_status(s, 1) < 0)
             log_debug(pname(s), "standby status not sent (connection lost); it is sent again "
                       "after reconnecting");
     }
-    if (s->phase == PHASE_STREAM)
-        cdc_bf_ack(s);
     publish_position(s);
+    if (s->phase == PHASE_STREAM)
+        return cdc_bf_ack(s, err, errlen);
     return 0;
 }
 

@@ -470,54 +470,28 @@ out:
     return rc;
 }
 
-/* Parse a text[] literal of PostgreSQL's output ({a,"b c",NULL}) into npk
- * strings. 0, or -1 when it does not hold npk non-NULL elements. */
-static int parse_text_array(const char *a, int npk, char ***out)
+/* The stored position, a JSON array of npk strings (the key columns' text
+ * forms), into *out. 0, or -1 when it is not that. */
+static int parse_position(const char *text, int npk, char ***out)
 {
-    char **v = xcalloc((size_t)npk + 1, sizeof *v);
-    int n = 0;
-    if (*a++ != '{')
-        goto bad;
-    relay_buf e = {0};
-    while (*a && *a != '}') {
-        buf_clear(&e);
-        int quoted = *a == '"';
-        if (quoted) {
-            a++;
-            while (*a && *a != '"') {
-                if (*a == '\\' && a[1])
-                    a++;
-                buf_putc(&e, *a++);
-            }
-            if (*a != '"') {
-                buf_free(&e);
-                goto bad;
-            }
-            a++;
-        } else {
-            while (*a && *a != ',' && *a != '}')
-                buf_putc(&e, *a++);
-            if (strcmp(e.data ? e.data : "", "NULL") == 0) {
-                buf_free(&e);
-                goto bad;
-            }
-        }
-        if (n >= npk) {
-            buf_free(&e);
-            goto bad;
-        }
-        v[n++] = xstrndup(e.data ? e.data : "", e.len);
-        if (*a == ',')
-            a++;
+    json_t *a = json_loads(text, 0, NULL);
+    if (!json_is_array(a) || json_array_size(a) != (size_t)npk) {
+        json_decref(a);
+        return -1;
     }
-    buf_free(&e);
-    if (*a != '}' || n != npk)
-        goto bad;
+    char **v = xcalloc((size_t)npk + 1, sizeof *v);
+    for (int k = 0; k < npk; k++) {
+        json_t *e = json_array_get(a, (size_t)k);
+        if (!json_is_string(e)) {
+            free_keys(v, npk);
+            json_decref(a);
+            return -1;
+        }
+        v[k] = xstrndup(json_string_value(e), json_string_length(e));
+    }
+    json_decref(a);
     *out = v;
     return 0;
-bad:
-    free_keys(v, npk);
-    return -1;
 }
 
 static int mark_failed(cdc_source *s, const char *why, char *err, size_t errlen)
@@ -541,7 +515,7 @@ static int load_next(cdc_source *s, char *err, size_t errlen)
     cdc_backfill *bf = s->bf;
     const char *p[1] = {pname(s)};
     PGresult *r = pg_query(s->base.w->pg,
-                           "SELECT id, table_oid, where_clause, last_key, rows_sent, chunks_sent"
+                           "SELECT id, table_oid, where_clause, to_json(last_key), rows_sent, chunks_sent"
                            "  FROM pgtrickle.relay_backfill_next($1)", 1, p, err, errlen);
     if (!r)
         return -1;
@@ -578,7 +552,7 @@ static int load_next(cdc_source *s, char *err, size_t errlen)
         }
         return mark_failed(s, e, err, errlen) < 0 ? -1 : 0;
     }
-    if (last && parse_text_array(last, bf->npk, &bf->last_key) < 0) {
+    if (last && parse_position(last, bf->npk, &bf->last_key) < 0) {
         snprintf(e, sizeof e, "stored position %s does not match the primary key of %s.%s "
                  "(%d columns): was the key changed?", last, bf->schema, bf->name, bf->npk);
         free(last);
@@ -663,26 +637,25 @@ static int store_progress(cdc_source *s, char *err, size_t errlen)
     snprintf(id, sizeof id, "%" PRId64, bf->id);
     snprintf(rows, sizeof rows, "%" PRIu64, nrows);
     snprintf(chunks, sizeof chunks, "%" PRIu64, nchunks);
-    relay_buf arr = {0};
+    relay_buf pos = {0}; /* the chunk's last key as a JSON array of its text forms */
     if (bf->chunk_last && bf->chunk_last[0]) {
-        buf_putc(&arr, '{');
+        buf_putc(&pos, '[');
         for (int k = 0; k < bf->npk; k++) {
-            buf_puts(&arr, k ? ",\"" : "\"");
-            for (const char *c = bf->chunk_last[k]; *c; c++) {
-                if (*c == '"' || *c == '\\')
-                    buf_putc(&arr, '\\');
-                buf_putc(&arr, *c);
-            }
-            buf_putc(&arr, '"');
+            if (k)
+                buf_putc(&pos, ',');
+            buf_put_json_str(&pos, bf->chunk_last[k], strlen(bf->chunk_last[k]));
         }
-        buf_putc(&arr, '}');
+        buf_putc(&pos, ']');
     }
-    const char *p[5] = {id, arr.len ? arr.data : NULL, rows, chunks,
+    const char *p[5] = {id, pos.len ? pos.data : NULL, rows, chunks,
                         bf->chunk_final ? "true" : "false"};
     PGresult *r = pg_query(s->base.w->pg,
-                           "SELECT pgtrickle.relay_backfill_progress($1::bigint, $2::text[],"
+                           "SELECT pgtrickle.relay_backfill_progress($1::bigint,"
+                           " CASE WHEN $2::jsonb IS NOT NULL THEN"
+                           "  ARRAY(SELECT e FROM jsonb_array_elements_text($2::jsonb)"
+                           "         WITH ORDINALITY AS k(e, n) ORDER BY n) END,"
                            " $3::bigint, $4::bigint, $5::boolean)", 5, p, err, errlen);
-    buf_free(&arr);
+    buf_free(&pos);
     if (!r)
         return -1;
     const char *state = PQgetvalue(r, 0, 0);
@@ -879,18 +852,20 @@ int cdc_bf_poll(cdc_source *s, relay_batch *b, size_t max, char *err, size_t err
     return read_chunk(s, err, errlen);
 }
 
-void cdc_bf_ack(cdc_source *s)
+int cdc_bf_ack(cdc_source *s, char *err, size_t errlen)
 {
     cdc_backfill *bf = s->bf;
     if (bf->phase != BF_SENT)
-        return;
-    char err[ERRLEN];
-    if (store_progress(s, err, sizeof err) < 0) {
-        /* The rows are confirmed; only the position is not stored: the
-         * chunk is sent again after the next open, under new keys. */
-        log_warn(pname(s), "storing the progress of backfill %" PRId64 " failed: %s", bf->id, err);
+        return 0;
+    char e[ERRLEN];
+    if (store_progress(s, e, sizeof e) < 0) {
+        /* The rows are confirmed, the position is not stored: the source
+         * reopens and sends the chunk again, under new keys. */
+        snprintf(err, errlen, "storing the progress of backfill %" PRId64 ": %s", bf->id, e);
         drop_chunk(bf);
+        return -1;
     }
+    return 0;
 }
 
 void cdc_bf_position(cdc_source *s, relay_buf *p)

@@ -144,7 +144,8 @@ void cdc_row_json(relay_buf *out, const PGresult *r, int i, int ncols, const uin
  *   cdc_bf_truncate  a TRUNCATE of the stream (relation oid)
  *   cdc_bf_message   a logical message: 1 when it is a backfill watermark
  *                    (never published), 0 otherwise
- *   cdc_bf_ack       the last polled batch is confirmed
+ *   cdc_bf_ack       the last polled batch is confirmed: store the progress
+ *                    of a chunk it completed; -1 (err) when that failed
  *   cdc_bf_position  append ,"backfill":{...} to the /status position
  *   cdc_bf_destroy   free */
 int cdc_bf_create(cdc_source *s, const json_t *cfg, char *err, size_t errlen);
@@ -155,7 +156,7 @@ void cdc_bf_begin(cdc_source *s, uint32_t xid);
 void cdc_bf_change(cdc_source *s, const pgo_rel *rel, const pgo_msg *m);
 void cdc_bf_truncate(cdc_source *s, uint32_t relid);
 int cdc_bf_message(cdc_source *s, const pgo_msg *m, uint64_t lsn);
-void cdc_bf_ack(cdc_source *s);
+int cdc_bf_ack(cdc_source *s, char *err, size_t errlen);
 void cdc_bf_position(cdc_source *s, relay_buf *p);
 void cdc_bf_destroy(cdc_source *s);
 

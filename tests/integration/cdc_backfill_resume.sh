@@ -4,7 +4,8 @@
 # chunks being read; the standby relay of the group takes the pipeline over
 # and resumes after the last confirmed chunk (not from the start), and the
 # replay of every event written, both relays' and the repeats included,
-# onto an empty copy still yields exactly the final table. Then the queue:
+# onto an empty copy still yields exactly the final table. A relay stopped
+# mid-backfill of a composite text key resumes after that key. The queue:
 # backfills run one at a time, oldest first; a queued one and a running one
 # are cancelled (the relay stops sending it, the next one starts); a
 # finished one cannot be cancelled.
@@ -96,6 +97,33 @@ is "$(count_events "$TEST_TMP/after-small.jsonl" "select(.source.backfill == $bi
 is "$(events "$OUT" "select(.source.backfill == $small) | .payload.id" | sort -n | uniq | wc -l | tr -d ' ')" \
     "$(sql "SELECT count(*) FROM bf WHERE id <= 100")" "the next one sent its rows"
 is "$(sql "SELECT pgtrickle.cancel_backfill($small)")" f "a finished backfill cannot be cancelled (false)"
+
+# --- a restart, on a composite primary key whose text needs quoting ----------------------------
+sql "CREATE TABLE \"Odd Keys\" (a int, b text, v int, PRIMARY KEY (a, b));
+     INSERT INTO \"Odd Keys\" SELECT g / 6, (ARRAY['a,b', 'x\"y', '{}', 'back\\slash', ' sp', 'NULL'])[g % 6 + 1], g
+       FROM generate_series(0, 29999) g;
+     CREATE TABLE replica.\"Odd Keys\" (LIKE \"Odd Keys\" INCLUDING ALL);
+     ALTER PUBLICATION cdc_backfill_resume_pub ADD TABLE \"Odd Keys\"" >/dev/null || bail "setup of \"Odd Keys\" failed"
+r=$(owner)
+odd=$(sql "SELECT pgtrickle.request_backfill('bf-cdc', '\"Odd Keys\"')")
+check "a backfill of a table with a composite text key runs" \
+    wait_until 60 "[ \"\$(sql \"SELECT chunks_sent FROM pgtrickle.relay_backfills WHERE id = $odd\")\" -ge 3 ]"
+stop_relay "$r"
+is "$?" 0 "its relay stops cleanly mid-backfill"
+n_stop=$(wc -l <"$OUT")
+IFS='|' read -r st pos <<<"$(sql "SELECT state, to_json(last_key) FROM pgtrickle.relay_backfills WHERE id = $odd")"
+is "$st" running "still running in the catalog (resumes after $pos)"
+sql "UPDATE \"Odd Keys\" SET v = -v WHERE a % 7 = 0" >/dev/null
+start_relay "$r"
+check "the restarted relay finishes it" wait_until 120 "[ \"\$(bf_state $odd)\" = done ]"
+tail -n +$((n_stop + 1)) "$OUT" | jq -c "select(.source.backfill == $odd) | [.payload.a, .payload.b]" >"$TEST_TMP/odd-after.jsonl"
+sql "CREATE TABLE odd_after (k jsonb)" >/dev/null
+"${PSQL[@]}" -d "$TEST_DB" -c "\copy odd_after FROM '$TEST_TMP/odd-after.jsonl' WITH (FORMAT csv, QUOTE e'\x01', DELIMITER e'\x02')"
+is "$(sql "SELECT count(*) FILTER (WHERE ((k->>0)::int, k->>1) <= (('$pos'::jsonb->>0)::int, '$pos'::jsonb->>1)), count(*) > 0
+           FROM odd_after")" "0|t" "it resumed after the stored key: no row at or before it is sent again"
+sql "INSERT INTO marker VALUES (2)" >/dev/null
+check "the stream caught up" wait_until 60 "[ \"\$(count_events $OUT 'select(.source.table == \"marker\")')\" = 2 ]"
+is "$(bf_replay "$OUT" 'bf,Odd Keys')" "RESULT ok" "the replay of everything still yields both tables exactly"
 
 # deleting the pipeline deletes its backfills
 sql "SELECT pgtrickle.delete_relay('bf-cdc')" >/dev/null
