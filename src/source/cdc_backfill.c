@@ -567,24 +567,26 @@ static int load_next(cdc_source *s, char *err, size_t errlen)
     return 1;
 }
 
-/* Does the snapshot "xmin:xmax:xip,..." list as running a transaction the
- * stream already delivered? */
-static int snapshot_misses_delivered(cdc_backfill *bf, const char *snap)
+int cdc_snapshot_running_any(const char *snapshot, const uint32_t *xids, size_t n)
 {
-    const char *p = strchr(snap, ':');
-    p = p ? strchr(p + 1, ':') : NULL;
-    if (!p)
-        return 1; /* unreadable: be safe */
-    p++;
+    const char *p = snapshot;
+    for (int field = 0; field < 2; field++) { /* xmin:, xmax: */
+        size_t d = strspn(p, "0123456789");
+        if (d == 0 || p[d] != ':')
+            return 1;
+        p += d + 1;
+    }
     while (*p) {
-        char *end;
-        uint64_t x = strtoull(p, &end, 10);
-        if (end == p)
-            break;
-        for (size_t i = 0; i < bf->nxids; i++)
-            if (bf->xids[i] == (uint32_t)x)
+        size_t d = strspn(p, "0123456789");
+        if (d == 0 || (p[d] != ',' && p[d] != '\0'))
+            return 1;
+        uint32_t x = (uint32_t)strtoull(p, NULL, 10);
+        for (size_t i = 0; i < n; i++)
+            if (xids[i] == x)
                 return 1;
-        p = *end == ',' ? end + 1 : end;
+        if (p[d] == ',' && p[d + 1] == '\0')
+            return 1;
+        p += d + (p[d] == ',');
     }
     return 0;
 }
@@ -736,7 +738,7 @@ static int read_chunk(cdc_source *s, char *err, size_t errlen)
         return -1;
     }
     bf->reads++;
-    if (snapshot_misses_delivered(bf, PQgetvalue(snap, 0, 0))) {
+    if (cdc_snapshot_running_any(PQgetvalue(snap, 0, 0), bf->xids, bf->nxids)) {
         log_debug(pname(s), "backfill %" PRId64 ": the chunk's snapshot does not see a "
                   "transaction the stream already delivered; reading it again", bf->id);
         PQclear(snap);

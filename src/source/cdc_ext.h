@@ -160,6 +160,12 @@ int cdc_bf_ack(cdc_source *s, char *err, size_t errlen);
 void cdc_bf_position(cdc_source *s, relay_buf *p);
 void cdc_bf_destroy(cdc_source *s);
 
+/* 1 when the snapshot text "xmin:xmax:xip,xip,..." (pg_current_snapshot())
+ * lists one of the n xids as running, or is not of that form; 0 otherwise.
+ * Snapshot xids are 64-bit (epoch and xid): their low 32 bits are the xid
+ * a replication stream's Begin message carries. Pure (unit-tested). */
+int cdc_snapshot_running_any(const char *snapshot, const uint32_t *xids, size_t n);
+
 #ifdef RELAY_CDC_NATS
 int cdc_ext_create(cdc_source *s, char *err, size_t errlen);
 int cdc_ext_open(cdc_source *s, char *err, size_t errlen);
