@@ -80,6 +80,14 @@
  * decoded becomes a REJECTED event (dead-lettered by the worker), never a
  * silent drop.
  *
+ * Backfills.  cdc_backfill.c (hooks in cdc_ext.h) re-sends a table's rows
+ * on request (pgtrickle.request_backfill) as snapshot events interleaved
+ * with this stream by the watermark algorithm: stream_poll() lets it read a
+ * chunk before reading the stream, tells it every Begin, change, TRUNCATE
+ * and logical message, and stops reading the stream while a chunk whose
+ * high watermark was reached waits for room in the batch; cdc_ack() lets it
+ * store the progress of a confirmed chunk.
+ *
  * NATS extras.  With a NATS sink, cdc_nats.c (hooks in cdc_ext.h) puts the
  * table schemas into the KV bucket "schemas" and serves on-demand snapshots
  * (snapshot.request.{table}) on a thread and connections of its own; it

@@ -96,7 +96,6 @@ struct cdc_backfill {
     char *sql_first, *sql_next;
     char **last_key;          /* confirmed keyset position (NULL: from the start) */
     uint64_t rows_sent, chunks_sent;
-    int64_t started_ms;
     /* the chunk in memory */
     bf_phase phase;
     char token[160];          /* the high watermark's content */
@@ -542,7 +541,6 @@ static int load_next(cdc_source *s, char *err, size_t errlen)
     bf->rows_sent = strtoull(PQgetvalue(r, 0, 4), NULL, 10);
     bf->chunks_sent = strtoull(PQgetvalue(r, 0, 5), NULL, 10);
     PQclear(r);
-    bf->started_ms = now_wall_ms();
     char e[ERRLEN];
     if (prepare_table(s, e, sizeof e) < 0) {
         free(last);
