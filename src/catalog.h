@@ -8,7 +8,7 @@
 #include <stddef.h>
 
 /* Version of the catalog this binary installs (pgtrickle.relay_catalog_version()). */
-#define RELAY_CATALOG_VERSION 3
+#define RELAY_CATALOG_VERSION 4
 
 /* Install or upgrade the catalog in one transaction, idempotently. When
  * pg_trickle's own relay/outbox objects exist they are left alone and only

@@ -249,6 +249,33 @@ static void put_lag_families(relay_buf *out, const snapshot *snap)
         buf_printf(out, "} %" PRId64 "\n", lsn);
     }
 
+    name = "pgtrickle_relay_backfill_rows_total";
+    put_family(out, name, "counter", "CDC backfills: rows confirmed by the sink (whole chunks).");
+    for (size_t i = 0; i < snap->n; i++) {
+        if (strcmp(snap->e[i]->source_type, "cdc") != 0)
+            continue;
+        put_sample_start(out, name, snap->e[i]);
+        buf_putc(out, '}');
+        put_u64_line(out, load_u64(&snap->e[i]->backfill_rows));
+    }
+    name = "pgtrickle_relay_backfill_chunks_total";
+    put_family(out, name, "counter", "CDC backfills: chunks confirmed by the sink.");
+    for (size_t i = 0; i < snap->n; i++) {
+        if (strcmp(snap->e[i]->source_type, "cdc") != 0)
+            continue;
+        put_sample_start(out, name, snap->e[i]);
+        buf_putc(out, '}');
+        put_u64_line(out, load_u64(&snap->e[i]->backfill_chunks));
+    }
+    name = "pgtrickle_relay_backfills_running";
+    put_family(out, name, "gauge", "CDC backfills: 1 while the pipeline sends a backfill.");
+    for (size_t i = 0; i < snap->n; i++) {
+        if (strcmp(snap->e[i]->source_type, "cdc") != 0)
+            continue;
+        put_sample_start(out, name, snap->e[i]);
+        buf_printf(out, "} %d\n", atomic_load(&snap->e[i]->backfills_running));
+    }
+
     name = "pgtrickle_relay_replication_lag_bytes";
     put_family(out, name, "gauge", "Bytes of WAL between the server's current position and the slot.");
     for (size_t i = 0; i < snap->n; i++) {

@@ -61,6 +61,9 @@ typedef struct relay_stats {
     _Atomic int64_t replication_lag_bytes; /* CDC only; -1 when not applicable */
     _Atomic int64_t confirmed_lsn;     /* CDC only: last LSN acknowledged to the server; -1 n/a */
     _Atomic uint64_t published_by_op[RELAY_OP_COUNT]; /* confirmed events per relay_op */
+    _Atomic uint64_t backfill_rows;    /* CDC: backfill rows confirmed (whole chunks) */
+    _Atomic uint64_t backfill_chunks;  /* CDC: backfill chunks confirmed */
+    _Atomic int backfills_running;     /* CDC: 1 while the pipeline works on a backfill */
 
     /* Publish latency (poll -> sink confirmation), cumulative buckets. */
     _Atomic uint64_t latency_buckets[RELAY_LATENCY_BUCKETS];

@@ -80,6 +80,14 @@
  * decoded becomes a REJECTED event (dead-lettered by the worker), never a
  * silent drop.
  *
+ * Backfills.  cdc_backfill.c (hooks in cdc_ext.h) re-sends a table's rows
+ * on request (pgtrickle.request_backfill) as snapshot events interleaved
+ * with this stream by the watermark algorithm: stream_poll() lets it read a
+ * chunk before reading the stream, tells it every Begin, change, TRUNCATE
+ * and logical message, and stops reading the stream while a chunk whose
+ * high watermark was reached waits for room in the batch; cdc_ack() lets it
+ * store the progress of a confirmed chunk.
+ *
  * NATS extras.  With a NATS sink, cdc_nats.c (hooks in cdc_ext.h) puts the
  * table schemas into the KV bucket "schemas" and serves on-demand snapshots
  * (snapshot.request.{table}) on a thread and connections of its own; it
@@ -142,7 +150,7 @@ static relay_source *cdc_create(const json_t *cfg, relay_worker *w, char *err, s
     static const char *const keys[] = {
         "type", "publication", "slot", "tables", "create_slot", "snapshot", "heartbeat_interval",
         "status_interval", "proto_version", "batch_size", "snapshot_chunk_rows", "snapshot_stream",
-        NULL};
+        "backfill_chunk_rows", NULL};
     const char *pub, *slot, *snapshot;
     int create_slot;
     int64_t proto, hb, st, batch;
@@ -219,7 +227,7 @@ static relay_source *cdc_create(const json_t *cfg, relay_worker *w, char *err, s
         for (size_t i = 0; i < s->ntables; i++)
             s->tables[i] = xstrdup(json_string_value(json_array_get(tables, i)));
     }
-    if (cdc_ext_create(s, err, errlen) < 0) {
+    if (cdc_bf_create(s, cfg, err, errlen) < 0 || cdc_ext_create(s, err, errlen) < 0) {
         relay_source_cdc_ops.destroy(&s->base);
         return NULL;
     }
@@ -293,6 +301,7 @@ static void publish_position(cdc_source *s)
         buf_printf(&p, ",\"snapshot\":{\"lsn\":\"%s\",\"tables_done\":%zu,\"tables\":%zu,"
                    "\"rows\":%" PRIu64 "}", sl, s->snap_cur, s->nsnap, s->snap_rows);
     }
+    cdc_bf_position(s, &p);
     buf_puts(&p, ",\"events\":{");
     static const char *const names[CDC_OPS] = {"insert", "update", "delete", "truncate",
                                                "snapshot", "event"};
@@ -779,13 +788,10 @@ static const relay_row_type *row_type_of(cdc_source *s, relay_batch *b, const vo
     return rt;
 }
 
-/* Encode one snapshot row (first t->ncols columns of row i) as an event. */
-static void snapshot_event(cdc_source *s, snap_table *t, PGresult *r, int i, relay_batch *b)
+void cdc_row_json(relay_buf *o, const PGresult *r, int i, int ncols, const uint32_t *types)
 {
-    relay_buf *o = &s->tmp;
-    buf_clear(o);
     buf_putc(o, '{');
-    for (int c = 0; c < t->ncols; c++) {
+    for (int c = 0; c < ncols; c++) {
         if (c)
             buf_putc(o, ',');
         const char *f = PQfname(r, c);
@@ -794,9 +800,17 @@ static void snapshot_event(cdc_source *s, snap_table *t, PGresult *r, int i, rel
         if (PQgetisnull(r, i, c))
             buf_puts(o, "null");
         else
-            pgo_value_json(t->col_types[c], PQgetvalue(r, i, c), (size_t)PQgetlength(r, i, c), o);
+            pgo_value_json(types[c], PQgetvalue(r, i, c), (size_t)PQgetlength(r, i, c), o);
     }
     buf_putc(o, '}');
+}
+
+/* Encode one snapshot row (first t->ncols columns of row i) as an event. */
+static void snapshot_event(cdc_source *s, snap_table *t, PGresult *r, int i, relay_batch *b)
+{
+    relay_buf *o = &s->tmp;
+    buf_clear(o);
+    cdc_row_json(o, r, i, t->ncols, t->col_types);
     relay_msg *m = batch_add(b);
     m->op = OP_SNAPSHOT;
     m->is_full_refresh = 1;
@@ -954,7 +968,7 @@ static int cdc_open(relay_source *base, char *err, size_t errlen)
             record_offset(s, s->confirmed);
         }
     }
-    if (cdc_ext_open(s, err, errlen) < 0)
+    if (cdc_bf_open(s, err, errlen) < 0 || cdc_ext_open(s, err, errlen) < 0)
         return -1;
     publish_position(s);
     return 0;
@@ -1016,6 +1030,7 @@ static void begin_txn(cdc_source *s, const pgo_msg *m)
     pgo_time_format(m->u.begin.commit_time, s->txn_time_text, sizeof s->txn_time_text);
     s->txn_xid = m->u.begin.xid;
     s->txn_index = 0;
+    cdc_bf_begin(s, m->u.begin.xid);
     free(s->origin);
     s->origin = NULL;
 }
@@ -1104,6 +1119,7 @@ static int emit_change(cdc_source *s, relay_batch *b, const pgo_msg *m, uint64_t
         return 0;
     }
     uint32_t index = s->txn_index++;
+    cdc_bf_change(s, rel, m);
     if (!rel->user_flag)
         return 0;
     relay_op op = m->type == 'I' ? OP_INSERT : m->type == 'U' ? OP_UPDATE : OP_DELETE;
@@ -1155,6 +1171,7 @@ static void emit_truncate(cdc_source *s, relay_batch *b, const pgo_msg *m, uint6
             continue;
         }
         uint32_t index = s->txn_index++;
+        cdc_bf_truncate(s, rel->oid);
         if (!rel->user_flag)
             continue;
         relay_msg *e = new_event(s, b, OP_TRUNCATE, rel, lsn, index);
@@ -1187,7 +1204,7 @@ static void emit_message(cdc_source *s, relay_batch *b, const pgo_msg *m, uint64
     uint32_t index = 0;
     if (transactional && s->in_txn)
         index = s->txn_index++;
-    if (strcmp(m->u.message.prefix, HEARTBEAT_PREFIX) == 0)
+    if (strcmp(m->u.message.prefix, HEARTBEAT_PREFIX) == 0 || cdc_bf_message(s, m, lsn))
         return;
     int was_in_txn = s->in_txn;
     char saved_lsn[sizeof s->txn_lsn_text];
@@ -1391,9 +1408,23 @@ static int stream_poll(cdc_source *s, relay_batch *b, size_t max, char *err, siz
         close_replication(s);
         return -1;
     }
+    if (cdc_bf_poll(s, b, max, err, errlen) < 0) {
+        char e[ERRLEN];
+        snprintf(e, sizeof e, "%s", err);
+        snprintf(err, errlen, "backfill: %s", e);
+        return -1;
+    }
     int64_t deadline = now_mono_ms() + POLL_WAIT_MS;
     int consumed = 0; /* PQconsumeInput done since libpq ran dry */
     for (;;) {
+        if (cdc_bf_holding(s)) {
+            /* The stream reached a chunk's high watermark: its rows go
+             * first, nothing after the watermark is read before them. */
+            if (cdc_bf_poll(s, b, max, err, errlen) < 0)
+                return -1;
+            if (cdc_bf_holding(s))
+                break;
+        }
         char *buf = NULL;
         int n = b->n < max ? PQgetCopyData(s->repl, &buf, 1) : 0;
         if (n > 0) {
@@ -1470,8 +1501,6 @@ static int cdc_ack(relay_source *base, relay_batch *b, char *err, size_t errlen)
 {
     cdc_source *s = (cdc_source *)base;
     (void)b;
-    (void)err;
-    (void)errlen;
     if (s->phase == PHASE_STREAM && s->ack_target > s->confirmed) {
         s->confirmed = s->ack_target;
         if (send_status(s, 1) < 0)
@@ -1479,6 +1508,8 @@ static int cdc_ack(relay_source *base, relay_batch *b, char *err, size_t errlen)
                       "after reconnecting");
     }
     publish_position(s);
+    if (s->phase == PHASE_STREAM)
+        return cdc_bf_ack(s, err, errlen);
     return 0;
 }
 
@@ -1504,6 +1535,7 @@ static void cdc_destroy(relay_source *base)
     if (s->confirmed > s->offset_lsn && s->base.w->pg && !pg_broken(s->base.w->pg))
         record_offset(s, s->confirmed);
     cdc_ext_destroy(s);
+    cdc_bf_destroy(s);
     close_snapshot(s);
     close_replication(s);
     reset_stream_state(s);

@@ -54,6 +54,7 @@ typedef struct snap_table {
 #define CDC_OPS 6 /* insert update delete truncate snapshot event */
 
 typedef struct cdc_ext cdc_ext;
+typedef struct cdc_backfill cdc_backfill;
 
 typedef struct cdc_source {
     relay_source base;
@@ -116,6 +117,7 @@ typedef struct cdc_source {
     /* counters for /status */
     uint64_t ops[CDC_OPS];
     cdc_ext *ext;
+    cdc_backfill *bf;         /* backfills on demand (cdc_backfill.c) */
 } cdc_source;
 
 extern const relay_source_ops relay_source_cdc_ops;
@@ -128,6 +130,47 @@ int cdc_table_selected(const cdc_source *s, const char *schema, const char *name
  * with '"' doubled, so that no two qualified names give the same key text
  * (docs/backends/cdc.md, "Dedup keys"). */
 void cdc_key_ident(relay_buf *out, const char *name);
+
+/* Append row i of a table read as a JSON object {"col": value, ...}: its
+ * first ncols columns, named as in the result, valued by type (types[c],
+ * pgoutput.h "values to JSON"). */
+void cdc_row_json(relay_buf *out, const PGresult *r, int i, int ncols, const uint32_t *types);
+
+/* Backfills (cdc_backfill.c; docs/backends/cdc.md "Backfills"). cdc.c calls:
+ *   cdc_bf_create    config (source.backfill_chunk_rows); -1 with err
+ *   cdc_bf_open      the source (re)opened: LISTEN, forget the chunk in
+ *                    memory (it is read again from the stored progress)
+ *   cdc_bf_poll      at the start of every stream poll: put rows of a
+ *                    released chunk into the batch, or look for work and
+ *                    read the next chunk; -1 (err) on a connection failure
+ *   cdc_bf_holding   1 while rows of a released chunk wait for batch space:
+ *                    the stream must not be read further
+ *   cdc_bf_begin     the stream delivered a transaction (its xid)
+ *   cdc_bf_change    an insert, update or delete of the stream
+ *   cdc_bf_truncate  a TRUNCATE of the stream (relation oid)
+ *   cdc_bf_message   a logical message: 1 when it is a backfill watermark
+ *                    (never published), 0 otherwise
+ *   cdc_bf_ack       the last polled batch is confirmed: store the progress
+ *                    of a chunk it completed; -1 (err) when that failed
+ *   cdc_bf_position  append ,"backfill":{...} to the /status position
+ *   cdc_bf_destroy   free */
+int cdc_bf_create(cdc_source *s, const json_t *cfg, char *err, size_t errlen);
+int cdc_bf_open(cdc_source *s, char *err, size_t errlen);
+int cdc_bf_poll(cdc_source *s, relay_batch *b, size_t max, char *err, size_t errlen);
+int cdc_bf_holding(const cdc_source *s);
+void cdc_bf_begin(cdc_source *s, uint32_t xid);
+void cdc_bf_change(cdc_source *s, const pgo_rel *rel, const pgo_msg *m);
+void cdc_bf_truncate(cdc_source *s, uint32_t relid);
+int cdc_bf_message(cdc_source *s, const pgo_msg *m, uint64_t lsn);
+int cdc_bf_ack(cdc_source *s, char *err, size_t errlen);
+void cdc_bf_position(cdc_source *s, relay_buf *p);
+void cdc_bf_destroy(cdc_source *s);
+
+/* 1 when the snapshot text "xmin:xmax:xip,xip,..." (pg_current_snapshot())
+ * lists one of the n xids as running, or is not of that form; 0 otherwise.
+ * Snapshot xids are 64-bit (epoch and xid): their low 32 bits are the xid
+ * a replication stream's Begin message carries. Pure (unit-tested). */
+int cdc_snapshot_running_any(const char *snapshot, const uint32_t *xids, size_t n);
 
 #ifdef RELAY_CDC_NATS
 int cdc_ext_create(cdc_source *s, char *err, size_t errlen);

@@ -5,6 +5,7 @@
  * Input: lines (separated by '\n'):
  *   1 the template        2 stream_table   3 schema   4 table
  *   5 refresh_id          6 the op name    7 outbox_id (decimal)
+ *   8 the row key ({key})
  * A missing line leaves its field NULL (outbox_id -1).
  *
  * Checks: subject_template_check accepts exactly the templates a small
@@ -19,7 +20,7 @@
 #include "message.h"
 
 static const char *const vars[] = {"stream_table", "op", "outbox_id", "refresh_id", "schema",
-                                   "table", NULL};
+                                   "table", "key", NULL};
 
 static int var_of(const char *p, size_t n)
 {
@@ -95,6 +96,7 @@ static void ref_render(const char *t, const relay_msg *m, relay_buf *out)
         case 3: ref_token(out, m->refresh_id); break;
         case 4: ref_token(out, m->schema); break;
         case 5: ref_token(out, m->table ? m->table : m->stream_table); break;
+        case 6: ref_token(out, m->key); break;
         }
         i = (size_t)(e - t);
     }
@@ -103,8 +105,8 @@ static void ref_render(const char *t, const relay_msg *m, relay_buf *out)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const uint8_t *p = data, *end = data + size;
-    char *f[7] = {0};
-    for (int i = 0; i < 7 && (i == 0 || p < end); i++)
+    char *f[8] = {0};
+    for (int i = 0; i < 8 && (i == 0 || p < end); i++)
         f[i] = fuzz_field(&p, end, '\n');
 
     relay_msg m = {0};
@@ -114,6 +116,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     m.table = f[3];
     m.refresh_id = f[4];
     m.op = relay_op_parse(f[5]);
+    m.key = f[7];
     m.outbox_id = -1;
     if (f[6]) {
         char *e;
@@ -142,7 +145,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         buf_free(&want);
     }
     buf_free(&got);
-    for (int i = 0; i < 7; i++)
+    for (int i = 0; i < 8; i++)
         free(f[i]);
     return 0;
 }

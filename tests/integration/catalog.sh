@@ -50,8 +50,8 @@ ok "$(grep -l '^\\' "$SQL_DIR"/*.sql >/dev/null && echo 1 || echo 0)" "no psql m
 
 setup_db
 pass "init installed the catalog"
-is "$(q "SELECT pgtrickle.relay_catalog_version()")" "3" "relay_catalog_version() = 3"
-is "$(q "SELECT value FROM pgtrickle.relay_catalog_meta WHERE key = 'version'")" "3" "relay_catalog_meta version = 3"
+is "$(q "SELECT pgtrickle.relay_catalog_version()")" "4" "relay_catalog_version() = 4"
+is "$(q "SELECT value FROM pgtrickle.relay_catalog_meta WHERE key = 'version'")" "4" "relay_catalog_meta version = 4"
 
 # --- exact table layouts ---------------------------------------------------
 cache_cols pgtrickle
@@ -275,7 +275,7 @@ is "$(as_relay "SELECT pgtrickle.relay_get_offset('default', 'never')")" "0" "re
 is "$(q "SELECT last_change_id, worker_id FROM pgtrickle.relay_consumer_offsets WHERE relay_group_id = 'default' AND pipeline_id = 'fwd1'")" \
    "10|host:2" "relay_consumer_offsets row: kept offset, latest worker"
 is "$(as_relay "SELECT pgtrickle.relay_commit_offset('default', 'fwd1', 12, 'host:2')")" "12" "relay_commit_offset moves forward"
-is "$(as_relay "SELECT pgtrickle.relay_catalog_version()")" "3" "relay login can call relay_catalog_version()"
+is "$(as_relay "SELECT pgtrickle.relay_catalog_version()")" "4" "relay login can call relay_catalog_version()"
 like "$(as_plain "SELECT pgtrickle.set_relay_outbox('zz', 'o', NULL, '{\"type\":\"nats\"}')")" "permission denied" \
    "ordinary login cannot execute set_relay_outbox"
 sql "GRANT USAGE ON SCHEMA pgtrickle TO $PLAIN_LOGIN" >/dev/null

@@ -24,7 +24,7 @@
 # "Upgrading", says the same.
 . "$(dirname "$0")/lib.sh"
 FIXTURE=$(cd "$(dirname "$0")/../fixtures/catalog-v1" && pwd)
-EXPECTED_VERSION=3            # RELAY_CATALOG_VERSION (src/catalog.h)
+EXPECTED_VERSION=4            # RELAY_CATALOG_VERSION (src/catalog.h)
 OLD=t_catalog_upgrade_v1      # the version-1 deployment's runtime login
 
 "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS \"$TEST_DB\" WITH (FORCE)" \
@@ -154,6 +154,16 @@ is "$(sql "SELECT string_agg(event_id, ' ' ORDER BY event_id) FROM pgtrickle.com
 is "$(sql "SELECT pgtrickle.relay_dlq_replay('orders-file')")" 2 "a pipeline manager replays the old dead letters"
 check "they arrive with their dedup keys and payloads" \
     wait_until 20 "[ \"\$(jq -r 'select(.dedup_key == \"outbox_orders:999:0\" or .dedup_key == \"outbox_orders:998:0\") | .payload.n' $A | sort | tr '\n' ' ')\" = '998 999 ' ]"
+# catalog version 4 (sql/009_backfills.sql): backfills work on the upgraded
+# catalog, for the pipeline managers only; the old runtime login reads them
+setup "CREATE PUBLICATION users_pub FOR TABLE users"
+bid=$(sql "SELECT pgtrickle.request_backfill('users-cdc', 'users')")
+is "$bid" 1 "version 4: a pipeline manager requests a backfill of an old CDC pipeline"
+is "$(sql_as "$OLD" "SELECT pipeline || ' ' || table_name || ' ' || state FROM pgtrickle.relay_backfills")" \
+    "users-cdc public.users queued" "the old runtime login reads relay_backfills (queued: the pipeline is disabled)"
+err=$(sql_as "$OLD" "SELECT pgtrickle.request_backfill('users-cdc', 'users')" 2>&1 >/dev/null)
+like "$err" "permission denied for function request_backfill" "but may not request one"
+is "$(sql "SELECT pgtrickle.cancel_backfill($bid)")" t "the manager cancels it"
 stop_relay r1
 is "$?" 0 "the relay stops cleanly"
 is "$(grep -c '"n": *\(1\|2\|3\|4\|5\|6\)[,}]' "$A")" 0 "no row the old relay had delivered was sent again"
