@@ -130,6 +130,15 @@ void buf_put_i64(relay_buf *b, int64_t v)
     buf_append(b, p, (size_t)(tmp + sizeof tmp - p));
 }
 
+int utf8_valid(const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    for (size_t i = 0, len; i < n; i += len)
+        if ((len = s[i] == 0 ? 1 : utf8_seq_len(s + i, n - i)) == 0)
+            return 0;
+    return 1;
+}
+
 size_t utf8_seq_len(const void *p, size_t avail)
 {
     const unsigned char *s = p;

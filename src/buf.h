@@ -47,6 +47,10 @@ void buf_put_log_text(relay_buf *b, const char *s, size_t n);
 void utf8_sanitize(char *s);
 /* Length of the valid, NUL-free UTF-8 sequence at p (1..4), or 0. */
 size_t utf8_seq_len(const void *p, size_t avail);
+/* 1 when p[0..n) is valid UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates), NUL bytes allowed (a MessagePack or CloudEvents string may
+ * hold U+0000); 0 otherwise. utf8_text_valid() (json_scan.h) refuses NUL. */
+int utf8_valid(const void *p, size_t n);
 /* Reset to empty, keeping the allocation. */
 void buf_clear(relay_buf *b);
 /* Free the allocation and zero the struct. */

@@ -264,41 +264,6 @@ static void pack_str(msgpack_packer *pk, const char *s)
     pack_strn(pk, s, strlen(s));
 }
 
-/* Is p[0..n) UTF-8 (NUL allowed: MessagePack strings may hold U+0000)? */
-static int utf8_valid(const unsigned char *p, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = p[i];
-        size_t k;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            k = 1, cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            k = 2, cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            k = 3, cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (n - i <= k)
-            return 0;
-        for (size_t j = 1; j <= k; j++) {
-            if ((p[i + j] & 0xC0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (p[i + j] & 0x3F);
-        }
-        static const uint32_t min[4] = {0, 0x80, 0x800, 0x10000};
-        if (cp < min[k] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        i += k + 1;
-    }
-    return 1;
-}
-
 /* Split the JSON number s[0..n) (NUL-terminated at n) into its
  * significant digits (no leading or trailing zeros, at most `cap`) and the
  * decimal exponent of the first one. Returns the number of significant

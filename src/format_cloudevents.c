@@ -176,41 +176,6 @@ static int hexv(int c)
          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
 }
 
-/* Strict UTF-8 (no overlongs, no surrogates, nothing past U+10FFFF). */
-static int utf8_ok(const unsigned char *p, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = p[i];
-        size_t k;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            k = 1, cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            k = 2, cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            k = 3, cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (n - i <= k)
-            return 0;
-        for (size_t j = 1; j <= k; j++) {
-            if ((p[i + j] & 0xC0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (p[i + j] & 0x3F);
-        }
-        static const uint32_t min[4] = {0, 0x80, 0x800, 0x10000};
-        if (cp < min[k] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        i += k + 1;
-    }
-    return 1;
-}
-
 int fmt_ce_header_decode(const char *v, size_t n, relay_buf *out)
 {
     size_t start = out->len;
@@ -239,7 +204,7 @@ int fmt_ce_header_decode(const char *v, size_t n, relay_buf *out)
     buf_free(&uq);
     if (out->len == start)
         return 0;
-    return utf8_ok((const unsigned char *)out->data + start, out->len - start) ? 0 : -1;
+    return utf8_valid((const unsigned char *)out->data + start, out->len - start) ? 0 : -1;
 }
 
 /* ---- structured events (JSON event format) -------------------------------- */
