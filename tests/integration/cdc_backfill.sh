@@ -77,7 +77,7 @@ check "/status shows the backfill in the pipeline's position" \
 check "the backfill finishes while the writers write" wait_until 300 "[ \"\$(bf_state $id)\" = done ]"
 touch "$STOP"
 wait $wpid $wpid2
-is "$(bf_writer_errors)" "" "the two writers ran without errors but deadlocks"
+is "$(bf_writer_errors)" "" "the two writers ran without errors but deadlocks and key races"
 sql "INSERT INTO marker VALUES (1)" >/dev/null
 check "the stream caught up with the writer" \
     wait_until 60 "[ \"\$(count_events $OUT 'select(.source.table == \"marker\")')\" = 1 ]"

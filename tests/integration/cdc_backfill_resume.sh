@@ -55,7 +55,7 @@ like "$(grep "backfill $id of public.bf" "$TEST_TMP/$other.log")" "resuming afte
     "relay $other resumed the backfill"
 touch "$STOP"
 wait $wpid $wpid2
-is "$(bf_writer_errors)" "" "the writers ran without errors but deadlocks"
+is "$(bf_writer_errors)" "" "the writers ran without errors but deadlocks and key races"
 sql "INSERT INTO marker VALUES (1)" >/dev/null
 check "the stream caught up with the writers" \
     wait_until 60 "[ \"\$(count_events $OUT 'select(.source.table == \"marker\")')\" = 1 ]"
