@@ -438,7 +438,7 @@ static void abandon_actions(sqs_source *s)
  * Returns 0, or -1 with err (the first failure) when the request failed as
  * a whole. */
 static int action_result(sqs_source *s, const char *action, sqs_call *done, const size_t *idx,
-                         size_t n, unsigned char *todo, size_t *refused, char *err,
+                         size_t n, unsigned char *unsettled, size_t *refused, char *err,
                          size_t errlen)
 {
     char code[64], msg[256], why[300];
@@ -454,7 +454,7 @@ static int action_result(sqs_source *s, const char *action, sqs_call *done, cons
     }
     for (size_t j = 0; j < n; j++) {
         if (res[j].state == SQS_ENTRY_OK || res[j].state == SQS_ENTRY_SENDER_FAULT)
-            todo[idx[j]] = 0;
+            unsettled[idx[j]] = 0;
         if (res[j].state == SQS_ENTRY_SENDER_FAULT) {
             (*refused)++;
             log_debug(pipeline_name(s), "%s: %s: %s", action, res[j].code, res[j].message);
@@ -464,11 +464,11 @@ static int action_result(sqs_source *s, const char *action, sqs_call *done, cons
 }
 
 /* Run one batch action (DeleteMessageBatch, ChangeMessageVisibilityBatch)
- * over the receipt handles of msgs whose flag is set in todo[], 10 per
+ * over the receipt handles of msgs whose flag is set in unsettled[], 10 per
  * request, DELETE_CALLS at once. Entries done (or refused by SQS) get
- * todo[i] = 0; the transiently failed stay 1. Counts the refused in
+ * unsettled[i] = 0; the transiently failed stay 1. Counts the refused in
  * *refused. Returns 0, or -1 with err when a request failed as a whole. */
-static int batch_action(sqs_source *s, const char *action, relay_batch *b, unsigned char *todo,
+static int batch_action(sqs_source *s, const char *action, relay_batch *b, unsigned char *unsettled,
                         size_t *refused, char *err, size_t errlen)
 {
     size_t idx[DELETE_CALLS][SQS_MAX_BATCH_ENTRIES];
@@ -486,7 +486,7 @@ static int batch_action(sqs_source *s, const char *action, relay_batch *b, unsig
             }
             cnt[c] = 0;
             while (next < b->n && cnt[c] < SQS_MAX_BATCH_ENTRIES) {
-                if (todo[next])
+                if (unsettled[next])
                     idx[c][cnt[c]++] = next;
                 next++;
             }
@@ -519,7 +519,7 @@ static int batch_action(sqs_source *s, const char *action, relay_batch *b, unsig
         }
         for (int c = 0; c < DELETE_CALLS; c++) {
             if (sqs_call_take(&s->del[c]) &&
-                action_result(s, action, &s->del[c], idx[c], cnt[c], todo, refused,
+                action_result(s, action, &s->del[c], idx[c], cnt[c], unsettled, refused,
                               failed ? NULL : err, failed ? 0 : errlen) < 0)
                 failed = 1;
         }
@@ -527,11 +527,11 @@ static int batch_action(sqs_source *s, const char *action, relay_batch *b, unsig
     return failed ? -1 : 0;
 }
 
-static size_t count_todo(const unsigned char *todo, size_t n)
+static size_t count_unsettled(const unsigned char *unsettled, size_t n)
 {
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        k += todo[i];
+        k += unsettled[i];
     return k;
 }
 
@@ -543,18 +543,18 @@ static int ss_ack(relay_source *base, relay_batch *b, char *err, size_t errlen)
     if (!s->client.multi && sqs_client_open(&s->client, &s->conf, (long)s->concurrency +
                                             DELETE_CALLS + 1, err, errlen) < 0)
         return -1;
-    unsigned char *todo = xmalloc(b->n);
-    memset(todo, 1, b->n);
+    unsigned char *unsettled = xmalloc(b->n);
+    memset(unsettled, 1, b->n);
     size_t refused = 0;
     char last[1024] = "";
-    for (int round = 0; round < DELETE_ROUNDS && count_todo(todo, b->n); round++) {
+    for (int round = 0; round < DELETE_ROUNDS && count_unsettled(unsettled, b->n); round++) {
         if (round > 0 && worker_wait(s->base.w, -1, 0, 200 * round) < 0)
             break;
-        if (batch_action(s, "DeleteMessageBatch", b, todo, &refused, last, sizeof last) < 0)
+        if (batch_action(s, "DeleteMessageBatch", b, unsettled, &refused, last, sizeof last) < 0)
             log_debug(pipeline_name(s), "deleting received messages: %s", last);
     }
-    size_t left = count_todo(todo, b->n);
-    free(todo);
+    size_t left = count_unsettled(unsettled, b->n);
+    free(unsettled);
     s->deleted += b->n - left - refused;
     s->delete_failed += left + refused;
     if (refused)
@@ -575,15 +575,15 @@ static void ss_release(relay_source *base, relay_batch *b)
     sqs_source *s = (sqs_source *)base;
     if (b->n == 0 || !s->client.multi)
         return;
-    unsigned char *todo = xmalloc(b->n);
-    memset(todo, 1, b->n);
+    unsigned char *unsettled = xmalloc(b->n);
+    memset(unsettled, 1, b->n);
     size_t refused = 0;
     char why[1024] = "";
-    if (batch_action(s, "ChangeMessageVisibilityBatch", b, todo, &refused, why, sizeof why) < 0)
+    if (batch_action(s, "ChangeMessageVisibilityBatch", b, unsettled, &refused, why, sizeof why) < 0)
         log_warn(pipeline_name(s), "releasing %zu messages failed (%s): they come back after "
-                 "their visibility timeout", count_todo(todo, b->n), why);
-    s->released += b->n - count_todo(todo, b->n) - refused;
-    free(todo);
+                 "their visibility timeout", count_unsettled(unsettled, b->n), why);
+    s->released += b->n - count_unsettled(unsettled, b->n) - refused;
+    free(unsettled);
     publish_position(s);
 }
 
