@@ -468,8 +468,8 @@ static int action_result(sqs_source *s, const char *action, sqs_call *done, cons
  * request, DELETE_CALLS at once. Entries done (or refused by SQS) get
  * unsettled[i] = 0; the transiently failed stay 1. Counts the refused in
  * *refused. Returns 0, or -1 with err when a request failed as a whole. */
-static int batch_action(sqs_source *s, const char *action, relay_batch *b, unsigned char *unsettled,
-                        size_t *refused, char *err, size_t errlen)
+static int batch_action(sqs_source *s, const char *action, relay_batch *b,
+                        unsigned char *unsettled, size_t *refused, char *err, size_t errlen)
 {
     size_t idx[DELETE_CALLS][SQS_MAX_BATCH_ENTRIES];
     size_t cnt[DELETE_CALLS];
@@ -579,7 +579,8 @@ static void ss_release(relay_source *base, relay_batch *b)
     memset(unsettled, 1, b->n);
     size_t refused = 0;
     char why[1024] = "";
-    if (batch_action(s, "ChangeMessageVisibilityBatch", b, unsettled, &refused, why, sizeof why) < 0)
+    if (batch_action(s, "ChangeMessageVisibilityBatch", b, unsettled, &refused, why,
+                     sizeof why) < 0)
         log_warn(pipeline_name(s), "releasing %zu messages failed (%s): they come back after "
                  "their visibility timeout", count_unsettled(unsettled, b->n), why);
     s->released += b->n - count_unsettled(unsettled, b->n) - refused;
