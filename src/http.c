@@ -187,6 +187,7 @@ static uint64_t consumed_of(relay_stats *s) { return load_u64(&s->consumed); }
 static uint64_t dedup_of(relay_stats *s) { return load_u64(&s->dedup_skipped); }
 static uint64_t dead_of(relay_stats *s) { return load_u64(&s->dead_lettered); }
 static uint64_t batches_of(relay_stats *s) { return load_u64(&s->batches); }
+static uint64_t read_ahead_of(relay_stats *s) { return load_u64(&s->batches_read_ahead); }
 
 static void put_error_family(relay_buf *out, const snapshot *snap)
 {
@@ -420,6 +421,9 @@ void http_render_metrics(relay_buf *out)
                        "Messages written to the dead-letter table.", NULL, NULL, dead_of);
     put_counter_family(out, &snap, "pgtrickle_relay_batches_total",
                        "Batches acknowledged to the source.", NULL, NULL, batches_of);
+    put_counter_family(out, &snap, "pgtrickle_relay_batches_read_ahead_total",
+                       "Batches read while the previous batch was being published.", NULL, NULL,
+                       read_ahead_of);
     put_op_family(out, &snap);
     put_health_family(out, &snap, now);
     put_lag_families(out, &snap);
@@ -533,12 +537,13 @@ static json_t *status_counters(relay_stats *s)
     for (int k = 0; k < ERR_KIND_COUNT; k++)
         json_object_set_new(errors, relay_err_kind_name((relay_err_kind)k),
                             json_integer((json_int_t)load_u64(&s->errors[k])));
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}",
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
                      "published", (json_int_t)load_u64(&s->published),
                      "consumed", (json_int_t)load_u64(&s->consumed),
                      "dead_lettered", (json_int_t)load_u64(&s->dead_lettered),
                      "dedup_skipped", (json_int_t)load_u64(&s->dedup_skipped),
                      "batches", (json_int_t)load_u64(&s->batches),
+                     "batches_read_ahead", (json_int_t)load_u64(&s->batches_read_ahead),
                      "errors", errors);
 }
 

@@ -155,6 +155,7 @@ void msg_set_error(relay_msg *m, relay_msg_state state, const char *fmt, ...)
 void batch_reset(relay_batch *b)
 {
     b->n = 0;
+    b->ack_pos = b->ack_aux = 0;
     arena_reset(&b->arena);
 }
 

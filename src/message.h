@@ -151,6 +151,13 @@ typedef struct relay_batch {
     size_t n;
     size_t cap;
     relay_arena arena;
+    /* Source-private position of this batch, set by poll() and read by
+     * ack() (outbox: the last outbox id read; cdc: the end LSN of the last
+     * Commit read), so that a batch read ahead (relay_source_ops.
+     * can_read_ahead) never changes what acking this one confirms.
+     * batch_reset() zeroes both. */
+    int64_t ack_pos;
+    int64_t ack_aux;
 } relay_batch;
 
 /* Set m->state = `state` and m->error to a printf-formatted text copied

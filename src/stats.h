@@ -48,6 +48,7 @@ typedef struct relay_stats {
     _Atomic uint64_t dedup_skipped;    /* inbox rows skipped by ON CONFLICT */
     _Atomic uint64_t dead_lettered;    /* messages written to relay_dlq */
     _Atomic uint64_t batches;          /* batches acknowledged to the source */
+    _Atomic uint64_t batches_read_ahead; /* batches polled while the previous one was published */
 
     _Atomic int running;       /* 1 while a worker owns and runs the pipeline */
     _Atomic int pg_up;         /* worker's PostgreSQL connection is usable */

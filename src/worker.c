@@ -330,6 +330,166 @@ static void encode_bodies(relay_worker *w, relay_batch *b)
     buf_free(&tmp);
 }
 
+/* ---- read-ahead ---------------------------------------------------------- */
+
+/* With a backlog, reading batch k+1 (a wait on PostgreSQL) and publishing
+ * batch k (a wait on the broker) done one after the other make the
+ * pipeline as slow as their sum. So when the source says its next poll
+ * would return at once (can_read_ahead) and the sink does not write through
+ * the worker's PostgreSQL connection, the first publish of batch k runs on a
+ * second thread, the publisher, while the worker thread polls batch k+1 and
+ * prepares it (subjects, bodies). Everything else stays on the worker
+ * thread and in order: the results of batch k, its retries and dead
+ * letters, its ack, then batch k+1. The source is only ever called from the
+ * worker thread; the sink from one thread at a time, handed over under the
+ * publisher's mutex. A batch read ahead is dropped, and the source reopened
+ * at its durable position, whenever batch k is not acked. */
+
+typedef struct worker_publisher {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;   /* hand-over, completion and quit (CLOCK_MONOTONIC) */
+    int busy;            /* a publish was handed over and has not returned */
+    int quit;
+    relay_msg **msgs;    /* the hand-over: sink->publish(msgs, n) */
+    size_t n;
+    int rc;
+    char err[ERRLEN];
+} worker_publisher;
+
+/* The next batch, polled while the current one is published. */
+typedef struct read_ahead {
+    relay_batch *b;      /* receives it */
+    size_t max;
+    int polled;          /* the poll ran; n is its result */
+    int n;               /* events, 0 none, -1 failed (err) */
+    char err[ERRLEN];
+} read_ahead;
+
+static void *publisher_main(void *arg)
+{
+    relay_worker *w = arg;
+    worker_publisher *p = w->pub;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->busy && !p->quit)
+            pthread_cond_wait(&p->cv, &p->mu);
+        if (!p->busy)
+            break;
+        pthread_mutex_unlock(&p->mu);
+        int rc = w->sink->ops->publish(w->sink, p->msgs, p->n, p->err, sizeof p->err);
+        pthread_mutex_lock(&p->mu);
+        p->rc = rc;
+        p->busy = 0;
+        pthread_cond_broadcast(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* The publisher thread, started at the first read-ahead; NULL when no
+ * thread can be started (the worker then publishes itself). */
+static worker_publisher *publisher(relay_worker *w)
+{
+    if (w->pub)
+        return w->pub;
+    worker_publisher *p = xcalloc(1, sizeof *p);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    w->pub = p;
+    if (pthread_create(&p->thread, NULL, publisher_main, w) != 0) {
+        log_warn(w->cfg.name, "cannot start a publisher thread: reading and publishing "
+                 "one after the other");
+        pthread_cond_destroy(&p->cv);
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+        w->pub = NULL;
+    }
+    return w->pub;
+}
+
+/* End the publisher thread (it is idle: every hand-over is waited for). */
+static void publisher_stop(relay_worker *w)
+{
+    worker_publisher *p = w->pub;
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+    w->pub = NULL;
+}
+
+/* May the worker poll the next batch while this one is published? */
+static int may_read_ahead(relay_worker *w)
+{
+    return w->source->ops->can_read_ahead && !w->sink->uses_worker_pg && !worker_stopping(w) &&
+           w->source->ops->can_read_ahead(w->source);
+}
+
+/* Subjects and bodies of a polled batch, before its first publish. */
+static void prepare_batch(relay_worker *w, relay_batch *b)
+{
+    if (w->cfg.forward)
+        render_subjects(w, b);
+    encode_bodies(w, b);
+}
+
+/* sink->publish(msgs, n) on the publisher thread while this thread polls
+ * the next batch into ra and prepares it, calling the source's idle hook
+ * while it waits for the publish. Returns publish()'s result. */
+static int publish_reading_ahead(relay_worker *w, relay_msg **msgs, size_t n, char *err,
+                                 size_t errlen, read_ahead *ra)
+{
+    worker_publisher *p = publisher(w);
+    if (!p)
+        return w->sink->ops->publish(w->sink, msgs, n, err, errlen);
+    pthread_mutex_lock(&p->mu);
+    p->msgs = msgs;
+    p->n = n;
+    p->busy = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+
+    ra->n = w->source->ops->poll(w->source, ra->b, ra->max, ra->err, sizeof ra->err);
+    ra->polled = 1;
+    if (ra->n > 0) {
+        prepare_batch(w, ra->b);
+        atomic_fetch_add(&w->stats->batches_read_ahead, 1);
+    }
+
+    pthread_mutex_lock(&p->mu);
+    while (p->busy) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += IDLE_EVERY_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&p->cv, &p->mu, &until);
+        if (p->busy) {
+            pthread_mutex_unlock(&p->mu);
+            source_idle(w);
+            pthread_mutex_lock(&p->mu);
+        }
+    }
+    int rc = p->rc;
+    if (rc < 0)
+        snprintf(err, errlen, "%s", p->err);
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
 /* The stop deadline passed with messages unconfirmed: say that they stay
  * unacknowledged (the source delivers them again). */
 static void give_up(relay_worker *w, size_t unconfirmed)
@@ -360,9 +520,10 @@ static void broken_ack_first(relay_worker *w, relay_batch *b)
 }
 #endif
 
-/* Publish until every message is CONFIRMED or DEAD.
+/* Publish until every message is CONFIRMED or DEAD; with `ra`, read the
+ * next batch during the first publish (read-ahead above).
  * Returns 0 done, -1 abandoned (shutdown deadline or lost PostgreSQL). */
-static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
+static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo, read_ahead *ra)
 {
     char err[ERRLEN];
     relay_msg **pending = xmalloc(b->n * sizeof *pending);
@@ -389,7 +550,10 @@ static int deliver(relay_worker *w, relay_batch *b, relay_backoff *bo)
             int rc = w->sink_open ? 0 : w->sink->ops->open(w->sink, err, sizeof err);
             if (rc == 0) {
                 w->sink_open = 1;
-                rc = w->sink->ops->publish(w->sink, pending, n, err, sizeof err);
+                if (ra && !ra->polled)
+                    rc = publish_reading_ahead(w, pending, n, err, sizeof err, ra);
+                else
+                    rc = w->sink->ops->publish(w->sink, pending, n, err, sizeof err);
             }
             source_idle(w);
             if (rc < 0) {
@@ -550,7 +714,7 @@ static int replay_dead_letters(relay_worker *w, relay_backoff *bo, int64_t *last
     }
     PQclear(r);
     log_info(w->cfg.name, "replaying %zu dead letters", b.n);
-    int rc = deliver(w, &b, bo);
+    int rc = deliver(w, &b, bo, NULL);
     if (rc == 0 && pg_exec(w->pg, "COMMIT", 0, NULL, err, sizeof err) == 0) {
         log_info(w->cfg.name, "%zu dead letters replayed", b.n);
     } else {
@@ -590,7 +754,9 @@ static void run(relay_worker *w)
     char err[ERRLEN];
     relay_backoff bo;
     backoff_init(&bo);
-    relay_batch batch = {0};
+    relay_batch batch = {0}, ahead = {0};
+    read_ahead ra = {.b = &ahead};
+    int have_ahead = 0; /* `ahead` holds the result of a read-ahead poll (ra.n) */
     int source_open = 0;
     int64_t last_replay_check = 0;
     int64_t max_batch = 100000; /* sources apply their own batch size below this */
@@ -628,6 +794,7 @@ static void run(relay_worker *w)
             log_info(w->cfg.name, "PostgreSQL connection restored; pipeline resumed");
             atomic_store(&w->stats->pg_up, 1);
             source_open = 0;
+            have_ahead = 0; /* read on the lost connection: read again after reopening */
             w->sink_open = 0;
         }
         if (replay_dead_letters(w, &bo, &last_replay_check) < 0)
@@ -660,8 +827,19 @@ static void run(relay_worker *w)
                 log_debug(w->cfg.name, "source %s open", w->cfg.source_type);
         }
 
-        batch_reset(&batch);
-        int n = w->source->ops->poll(w->source, &batch, (size_t)max_batch, err, sizeof err);
+        int n;
+        if (have_ahead && source_open) {
+            relay_batch t = batch;
+            batch = ahead;
+            ahead = t;
+            n = ra.n;
+            if (n < 0)
+                snprintf(err, sizeof err, "%s", ra.err);
+        } else {
+            batch_reset(&batch);
+            n = w->source->ops->poll(w->source, &batch, (size_t)max_batch, err, sizeof err);
+        }
+        have_ahead = 0;
         if (n < 0) {
             stats_error(w->stats, pg_broken(w->pg) ? ERR_POSTGRES : ERR_SOURCE, "source: %s", err);
             if (atomic_exchange(&w->stats->source_up, 0))
@@ -683,7 +861,17 @@ static void run(relay_worker *w)
         continue;
 #endif
 
-        if (deliver(w, &batch, &bo) < 0) {
+        read_ahead *rap = NULL;
+        if (may_read_ahead(w)) {
+            batch_reset(&ahead);
+            ra.max = (size_t)max_batch;
+            ra.polled = 0;
+            rap = &ra;
+        }
+        int delivered = deliver(w, &batch, &bo, rap);
+        if (delivered < 0 && rap && ra.polled && ra.n > 0 && w->source->ops->release)
+            w->source->ops->release(w->source, &ahead);
+        if (delivered < 0) {
             if (w->source->ops->release)
                 w->source->ops->release(w->source, &batch);
             source_open = 0; /* re-read from the durable position */
@@ -702,8 +890,12 @@ static void run(relay_worker *w)
         atomic_fetch_add(&w->stats->batches, 1);
         atomic_store(&w->stats->last_progress_ms, now_wall_ms());
         publish_sink_info(w);
+        have_ahead = rap && ra.polled;
     }
+    if (have_ahead && ra.n > 0 && w->source->ops->release)
+        w->source->ops->release(w->source, &ahead);
     batch_free(&batch);
+    batch_free(&ahead);
     if (atomic_load(&w->state) == WORKER_RUNNING)
         atomic_store(&w->state, WORKER_EXITED);
 }
@@ -712,6 +904,7 @@ static void *worker_main(void *arg)
 {
     relay_worker *w = arg;
     run(w);
+    publisher_stop(w);
     if (w->source) {
         w->source->ops->destroy(w->source);
         w->source = NULL;

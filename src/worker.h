@@ -9,7 +9,9 @@
  *   poll source -> publish to sink -> wait for confirmation
  *   -> dead-letter permanent failures -> ack the source -> repeat
  * with jittered exponential backoff (100 ms .. 30 s) on transient errors and
- * nothing acknowledged that the sink has not confirmed.
+ * nothing acknowledged that the sink has not confirmed. With a backlog it
+ * reads the next batch while the sink publishes the current one
+ * ("read-ahead" in worker.c); acknowledgements stay in order.
  */
 #ifndef RELAY_WORKER_H
 #define RELAY_WORKER_H
@@ -41,6 +43,7 @@ typedef struct relay_worker {
     relay_source *source;
     relay_sink *sink;
     int sink_open;               /* sink->open succeeded and no publish failed since */
+    struct worker_publisher *pub; /* read-ahead: the thread that publishes meanwhile (worker.c) */
     relay_stats *stats;          /* referenced */
 
     pthread_t thread;

@@ -126,6 +126,7 @@ static relay_sink *ib_create(const json_t *cfg, relay_worker *w, char *err, size
     s->map_trace = mt ? xstrdup(mt) : NULL;
     s->url = url && *url ? xstrdup(url) : NULL;
     s->base.subject_template = tmpl ? xstrdup(tmpl) : NULL;
+    s->base.uses_worker_pg = !s->url;
     return &s->base;
 }
 

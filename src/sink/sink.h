@@ -66,6 +66,11 @@ struct relay_sink {
      * that cannot be encoded. 0: the sink formats messages itself. */
     int encode;
     relay_format format;
+    /* Set by create() for a sink that writes through the worker's own
+     * PostgreSQL connection (pg-inbox without a url): its publish() must
+     * never run while the worker polls on that connection, so the worker
+     * does not read ahead for it. */
+    int uses_worker_pg;
     /* Format settings and subject_overrides (encode.h), read by create()
      * with relay_format_opts_from_cfg() and freed by destroy(); the worker
      * applies the overrides when it renders subjects. Zero: the defaults. */

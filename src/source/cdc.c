@@ -49,12 +49,16 @@
  * while it is still being received, in bounded memory. Events are decoded
  * straight from libpq's buffer into the batch arena.
  *
- * Acknowledgement.  The worker acks batch k before it polls batch k+1, so
- * when ack(k) runs every event of every transaction whose Commit was read
- * during poll k is confirmed (the Commit follows all its events). ack()
- * therefore advances `confirmed` to the end LSN of the last Commit read by
- * that poll; a poll that returns no event advances it at once (the
- * transactions it read had no events for us: filtered tables, heartbeats).
+ * Acknowledgement.  Each poll records in its batch (relay_batch.ack_pos)
+ * the end LSN of the last Commit read so far. Batches are acked in order,
+ * so when ack(k) runs every event of every transaction whose Commit was
+ * read by the end of poll k is confirmed (the Commit follows all its
+ * events); ack() advances `confirmed` to that batch's ack_pos. That holds
+ * also while the worker reads ahead (polls k+1 before it acks k; only when
+ * poll k filled its batch, outside snapshots and backfills). A poll that
+ * returns no event while no batch is unacked advances `confirmed` at once
+ * (the transactions it read had no events for us: filtered tables,
+ * heartbeats).
  * Standby status updates carry write = flush = apply = confirmed, never
  * more: after every ack that advanced it, whenever status_interval elapsed
  * (checked in poll() and in idle(), which the worker calls at least once a
@@ -901,7 +905,8 @@ static void reset_stream_state(cdc_source *s)
 {
     s->in_txn = 0;
     s->last_commit_end = 0;
-    s->ack_target = 0;
+    s->unacked = 0;
+    s->last_poll_full = 0;
     free(s->origin);
     s->origin = NULL;
     pgo_relcache_free(&s->rels);
@@ -1351,7 +1356,9 @@ static void stream_error(cdc_source *s, char *err, size_t errlen)
 /* Nothing of ours is outstanding: commits read so far are confirmed. */
 static void confirm_idle(cdc_source *s)
 {
-    if (s->last_commit_end > s->confirmed)
+    /* While a batch read earlier is unacked, the Commits read may be its
+     * own: only its ack confirms them. */
+    if (s->unacked == 0 && s->last_commit_end > s->confirmed)
         s->confirmed = s->last_commit_end;
 }
 
@@ -1408,7 +1415,9 @@ static int stream_poll(cdc_source *s, relay_batch *b, size_t max, char *err, siz
         close_replication(s);
         return -1;
     }
-    if (cdc_bf_poll(s, b, max, err, errlen) < 0) {
+    /* A read-ahead poll (an earlier batch unacked) starts no backfill
+     * chunk: the ack of that earlier batch would store its progress. */
+    if (s->unacked == 0 && cdc_bf_poll(s, b, max, err, errlen) < 0) {
         char e[ERRLEN];
         snprintf(e, sizeof e, "%s", err);
         snprintf(err, errlen, "backfill: %s", e);
@@ -1469,7 +1478,7 @@ static int stream_poll(cdc_source *s, relay_batch *b, size_t max, char *err, siz
         if (rc == 0 && now_mono_ms() >= deadline)
             break;
     }
-    s->ack_target = s->last_commit_end;
+    b->ack_pos = (int64_t)s->last_commit_end;
     if (b->n == 0) {
         confirm_idle(s);
         periodic(s);
@@ -1494,15 +1503,29 @@ static int cdc_poll(relay_source *base, relay_batch *b, size_t max, char *err, s
     }
     if (cdc_ext_poll(s, err, errlen) < 0)
         return -1;
-    return stream_poll(s, b, max, err, errlen);
+    int n = stream_poll(s, b, max, err, errlen);
+    s->last_poll_full = n > 0 && (size_t)n >= max;
+    if (n > 0)
+        s->unacked++;
+    return n;
+}
+
+/* Streaming, no backfill at work, and the last poll stopped at batch_size
+ * (the stream has more at once): the worker may poll again before it acks.
+ * ack() confirms each batch's own last Commit (relay_batch.ack_pos). */
+static int cdc_can_read_ahead(relay_source *base)
+{
+    cdc_source *s = (cdc_source *)base;
+    return s->phase == PHASE_STREAM && s->streaming && s->last_poll_full && !cdc_bf_active(s);
 }
 
 static int cdc_ack(relay_source *base, relay_batch *b, char *err, size_t errlen)
 {
     cdc_source *s = (cdc_source *)base;
-    (void)b;
-    if (s->phase == PHASE_STREAM && s->ack_target > s->confirmed) {
-        s->confirmed = s->ack_target;
+    if (s->unacked > 0)
+        s->unacked--;
+    if (s->phase == PHASE_STREAM && (uint64_t)b->ack_pos > s->confirmed) {
+        s->confirmed = (uint64_t)b->ack_pos;
         if (send_status(s, 1) < 0)
             log_debug(pname(s), "standby status not sent (connection lost); it is sent again "
                       "after reconnecting");
@@ -1559,6 +1582,7 @@ const relay_source_ops relay_source_cdc_ops = {
     .open = cdc_open,
     .poll = cdc_poll,
     .ack = cdc_ack,
+    .can_read_ahead = cdc_can_read_ahead,
     .idle = cdc_idle,
     .position = cdc_position,
     .destroy = cdc_destroy,

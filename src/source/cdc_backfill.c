@@ -357,6 +357,40 @@ int cdc_bf_holding(const cdc_source *s)
     return s->bf->phase == BF_RELEASE;
 }
 
+/* Take the notifications that arrived on the worker's connection; one
+ * naming this pipeline means: look at the catalog. 0, or -1 (err) when the
+ * connection failed. */
+static int take_notifies(cdc_source *s, char *err, size_t errlen)
+{
+    cdc_backfill *bf = s->bf;
+    PGconn *c = s->base.w->pg;
+    if (!bf->listening)
+        return 0;
+    if (!PQconsumeInput(c)) {
+        pg_error(c, err, errlen);
+        return -1;
+    }
+    PGnotify *n;
+    while ((n = PQnotifies(c)) != NULL) {
+        if (strcmp(n->relname, "pgtrickle_relay_backfill") == 0 && strcmp(n->extra, pname(s)) == 0)
+            bf->recheck = 1;
+        PQfreemem(n);
+    }
+    return 0;
+}
+
+int cdc_bf_active(cdc_source *s)
+{
+    cdc_backfill *bf = s->bf;
+    if (bf->id != 0 || bf->phase != BF_IDLE || bf->recheck ||
+        now_mono_ms() - bf->checked_at_ms >= RECHECK_MS)
+        return 1;
+    char err[ERRLEN];
+    if (take_notifies(s, err, sizeof err) < 0)
+        return 1; /* the next poll reports the failure */
+    return bf->recheck;
+}
+
 /* ---- reading a chunk -------------------------------------------------------------- */
 
 /* Load the table of the backfill (names, published columns, primary key,
@@ -824,20 +858,8 @@ int cdc_bf_poll(cdc_source *s, relay_batch *b, size_t max, char *err, size_t err
     }
     if (bf->phase != BF_IDLE)
         return 0;
-    PGconn *c = s->base.w->pg;
-    if (bf->listening) {
-        if (!PQconsumeInput(c)) {
-            pg_error(c, err, errlen);
-            return -1;
-        }
-        PGnotify *n;
-        while ((n = PQnotifies(c)) != NULL) {
-            if (strcmp(n->relname, "pgtrickle_relay_backfill") == 0 &&
-                strcmp(n->extra, pname(s)) == 0)
-                bf->recheck = 1;
-            PQfreemem(n);
-        }
-    }
+    if (take_notifies(s, err, errlen) < 0)
+        return -1;
     if (bf->recheck || now_mono_ms() - bf->checked_at_ms >= RECHECK_MS) {
         int rc;
         do { /* a backfill marked failed sets recheck: take up the next */

@@ -85,7 +85,8 @@ typedef struct cdc_source {
     uint64_t received;        /* end LSN of the last Commit received */
     uint64_t server_wal_end;
     uint64_t last_commit_end; /* last Commit read */
-    uint64_t ack_target;      /* confirmed once the last polled batch is acked */
+    int unacked;              /* polled batches not acked yet (2 while reading ahead) */
+    int last_poll_full;       /* the last poll stopped at batch_size: more is waiting */
     uint64_t offset_lsn;
     int64_t offset_at_ms;
     int64_t last_data_ms;
@@ -158,6 +159,13 @@ int cdc_bf_create(cdc_source *s, const json_t *cfg, char *err, size_t errlen);
 int cdc_bf_open(cdc_source *s, char *err, size_t errlen);
 int cdc_bf_poll(cdc_source *s, relay_batch *b, size_t max, char *err, size_t errlen);
 int cdc_bf_holding(const cdc_source *s);
+/* 1 while a backfill is being worked on (a chunk in memory, or one to
+ * read), or when the next poll should look for one (a request was notified,
+ * or the periodic recheck is due): the worker must then not read ahead,
+ * since a read-ahead poll starts no chunk and acking a batch stores a
+ * chunk's progress. Takes pending notifications from the worker's
+ * connection. */
+int cdc_bf_active(cdc_source *s);
 void cdc_bf_begin(cdc_source *s, uint32_t xid);
 void cdc_bf_change(cdc_source *s, const pgo_rel *rel, const pgo_msg *m);
 void cdc_bf_truncate(cdc_source *s, uint32_t relid);

@@ -106,9 +106,8 @@ typedef struct outbox_source {
     char *select_sql;
     char *cursor_sql;
     int64_t offset;       /* durable: every id <= offset has been delivered */
-    /* last poll */
-    int64_t batch_last;   /* id to commit at ack (0: nothing to commit) */
-    int64_t batch_lag_ms;
+    int64_t read_pos;     /* every id <= read_pos is in a polled batch (>= offset) */
+    int unacked;          /* polled batches not acked yet (2 while reading ahead) */
     /* gap tracking */
     int64_t gap_id;       /* first missing id, 0 when none */
     char *gap_holders;    /* text[] of vxids that held write locks when the gap was seen */
@@ -185,7 +184,7 @@ static void reset_position(outbox_source *s)
     s->gap_id = 0;
     s->gap_waits = 0;
     s->cc_active = 0;
-    s->batch_last = 0;
+    s->unacked = 0;
     s->full_last_poll = 1;
 }
 
@@ -320,6 +319,7 @@ static int ob_open(relay_source *base, char *err, size_t errlen)
     }
     if (pg_exec(c, "LISTEN pgtrickle_outbox_new", 0, NULL, err, errlen) < 0)
         return -1;
+    s->read_pos = s->offset;
     publish_position(s);
     log_debug(w->cfg.name, "reading pgtrickle.%s after id %" PRId64, s->outbox_table, s->offset);
     return 0;
@@ -605,7 +605,7 @@ static int cc_finish(outbox_source *s, char *err, size_t errlen)
         PQclear(PQexec(c, "ROLLBACK"));
         return -1;
     }
-    s->offset = s->cc_id;
+    s->offset = s->read_pos = s->cc_id;
     s->full_last_poll = 1;
     publish_position(s);
     log_debug(s->base.w->cfg.name, "claim-check rows of outbox id %" PRId64 " relayed and consumed",
@@ -643,7 +643,7 @@ static int cc_fetch(outbox_source *s, relay_batch *b, char *err, size_t errlen)
         m->payload_len = strlen(m->payload);
         s->cc_next_index = rc.index;
     }
-    s->batch_last = s->cc_done ? s->cc_id : 0;
+    b->ack_pos = s->cc_done ? s->cc_id : 0;
     s->full_last_poll = 1;
     if (b->n == 0 && s->cc_done) {
         /* The previous chunk held the last rows and was confirmed: nothing
@@ -660,7 +660,7 @@ static int cc_fetch(outbox_source *s, relay_batch *b, char *err, size_t errlen)
 static PGresult *fetch_rows(outbox_source *s, char *err, size_t errlen)
 {
     char off[24], lim[24], vis[24];
-    snprintf(off, sizeof off, "%" PRId64, s->offset);
+    snprintf(off, sizeof off, "%" PRId64, s->read_pos);
     snprintf(lim, sizeof lim, "%" PRId64, s->batch_size);
     if (!s->group) {
         const char *p[2] = {off, lim};
@@ -709,10 +709,31 @@ static void ob_idle(relay_source *base)
 
 /* ---- poll ------------------------------------------------------------------------- */
 
+static int ob_poll_rows(outbox_source *s, relay_batch *b, size_t max, char *err, size_t errlen);
+
 static int ob_poll(relay_source *base, relay_batch *b, size_t max, char *err, size_t errlen)
 {
     outbox_source *s = (outbox_source *)base;
-    s->batch_last = 0;
+    int n = ob_poll_rows(s, b, max, err, errlen);
+    if (n > 0)
+        s->unacked++;
+    return n;
+}
+
+/* Simple mode, no claim-check row being streamed, a full batch last time
+ * (more rows are waiting) and no gap: the next poll reads on from read_pos
+ * at once, and ack() of the batch before it commits that batch's own last
+ * id. Group mode never reads ahead: poll_outbox() leases from the committed
+ * offset. */
+static int ob_can_read_ahead(relay_source *base)
+{
+    outbox_source *s = (outbox_source *)base;
+    return !s->group && !s->cc_active && s->full_last_poll && !s->gap_id;
+}
+
+static int ob_poll_rows(outbox_source *s, relay_batch *b, size_t max, char *err, size_t errlen)
+{
+    relay_source *base = &s->base;
     if (s->cc_active)
         return cc_fetch(s, b, err, errlen);
 
@@ -744,9 +765,9 @@ static int ob_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
         return -1;
     int rows = PQntuples(r);
     s->full_last_poll = rows >= s->batch_size;
-    int64_t expected = s->offset + 1;
+    int64_t expected = s->read_pos + 1;
     int64_t last = 0, last_created = 0;
-    int stopped_at_gap = 0;
+    int stopped_at_gap = 0, stopped_at_cc = 0;
     for (int i = 0; i < rows && b->n < max; i++) {
         int64_t id = strtoll(PQgetvalue(r, i, 0), NULL, 10);
         if (id != expected) {
@@ -789,12 +810,16 @@ static int ob_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
                                strtoll(PQgetvalue(r, i, 2), NULL, 10), claim, &full);
         if (is_cc) {
             b->n = before;
-            if (before > 0)
-                break; /* deliver what we have; stream this row next */
+            if (before > 0 || s->unacked) {
+                /* Deliver what we have; stream this row next, once every
+                 * earlier batch is acked (its transaction commits the
+                 * offset, so none may be pending when it begins). */
+                stopped_at_cc = 1;
+                break;
+            }
             PQclear(r);
             if (cc_begin(s, id, full, err, errlen) < 0)
                 return -1;
-            s->batch_lag_ms = 0;
             return cc_fetch(s, b, err, errlen);
         }
         last = id;
@@ -806,10 +831,12 @@ static int ob_poll(relay_source *base, relay_batch *b, size_t max, char *err, si
         group_heartbeat(s);
     if (stopped_at_gap)
         s->full_last_poll = 0;
-    else if (b->n >= max)
+    else if (b->n >= max || stopped_at_cc)
         s->full_last_poll = 1;
-    s->batch_last = last;
-    s->batch_lag_ms = last_created ? now_wall_ms() - last_created : 0;
+    if (last)
+        s->read_pos = last;
+    b->ack_pos = last;
+    b->ack_aux = last_created ? now_wall_ms() - last_created : 0; /* lag, ms */
     return (int)b->n;
 }
 
@@ -831,19 +858,20 @@ static int commit_offset(outbox_source *s, int64_t id, char *err, size_t errlen)
 static int ob_ack(relay_source *base, relay_batch *b, char *err, size_t errlen)
 {
     outbox_source *s = (outbox_source *)base;
-    (void)b;
+    if (s->unacked > 0)
+        s->unacked--;
     if (s->cc_active) {
         if (!s->cc_done)
             return 0; /* more chunks of this row follow; the row is acked as a whole */
         return cc_finish(s, err, errlen);
     }
-    if (s->batch_last <= s->offset)
+    if (b->ack_pos <= s->offset)
         return 0;
-    if (commit_offset(s, s->batch_last, err, errlen) < 0)
+    if (commit_offset(s, b->ack_pos, err, errlen) < 0)
         return -1;
-    s->offset = s->batch_last;
+    s->offset = b->ack_pos;
     if (base->w->stats)
-        atomic_store(&base->w->stats->lag_ms, s->batch_lag_ms);
+        atomic_store(&base->w->stats->lag_ms, b->ack_aux);
     publish_position(s);
     return 0;
 }
@@ -886,6 +914,7 @@ const relay_source_ops relay_source_outbox_ops = {
     .open = ob_open,
     .poll = ob_poll,
     .ack = ob_ack,
+    .can_read_ahead = ob_can_read_ahead,
     .release = ob_release,
     .idle = ob_idle,
     .position = ob_position,

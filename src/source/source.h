@@ -65,6 +65,18 @@ typedef struct relay_source_ops {
      * messages will be redelivered after a restart, which is allowed). */
     int (*ack)(relay_source *s, relay_batch *b, char *err, size_t errlen);
 
+    /* Optional: 1 when poll() may be called again now, before the batch
+     * last polled is acked, and would return without waiting (a backlog is
+     * there). The worker then reads the next batch on its own thread while
+     * the sink publishes the current one on another (worker.c, "read-ahead");
+     * acks stay in order. A source that says 1 keeps what ack() confirms in
+     * relay_batch.ack_pos/ack_aux of each batch, never in its own state, and
+     * must not start anything in the read-ahead poll that the ack of the
+     * earlier batch would finish (a transaction, a backfill chunk). If the
+     * earlier batch fails, the worker discards the read-ahead batch and
+     * reopens the source (open() rewinds to the durable position). */
+    int (*can_read_ahead)(relay_source *s);
+
     /* Optional: the batch will not be acked (shutdown timeout, lost lock).
      * Release it for prompt redelivery where the broker supports that. */
     void (*release)(relay_source *s, relay_batch *b);
