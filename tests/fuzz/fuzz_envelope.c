@@ -227,8 +227,9 @@ static void check_msgpack(const relay_msg *m)
     size_t off = 0;
     int ur = msgpack_unpack_next(&u, out.data + 6, out.len - 6, &off);
     if (ur == MSGPACK_UNPACK_NOMEM_ERROR &&
-        (json_depth(m->payload, m->payload_len) + 2 > UNPACK_MAX_DEPTH ||
-         json_depth(m->old_json, oldn) + 2 > UNPACK_MAX_DEPTH)) {
+        (json_depth(m->payload, m->payload_len) + 3 > UNPACK_MAX_DEPTH ||
+         json_depth(m->old_json, oldn) + 3 > UNPACK_MAX_DEPTH ||
+         json_depth(m->source_json, srcn) + 3 > UNPACK_MAX_DEPTH)) {
         /* msgpack-c's unpacker stops at UNPACK_MAX_DEPTH levels; the
          * relay packs up to 1000 (docs/backends/cdc.md). */
         msgpack_unpacked_destroy(&u);
