@@ -162,29 +162,6 @@ static int has_escape_u(const char *s, size_t n)
  * is built; 32 in Debian's libmsgpack-dev). */
 #define UNPACK_MAX_DEPTH 32
 
-/* Deepest nesting of arrays and objects in JSON text (outside strings). */
-static int json_depth(const char *s, size_t n)
-{
-    int d = 0, max = 0, in_str = 0;
-    for (size_t i = 0; s && i < n; i++) {
-        char c = s[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = 0;
-        } else if (c == '"') {
-            in_str = 1;
-        } else if (c == '[' || c == '{') {
-            if (++d > max)
-                max = d;
-        } else if (c == ']' || c == '}') {
-            d--;
-        }
-    }
-    return max;
-}
-
 static void check_msgpack(const relay_msg *m)
 {
     relay_buf out = {0};
@@ -227,9 +204,9 @@ static void check_msgpack(const relay_msg *m)
     size_t off = 0;
     int ur = msgpack_unpack_next(&u, out.data + 6, out.len - 6, &off);
     if (ur == MSGPACK_UNPACK_NOMEM_ERROR &&
-        (json_depth(m->payload, m->payload_len) + 3 > UNPACK_MAX_DEPTH ||
-         json_depth(m->old_json, oldn) + 3 > UNPACK_MAX_DEPTH ||
-         json_depth(m->source_json, srcn) + 3 > UNPACK_MAX_DEPTH)) {
+        ((m->payload && fuzz_json_depth(m->payload, m->payload_len) + 3 > UNPACK_MAX_DEPTH) ||
+         (m->old_json && fuzz_json_depth(m->old_json, oldn) + 3 > UNPACK_MAX_DEPTH) ||
+         (m->source_json && fuzz_json_depth(m->source_json, srcn) + 3 > UNPACK_MAX_DEPTH))) {
         /* msgpack-c's unpacker stops at UNPACK_MAX_DEPTH levels; the
          * relay packs up to 1000 (docs/backends/cdc.md). */
         msgpack_unpacked_destroy(&u);
