@@ -827,12 +827,13 @@ static void run(relay_worker *w)
                 log_debug(w->cfg.name, "source %s open", w->cfg.source_type);
         }
 
-        int n;
+        int n, prepared = 0;
         if (have_ahead && source_open) {
             relay_batch t = batch;
             batch = ahead;
             ahead = t;
             n = ra.n;
+            prepared = 1; /* subjects and bodies done while it was read */
             if (n < 0)
                 snprintf(err, sizeof err, "%s", ra.err);
         } else {
@@ -854,7 +855,7 @@ static void run(relay_worker *w)
             continue;
         }
         atomic_fetch_add(&w->stats->consumed, (uint64_t)n);
-        if (w->cfg.forward)
+        if (w->cfg.forward && !prepared)
             render_subjects(w, &batch);
 #ifdef RELAY_TEST_ACK_FIRST
         broken_ack_first(w, &batch);
