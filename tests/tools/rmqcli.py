@@ -9,8 +9,9 @@ checked independently of rabbitmq-c.
   rmqcli.py count NAME               ready messages (passive declare)
   rmqcli.py drain NAME [--max N]     every message as a JSON line, acked
   rmqcli.py publish EXCHANGE ROUTING_KEY N [--id-prefix P] [--type T]
-            [--header K=V]... [--body B] [--no-id] [--start S]
-            N messages with confirms; the body B may contain {i}
+            [--header K=V]... [--body B] [--no-id] [--start S] [--print-ids]
+            N messages with confirms; the body B may contain {i};
+            --print-ids prints each message id once it is confirmed
   rmqcli.py publish-one EXCHANGE ROUTING_KEY_HEX [--message-id-hex H]
             [--type-hex H] [--header K=V]... [--header-hex K=H]...
             [--header-int K=N]... [--body-hex H]
@@ -66,6 +67,8 @@ def main():
     p.add_argument("--header", action="append", default=[])
     p.add_argument("--body", default='{"n":{i}}')
     p.add_argument("--no-id", action="store_true")
+    p.add_argument("--print-ids", action="store_true",
+                   help="print each message id once the broker confirmed it")
     p = sub.add_parser("publish-one")
     p.add_argument("exchange")
     p.add_argument("routing_key_hex")
@@ -124,6 +127,8 @@ def main():
                 content_type="application/json")
             ch.basic_publish(a.exchange, a.routing_key, a.body.replace("{i}", str(i)).encode(),
                              props, mandatory=True)
+            if a.print_ids:  # basic_publish returned: the broker confirmed it
+                print(props.message_id, flush=True)
     elif a.cmd == "publish-one":
         ch.confirm_delivery()
         h = {}

@@ -7,11 +7,17 @@
  *       n messages in SendMessageBatch requests of 10, <concurrency> requests
  *       in flight on one curl multi handle; message k (1..n) has the body
  *       printf(<body format>, k, k, k) (k a long: use %ld) and the string
- *       attributes dedup_key, subject and op, as the relay sends them.
+ *       attributes dedup_key ("outbox_bench:<k>:0"), subject and op, as the
+ *       relay sends them. An optional 7th argument is the first k (1), so
+ *       repeated calls send distinct dedup keys.
  *   sqs_send drain <endpoint> <queue_url> <n> <concurrency>
  *       ReceiveMessage (10, 1 s long poll, all attributes, as the relay asks)
  *       and DeleteMessageBatch of what came, <concurrency> receives in
  *       flight, until n messages are deleted.
+ *   sqs_send dump  <endpoint> <queue_url>
+ *       Receive and delete until two receives in a row come back empty;
+ *       prints each message as one JSON line {"body": ..., "dedup_key": ...}
+ *       (the dedup_key message attribute, null without one).
  *
  * Credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, region
  * AWS_REGION (us-east-1), SigV4 by libcurl. Prints "sent|drained N messages
@@ -145,12 +151,14 @@ static void check_batch(call *c, long expect)
     json_decref(r);
 }
 
-static int cmd_send(CURLM *m, call *calls, int conc, long n, const char *fmt)
+static int cmd_send(CURLM *m, call *calls, int conc, long n, const char *fmt, long first)
 {
-    long next = 1, done = 0;
+    long next = first, done = 0;
+    n += first - 1; /* send k = first..n */
+    long total = n - first + 1;
     long *count = calloc((size_t)conc, sizeof *count);
     double t0 = now_s();
-    while (done < n) {
+    while (done < total) {
         for (int i = 0; i < conc && next <= n; i++) {
             if (calls[i].busy)
                 continue;
@@ -162,7 +170,7 @@ static int cmd_send(CURLM *m, call *calls, int conc, long n, const char *fmt)
         check_batch(c, count[c - calls]);
         done += count[c - calls];
     }
-    fprintf(stderr, "sent %ld messages in %.3f s\n", n, now_s() - t0);
+    fprintf(stderr, "sent %ld messages in %.3f s\n", total, now_s() - t0);
     free(count);
     return 0;
 }
@@ -231,17 +239,64 @@ static int cmd_drain(CURLM *m, call *calls, int conc, long n)
     return 0;
 }
 
+/* Receive (one call at a time) and delete until two receives in a row are
+ * empty, printing each message's body and dedup_key attribute. */
+static int cmd_dump(CURLM *m, call *calls)
+{
+    long dumped = 0;
+    for (int empty = 0; empty < 2;) {
+        start(m, &calls[0], "ReceiveMessage", receive_body());
+        call *c = next_done(m);
+        json_t *r = json_loads(c->resp && c->resp_len ? c->resp : "{}", 0, NULL);
+        json_t *msgs = json_object_get(r, "Messages"), *msg;
+        size_t j;
+        if (json_array_size(msgs) == 0) {
+            empty++;
+            json_decref(r);
+            continue;
+        }
+        empty = 0;
+        json_t *entries = json_array();
+        json_array_foreach(msgs, j, msg) {
+            json_t *key = json_object_get(json_object_get(json_object_get(msg, "MessageAttributes"),
+                                                          "dedup_key"),
+                                          "StringValue");
+            json_t *line = json_pack("{s:O, s:O}", "body", json_object_get(msg, "Body"), "dedup_key",
+                                     key ? key : json_null());
+            char *text = json_dumps(line, JSON_COMPACT);
+            printf("%s\n", text);
+            free(text);
+            json_decref(line);
+            char id[24];
+            snprintf(id, sizeof id, "%zu", j);
+            json_array_append_new(entries, json_pack("{s:s, s:O}", "Id", id, "ReceiptHandle",
+                                                     json_object_get(msg, "ReceiptHandle")));
+        }
+        long count = (long)json_array_size(msgs);
+        json_decref(r);
+        start(m, &calls[1], "DeleteMessageBatch",
+              json_pack("{s:s, s:o}", "QueueUrl", queue_url, "Entries", entries));
+        check_batch(next_done(m), count);
+        dumped += count;
+    }
+    fflush(stdout);
+    fprintf(stderr, "dumped %ld messages\n", dumped);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 6 || (strcmp(argv[1], "send") == 0 && argc < 7)) {
-        fprintf(stderr, "usage: sqs_send send <endpoint> <queue_url> <n> <concurrency> <body format>\n"
-                        "       sqs_send drain <endpoint> <queue_url> <n> <concurrency>\n");
+    int dump = argc >= 4 && strcmp(argv[1], "dump") == 0;
+    if (!dump && (argc < 6 || (strcmp(argv[1], "send") == 0 && argc < 7))) {
+        fprintf(stderr, "usage: sqs_send send <endpoint> <queue_url> <n> <concurrency> <body format> [first]\n"
+                        "       sqs_send drain <endpoint> <queue_url> <n> <concurrency>\n"
+                        "       sqs_send dump <endpoint> <queue_url>\n");
         return 2;
     }
     endpoint = argv[2];
     queue_url = argv[3];
-    long n = atol(argv[4]);
-    int conc = atoi(argv[5]);
+    long n = dump ? 0 : atol(argv[4]);
+    int conc = dump ? 1 : atoi(argv[5]);
     const char *region = getenv("AWS_REGION") ? getenv("AWS_REGION") : "us-east-1";
     snprintf(sigv4, sizeof sigv4, "aws:amz:%s:sqs", region);
     snprintf(userpwd, sizeof userpwd, "%s:%s",
@@ -250,8 +305,10 @@ int main(int argc, char **argv)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     CURLM *m = curl_multi_init();
     call *calls = calloc((size_t)(2 * conc), sizeof *calls);
-    int rc = strcmp(argv[1], "send") == 0 ? cmd_send(m, calls, conc, n, argv[6])
-                                          : cmd_drain(m, calls, conc, n);
+    int rc = dump                           ? cmd_dump(m, calls)
+             : strcmp(argv[1], "send") == 0 ? cmd_send(m, calls, conc, n, argv[6],
+                                                       argc > 7 ? atol(argv[7]) : 1)
+                                            : cmd_drain(m, calls, conc, n);
     for (int i = 0; i < 2 * conc; i++) {
         if (calls[i].easy) {
             if (calls[i].busy)
