@@ -4,69 +4,95 @@
     check.py DIR "FAULTS" SEED
 
 DIR holds what soak.sh collected after the load stopped and the pipelines
-drained: the ground truth (ledger.txt: the ticks whose transaction committed;
-rows.txt: soak_t as "id<TAB>v"; in.dump: the messages SOAK_IN stored) and
-what each sink holds (o-file.jsonl, c-file.jsonl, out.dump, cdc.dump,
-inbox.txt). Prints one line per pipeline and one summary line; exits 1 when
-an event is lost, is there twice after the sink's dedup layer, or appears
-without a ground-truth event behind it.
+drained:
+  pipelines.tsv   one line per pipeline: name, label, kind (outbox, cdc,
+                  inbox), stored-dedup (1: the sink drops a repeated dedup
+                  key itself, so a key stored twice is a duplicate after
+                  dedup; 0: the sink's consumer dedups by key)
+  ledger.txt      the ticks whose transaction committed (outbox ground truth)
+  rows.txt        soak_t as "id<TAB>v" (CDC ground truth: an insert of every
+                  row, an update of every row with v > 0)
+  <name>.got      outbox/cdc: one JSON line per record the sink holds,
+                  {"key": dedup key as the sink carries it, "env": envelope};
+                  inbox: one event_id per line
+  <name>.expected inbox: the dedup keys the broker stored or confirmed
+  <name>.maybe    inbox: keys the publisher sent without a confirmation
+                  (may arrive, need not)
+Prints one line per pipeline and one summary line; exits 1 when an event is
+lost, is there twice after the sink's dedup layer, appears without a
+ground-truth event behind it (phantom), or a record's key is not its
+envelope's dedup key or names two different events (mismatch), and when a
+pipeline's ground truth is empty (a run that carried nothing proves nothing).
 """
 import json
+import os
 import sys
 
 
 def read_lines(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
-
-
-def jsonl(path):
     try:
-        return [json.loads(line) for line in read_lines(path)]
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
     except FileNotFoundError:
         return []
 
 
-def dump_events(path):
-    """natscli dump: each stored message's envelope and Nats-Msg-Id."""
-    out = []
-    for m in jsonl(path):
-        out.append((m.get("headers", {}).get("Nats-Msg-Id"), json.loads(m["data"])))
-    return out
-
-
-def outbox_id(env):
-    return env["payload"]["i"]
-
-
-def cdc_change(env):
+def event_of(kind, env):
+    if kind == "outbox":
+        return env["payload"]["i"]
     return (env["op"], env["payload"]["id"])
 
 
 class Pipeline:
-    def __init__(self, name, expected, got_keys, delivered, stored_twice):
-        """expected: set of ground-truth events; delivered: list of events
-        found in the sink (one entry per record); got_keys: the dedup key of
-        each record; stored_twice: records left twice after the sink's own
-        dedup layer."""
-        self.name = name
+    def __init__(self, name, label, expected, keys, events, stored_dedup, maybe=(), mismatch=0):
+        """expected: ground-truth events; keys: the dedup key of each record
+        the sink holds; events: the event of each record; maybe: events that
+        may be there without being expected."""
+        self.name = f"{name} ({label})"
         self.events = len(expected)
-        got = set(delivered)
+        got = set(events)
         self.lost = len(expected - got)
-        self.phantom = len(got - expected)
-        self.dup_before = len(got_keys) - len(set(got_keys))
-        self.dup_after = stored_twice
-        self.example_lost = sorted(expected - got)[:5]
+        self.phantom = len(got - expected - set(maybe))
+        self.dup_before = len(keys) - len(set(keys))
+        self.dup_after = self.dup_before if stored_dedup else 0
+        self.mismatch = mismatch
+        self.example_lost = sorted(expected - got, key=str)[:5]
 
     def ok(self):
-        return self.lost == 0 and self.dup_after == 0 and self.phantom == 0
+        # a pipeline that carried nothing proves nothing
+        return self.events > 0 and self.lost == 0 and self.dup_after == 0 and self.phantom == 0 and self.mismatch == 0
 
     def line(self):
         s = (f"{self.name}: events {self.events}, lost {self.lost}, duplicates before dedup "
              f"{self.dup_before}, after dedup {self.dup_after}, phantom {self.phantom}")
+        if self.events == 0:
+            s += " - NOTHING WAS PRODUCED FOR IT"
+        if self.mismatch:
+            s += f", key mismatches {self.mismatch}"
         if self.example_lost:
             s += f" (lost e.g. {self.example_lost})"
         return s
+
+
+def forward(d, name, label, kind, stored_dedup, truth):
+    keys, events, mismatch, seen = [], [], 0, {}
+    for line in read_lines(f"{d}/{name}.got"):
+        rec = json.loads(line)
+        env = rec["env"]
+        ev = event_of(kind, env)
+        key = rec["key"]
+        if key != env.get("dedup_key") or seen.setdefault(key, ev) != ev:
+            mismatch += 1
+        keys.append(key)
+        events.append(ev)
+    return Pipeline(name, label, truth[kind], keys, events, stored_dedup, mismatch=mismatch)
+
+
+def inbox(d, name, label):
+    got = read_lines(f"{d}/{name}.got")
+    expected = set(read_lines(f"{d}/{name}.expected"))
+    maybe = set(read_lines(f"{d}/{name}.maybe"))
+    return Pipeline(name, label, expected, got, got, True, maybe=maybe)
 
 
 def main():
@@ -74,32 +100,23 @@ def main():
     ledger = {int(x) for x in read_lines(f"{d}/ledger.txt")}
     rows = [line.split("\t") for line in read_lines(f"{d}/rows.txt")]
     changes = {("insert", int(i)) for i, _ in rows} | {("update", int(i)) for i, v in rows if int(v) > 0}
-    in_stored = {k for k, _ in dump_events(f"{d}/in.dump")}
-    inbox = read_lines(f"{d}/inbox.txt")
-
-    o_file = jsonl(f"{d}/o-file.jsonl")
-    o_nats = dump_events(f"{d}/out.dump")
-    c_file = jsonl(f"{d}/c-file.jsonl")
-    c_nats = dump_events(f"{d}/cdc.dump")
-    pipes = [
-        # the file sink has no dedup layer of its own: its consumer dedups by key
-        Pipeline("o-file (outbox -> file)", ledger, [e["dedup_key"] for e in o_file],
-                 [outbox_id(e) for e in o_file], 0),
-        Pipeline("o-nats (outbox -> NATS)", ledger, [k for k, _ in o_nats],
-                 [outbox_id(e) for _, e in o_nats], len(o_nats) - len({k for k, _ in o_nats})),
-        Pipeline("c-file (CDC -> file)", changes, [e["dedup_key"] for e in c_file],
-                 [cdc_change(e) for e in c_file], 0),
-        Pipeline("c-nats (CDC -> NATS)", changes, [k for k, _ in c_nats],
-                 [cdc_change(e) for _, e in c_nats], len(c_nats) - len({k for k, _ in c_nats})),
-        Pipeline("i-nats (NATS -> inbox)", in_stored, inbox, inbox, len(inbox) - len(set(inbox))),
-    ]
+    truth = {"outbox": ledger, "cdc": changes}
+    pipes = []
+    for line in read_lines(os.path.join(d, "pipelines.tsv")):
+        name, label, kind, stored = line.split("\t")
+        if kind == "inbox":
+            pipes.append(inbox(d, name, label))
+        else:
+            pipes.append(forward(d, name, label, kind, stored == "1", truth))
     for p in pipes:
         print(p.line())
     total = sum(p.events for p in pipes)
-    print(f"seed {seed}: {total} events, faults {faults}, lost {sum(p.lost for p in pipes)}, "
+    print(f"seed {seed}: {len(pipes)} pipelines, {total} events, faults {faults}, "
+          f"lost {sum(p.lost for p in pipes)}, "
           f"duplicates before dedup {sum(p.dup_before for p in pipes)}, "
-          f"after dedup {sum(p.dup_after for p in pipes)}, phantom {sum(p.phantom for p in pipes)}")
-    return 0 if all(p.ok() for p in pipes) else 1
+          f"after dedup {sum(p.dup_after for p in pipes)}, phantom {sum(p.phantom for p in pipes)}, "
+          f"mismatches {sum(p.mismatch for p in pipes)}")
+    return 0 if pipes and all(p.ok() for p in pipes) else 1
 
 
 if __name__ == "__main__":

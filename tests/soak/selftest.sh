@@ -25,7 +25,7 @@ fi
 # a NATS restart every few seconds: the broken relay drops the batches it
 # acknowledged and then failed to publish
 out=$(RELAY_BIN=$B/pgtrickle-relay SOAK_SECONDS=${SOAK_SECONDS:-40} SOAK_FAULT_EVERY=4 \
-      SOAK_SEED=${SOAK_SEED:-7} SOAK_FAULTS="nats" bash "$ROOT/tests/soak/soak.sh" 2>&1)
+      SOAK_SEED=${SOAK_SEED:-7} SOAK_FAULTS="nats" SOAK_BACKENDS="" SOAK_DRAIN_SECONDS=30 bash "$ROOT/tests/soak/soak.sh" 2>&1)
 echo "$out" | grep '^# soak:' | sed 's/^# soak:/# broken relay:/'
 if echo "$out" | grep -q '^not ok .*every produced event is in its sink'; then
     echo "ok 2 - the harness fails the broken relay"
