@@ -456,7 +456,9 @@ if use sqs; then
     pipe o-sqs "outbox -> SQS" outbox 0
 fi
 if use kafka; then
-    kconsume() { timeout 120 "$KCLI" consume "$KBROKERS" "$1" 100000000 --timeout 5 2>>"$TEST_TMP/kcli.log"; }
+    # read exactly what the topic holds (the sum of its high watermarks): an
+    # idle gap while one partition's fetch starts must not end the read early
+    kconsume() { timeout 180 "$KCLI" consume "$KBROKERS" "$1" "$(kafka_high "$1")" --timeout 60 2>>"$TEST_TMP/kcli.log"; }
     kconsume soak-out | jq -c '(.value | fromjson) as $e | {key: $e.dedup_key, env: $e}' > "$C/o-kafka.got"
     kconsume soak-cdc | jq -c '(.value | fromjson) as $e | {key: $e.dedup_key, env: $e}' > "$C/c-kafka.got"
     pipe o-kafka "outbox -> Kafka" outbox 0; pipe c-kafka "CDC -> Kafka" cdc 0
