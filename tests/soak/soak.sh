@@ -364,11 +364,10 @@ if [ -z "$NETNS" ]; then   # no namespace: draw from the rest
     kinds=(); for k in "${KINDS[@]}"; do [ "$k" = partition ] || [ "$k" = cut ] || kinds+=("$k"); done; KINDS=("${kinds[@]}")
 fi
 CUT_PEERS=(pg nats); for b in redis rabbitmq sqs kafka webhook; do use "$b" && CUT_PEERS+=("$b"); done
-pick_relay() { if [ $((RANDOM % 2)) = 0 ]; then echo r1; else echo r2; fi; }
 while [ $(( $(date +%s) + EVERY )) -lt "$T_END" ]; do
     sleep "$EVERY"
     k=${KINDS[$((RANDOM % ${#KINDS[@]}))]}
-    r=$(pick_relay)
+    r=r$(( 1 + RANDOM % 2 ))   # not in a $(...) subshell: bash reseeds RANDOM there
     d=$(( 1 + RANDOM % 3 ))
     p=$(( 4 + RANDOM % 9 ))
     peer=${CUT_PEERS[$((RANDOM % ${#CUT_PEERS[@]}))]}
