@@ -159,7 +159,9 @@ static void accessors(json_t *obj, const char *path)
                    "cfg_known_keys error \"%s\"", err);
     relay_format f;
     if (relay_format_from_cfg(obj, path, &f, err, sizeof err) == 0)
-        FUZZ_CHECK(f == RELAY_FORMAT_NATIVE || f == RELAY_FORMAT_MSGPACK, "format %d", (int)f);
+        FUZZ_CHECK(f == RELAY_FORMAT_NATIVE || f == RELAY_FORMAT_MSGPACK ||
+                       f == RELAY_FORMAT_DEBEZIUM || f == RELAY_FORMAT_CLOUDEVENTS,
+                   "format %d", (int)f);
     else
         check_err(err, path, "format");
 }
