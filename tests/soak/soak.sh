@@ -25,7 +25,9 @@
 #                  soak-out), o-hook (webhook endpoint)
 #   CDC of soak_t -> c-file, c-nats (SOAK_CDC), c-kafka (topic soak-cdc)
 #   inbox       <- i-nats (SOAK_IN), i-redis (stream soak:in), i-rmq (queue
-#                  soak.in), i-sqs (queue soak-in)
+#                  soak.in), i-sqs (queue soak-in), i-hook (the relay's own
+#                  webhook receiver: the load posts to whichever relay
+#                  answers)
 # Kafka -> inbox is not in the run: librdkafka 2.0's mock cluster aborts
 # (rdkafka_mock_cgrp.c, "!member->resp") when a group member that was
 # partitioned away sends SyncGroup again while its first one is pending -
@@ -278,6 +280,13 @@ if use kafka; then
 fi
 if use webhook; then
     sql "SELECT pgtrickle.set_relay_outbox('o-hook', 'so', NULL, '{\"type\":\"webhook\",\"url\":\"$HOOK_URL\",\"timeout_ms\":3000}');" >/dev/null
+    # The receiver listens on the owning relay only. With a namespace, r2
+    # must listen on its veth address, so the port is bound on every address
+    # (of the host for r1, of the namespace for r2); the load tries r1, then r2.
+    HOOK_IN_PORT=$(free_port)
+    HOOK_IN_ADDR=127.0.0.1; [ -n "$NETNS" ] && HOOK_IN_ADDR=0.0.0.0
+    HOOK_IN_URLS="http://127.0.0.1:$HOOK_IN_PORT/inbox"; [ -n "$NETNS" ] && HOOK_IN_URLS+=" http://$net.2:$HOOK_IN_PORT/inbox"
+    add_inbox i-hook soak_inbox_hook "{\"type\":\"webhook\",\"listen_addr\":\"$HOOK_IN_ADDR:$HOOK_IN_PORT\",\"path\":\"/inbox\"}"
 fi
 
 relay_up() {   # r2 runs in the namespace when there is one
@@ -339,6 +348,26 @@ load_rmq() {
         sleep 0.5
     done
 }
+# i-hook: a batch answered 200 is committed (expected); one whose request
+# timed out may have been (maybe); one refused everywhere (503: "nothing of
+# that request was committed", or no relay listening) must not appear.
+load_hook() {
+    local b=0 j body u code
+    while [ "$(date +%s)" -lt "$1" ]; do
+        b=$((b + 1)) body="["
+        for j in $(seq 1 20); do body+="{\"dedup_key\":\"h-$b-$j\",\"b\":$b}"; [ "$j" -lt 20 ] && body+=","; done
+        body+="]"
+        local f=refused
+        for u in $HOOK_IN_URLS; do
+            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 4 -H 'Content-Type: application/json' \
+                   --data-binary "$body" "$u"); rc=$?
+            if [ "$code" = 200 ]; then f=expected; break; fi
+            [ "$rc" = 28 ] && f=maybe   # timed out: it may have been committed
+        done
+        [ "$f" = refused ] || seq 1 20 | sed "s/.*/h-$b-&/" >>"$TEST_TMP/i-hook.$f"
+        sleep 0.3
+    done
+}
 load_sqs() {
     local k=1
     while [ "$(date +%s)" -lt "$1" ]; do
@@ -349,6 +378,7 @@ load_sqs() {
     done
 }
 : >"$TEST_TMP/i-rmq.expected"; : >"$TEST_TMP/i-rmq.maybe"; : >"$TEST_TMP/i-sqs.expected"; : >"$TEST_TMP/i-sqs.maybe"
+: >"$TEST_TMP/i-hook.expected"; : >"$TEST_TMP/i-hook.maybe"
 T_END=$(( $(date +%s) + SECS ))
 LOADS=()
 load_pg "$T_END" & LOADS+=($!)
@@ -356,6 +386,7 @@ load_nats "$T_END" & LOADS+=($!)
 use redis && { load_redis "$T_END" & LOADS+=($!); }
 use rabbitmq && { load_rmq "$T_END" & LOADS+=($!); }
 use sqs && { load_sqs "$T_END" & LOADS+=($!); }
+use webhook && { load_hook "$T_END" & LOADS+=($!); }
 
 # ---- faults ------------------------------------------------------------------------
 KIND_NAMES="kill9 pause nats pg partition cut redis rabbitmq kafka webhook"
@@ -421,7 +452,8 @@ drained() {   # every sink holds at least its ground truth's number of events
     if use sqs; then [ "$(sqs_depth "$SQS_OUT")" -ge "$LEDGER" ] \
         && [ "$(inbox_count soak_inbox_sqs)" -ge "$(lines "$TEST_TMP/i-sqs.expected")" ] || return 1; fi
     if use kafka; then [ "$(kafka_high soak-out)" -ge "$LEDGER" ] && [ "$(kafka_high soak-cdc)" -ge "$CHANGES" ] || return 1; fi
-    if use webhook; then [ "$(hook_events)" -ge "$LEDGER" ] || return 1; fi
+    if use webhook; then [ "$(hook_events)" -ge "$LEDGER" ] \
+        && [ "$(inbox_count soak_inbox_hook)" -ge "$(lines "$TEST_TMP/i-hook.expected")" ] || return 1; fi
 }
 DRAIN=${SOAK_DRAIN_SECONDS:-240}
 if ! wait_until "$DRAIN" drained; then diag "soak: the sinks did not all catch up within $DRAIN s (the check shows which)"; fi
@@ -472,6 +504,7 @@ if use webhook; then
     jq -c 'select(.status == 200) | .body | fromjson | if type == "array" then .[] else . end | {key: .dedup_key, env: .}' \
         "$TEST_TMP/hook.jsonl" > "$C/o-hook.got"
     pipe o-hook "outbox -> webhook" outbox 0
+    cp "$TEST_TMP/i-hook.expected" "$TEST_TMP/i-hook.maybe" "$C/"
 fi
 set -- $INBOXES
 while [ $# -ge 2 ]; do
