@@ -69,6 +69,19 @@ static int64_t clock_ms(clockid_t id)
 int64_t now_wall_ms(void) { return clock_ms(CLOCK_REALTIME); }
 int64_t now_mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
 
+struct timespec deadline_after_ms(clockid_t clock, int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
 uint64_t now_mono_us(void)
 {
     struct timespec ts;

@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "buf.h"
 #include "message.h"
@@ -143,5 +144,10 @@ void stats_rejected_free(relay_rejected *list, size_t n);
 int64_t now_wall_ms(void);
 int64_t now_mono_ms(void);
 uint64_t now_mono_us(void);
+/* The absolute time `ms` milliseconds (>= 0) from now on `clock`
+ * (CLOCK_MONOTONIC or CLOCK_REALTIME), normalised, for
+ * pthread_cond_timedwait: the condition variable must use the same clock
+ * (pthread_condattr_setclock; REALTIME is the default). */
+struct timespec deadline_after_ms(clockid_t clock, int64_t ms);
 
 #endif

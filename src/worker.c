@@ -469,13 +469,7 @@ static int publish_reading_ahead(relay_worker *w, relay_msg **msgs, size_t n, ch
 
     pthread_mutex_lock(&p->mu);
     while (p->busy) {
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += IDLE_EVERY_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = deadline_after_ms(CLOCK_MONOTONIC, IDLE_EVERY_MS);
         pthread_cond_timedwait(&p->cv, &p->mu, &until);
         if (p->busy) {
             pthread_mutex_unlock(&p->mu);

@@ -327,13 +327,7 @@ static void *keeper_main(void *arg)
     rabbitmq_sink *s = arg;
     pthread_mutex_lock(&s->mu);
     while (!s->keeper_stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += KEEPER_EVERY_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = deadline_after_ms(CLOCK_MONOTONIC, KEEPER_EVERY_MS);
         pthread_cond_timedwait(&s->cond, &s->mu, &ts);
         if (s->keeper_stop)
             break;

@@ -299,14 +299,7 @@ static void put_token(relay_buf *b, const char *v)
 
 static void wait_ms(cdc_ext *x, int64_t ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = deadline_after_ms(CLOCK_REALTIME, ms);
     pthread_mutex_lock(&x->mu);
     if (!x->stop && !x->all_dirty && !x->ndirty && !x->nreqs)
         pthread_cond_timedwait(&x->cond, &x->mu, &ts);

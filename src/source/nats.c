@@ -530,14 +530,7 @@ static int nsrc_poll(relay_source *base, relay_batch *b, size_t max, char *err, 
     int want = (int)((int64_t)max < s->batch_size ? (int64_t)max : s->batch_size);
     if (start_fetcher(s, want, err, errlen) < 0)
         return -1;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += s->fetch_wait_ms / 1000;
-    until.tv_nsec += (s->fetch_wait_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = deadline_after_ms(CLOCK_REALTIME, s->fetch_wait_ms);
     pthread_mutex_lock(&s->mu);
     while (!s->has_ready && !s->exited)
         if (pthread_cond_timedwait(&s->cond, &s->mu, &until) != 0)
