@@ -104,6 +104,9 @@ if [ "$rc" != 0 ] && [ "$failed" = 0 ]; then
     failed=1
     echo "run-tests: meson test exited with $rc before any test failed (see above)" >&2
 fi
+if [ "$failed" != 0 ] && [ -f "$LOG" ]; then
+    python3 "$ROOT/scripts/failure-digest.py" "$LOG" || true
+fi
 echo
 if [ "$skipped" != 0 ]; then echo "$skipped skipped"; fi
 echo "$passed passed, $failed failed"
