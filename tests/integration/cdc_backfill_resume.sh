@@ -15,7 +15,9 @@
 cdc_setup_db
 OUT=$TEST_TMP/events.jsonl
 SLOT=cdc_backfill_resume_slot
-ROWS=30000
+# (a backfill reads over a hundred chunks a second here: enough of them that
+# the kill below lands mid-backfill even when the shell is the slow part)
+ROWS=60000
 CHUNK=300
 
 bf_setup_table bf $ROWS $CHUNK
@@ -39,10 +41,11 @@ check "a second relay of the group stands by" wait_until 20 "[ \"\$(http_get r2 
 STOP=$TEST_TMP/stop-writer
 bf_writer bf "$STOP" & wpid=$!
 bf_writer bf "$STOP" & wpid2=$!
+first=$(owner)   # known before the backfill starts: the kill follows the check at once
+[ -n "$first" ] || bail "no relay runs the pipeline"
 id=$(sql "SELECT pgtrickle.request_backfill('bf-cdc', 'bf')")
 check "the backfill runs and confirms chunks" \
     wait_until 120 "[ \"\$(sql \"SELECT chunks_sent FROM pgtrickle.relay_backfills WHERE id = $id\")\" -ge 10 ]"
-first=$(owner)
 kill9_relay "$first"
 n_kill=$(wc -l <"$OUT")
 IFS='|' read -r st chunks_kill last_kill <<<"$(sql "SELECT state, chunks_sent, last_key[1] FROM pgtrickle.relay_backfills WHERE id = $id")"
@@ -76,9 +79,9 @@ r=$(owner)
 big=$(sql "SELECT pgtrickle.request_backfill('bf-cdc', 'bf')")
 small=$(sql "SELECT pgtrickle.request_backfill('bf-cdc', 'bf', 'id <= 100')")
 dropped=$(sql "SELECT pgtrickle.request_backfill('bf-cdc', 'bf', 'id <= 50')")
-is "$(sql "SELECT string_agg(state, ' ' ORDER BY id) FROM pgtrickle.relay_backfills WHERE id >= $big")" \
-    "$(sql "SELECT CASE WHEN state = 'running' THEN 'running queued queued' ELSE 'queued queued queued' END FROM pgtrickle.relay_backfills WHERE id = $big")" \
-    "three backfills: the oldest runs (or is about to), the others wait"
+# (one read of all three: the relay may start the oldest at any moment)
+like "$(sql "SELECT string_agg(state, ' ' ORDER BY id) FROM pgtrickle.relay_backfills WHERE id >= $big")" \
+    '^(running|queued) queued queued$' "three backfills: the oldest runs (or is about to), the others wait"
 is "$(sql "SELECT pgtrickle.cancel_backfill($dropped)")" t "a queued backfill is cancelled"
 check "the big one runs and confirms chunks" \
     wait_until 60 "[ \"\$(sql \"SELECT chunks_sent FROM pgtrickle.relay_backfills WHERE id = $big\")\" -ge 2 ]"
