@@ -79,6 +79,8 @@
  * round trip (hiredis's output buffer) for very large batches. */
 #define PIPELINE_CHUNK 10000
 #define MAX_ARGS 20
+/* Commands formatted between two writes to the server within a chunk. */
+#define FLUSH_EVERY 256
 /* Redis's default proto-max-bulk-len, when the server does not tell. */
 #define DEFAULT_MAX_BULK (512LL * 1024 * 1024)
 
@@ -238,7 +240,9 @@ static int rs_open(relay_sink *base, char *err, size_t errlen)
 
 /* ---- publishing ------------------------------------------------------------ */
 
-/* Append the command for `m` (XADD, or EVALSHA of the dedup script). */
+/* Append the command for `m` (XADD, or EVALSHA of the dedup script) to
+ * hiredis's output buffer; s->key holds m's rendered stream key
+ * (largest_value() rendered it). */
 static int append_command(redis_sink *s, const relay_msg *m)
 {
     const char *argv[MAX_ARGS];
@@ -246,8 +250,6 @@ static int append_command(redis_sink *s, const relay_msg *m)
     int n = 0;
 #define ARG(p, l) (argv[n] = (p), len[n] = (l), n++)
 #define ARGS(p) ARG((p), strlen(p))
-    buf_clear(&s->key);
-    subject_render(s->stream_key, m, &s->key);
     if (s->dedup_window_s) {
         buf_clear(&s->marker);
         buf_append(&s->marker, s->key.data, s->key.len);
@@ -366,7 +368,8 @@ static void explain_wrongtype(redis_sink *s, relay_msg **msgs, size_t n)
     buf_free(&prev);
 }
 
-/* The longest argument the command for `m` would have, in bytes. */
+/* The longest argument the command for `m` would have, in bytes; renders
+ * m's stream key into s->key. */
 static size_t largest_value(redis_sink *s, const relay_msg *m)
 {
     size_t dk = msg_bytes(m->dedup_key, m->dedup_key_len);
@@ -398,6 +401,13 @@ static size_t publish_chunk(redis_sink *s, relay_msg **msgs, size_t n, int *wron
         }
         if (append_command(s, m) < 0)
             break;
+        /* Hand what is formatted so far to the server now and then: it
+         * executes these XADDs while the rest of the chunk is formatted,
+         * instead of after. (One write() of what the buffer holds; its
+         * replies are read below, in order, like the others'.) */
+        int flushed;
+        if ((appended + 1) % FLUSH_EVERY == 0 && redisBufferWrite(s->conn.ctx, &flushed) != REDIS_OK)
+            break;
     }
     for (size_t i = 0; i < appended; i++) {
         if (msgs[i]->state == MSG_REJECTED) {
@@ -413,7 +423,7 @@ static size_t publish_chunk(redis_sink *s, relay_msg **msgs, size_t n, int *wron
         settled += (size_t)take_reply(s, msgs[i], reply, wrongtype);
         freeReplyObject(reply);
     }
-    if (!*down && appended < n) { /* out of memory in hiredis: treat as a lost connection */
+    if (!*down && appended < n) { /* out of memory in hiredis, or a write failed: a lost connection */
         redis_conn_fail(&s->conn, err, errlen);
         *down = 1;
     }
