@@ -23,10 +23,11 @@
  *
  * Pipelining.  publish() appends the XADDs of up to PIPELINE_CHUNK messages
  * to hiredis's output buffer (redisAppendCommandArgv: hiredis formats the
- * protocol) and then reads one reply per command (redisGetReply): the
- * first read flushes the whole buffer in one write, so a chunk costs one
- * round trip, and the server already executes the first commands while the
- * last ones are still on the wire. Every reply is checked:
+ * protocol), writes what the buffer holds every FLUSH_EVERY commands
+ * (redisBufferWrite), so the server executes the first XADDs while the rest
+ * are formatted, and then reads one reply per command (redisGetReply, whose
+ * first call writes the remainder): a chunk costs one round trip. Every
+ * reply is checked:
  *   an entry id (bulk string)          MSG_CONFIRMED
  *   nil (dedup script: a repeat)       MSG_CONFIRMED, counted as a duplicate
  *   WRONGTYPE                          MSG_RETRY; the error names the key
