@@ -82,6 +82,9 @@ if [ ! -f "$BUILD/build.ninja" ]; then
         exit 2
     fi
 fi
+# A fuzz build configured before targets were added: let meson regenerate
+# build.ninja first (ninja -t targets alone would list the old ones).
+ninja -C "$BUILD" build.ninja >"$probe/regen.log" 2>&1 || { cat "$probe/regen.log" >&2; exit 2; }
 mapfile -t built < <(ninja -C "$BUILD" -t targets all 2>/dev/null |
     sed -n 's|^tests/fuzz/fuzz_\([a-z_0-9]*\): .*|\1|p' | sort -u)
 if [ ${#built[@]} -eq 0 ]; then
