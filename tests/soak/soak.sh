@@ -43,6 +43,8 @@
 #   pg        immediate-mode restart of PostgreSQL
 #   redis     kill -9 of redis-server (append-only file, fsync always), restarted
 #   rabbitmq  the RabbitMQ node stopped and started again (~10 s)
+#   sqs       the SQS emulator frozen (SIGSTOP) for 3-8 s, then SIGCONT: every
+#             request times out meanwhile, sends, receives and deletes alike
 #   kafka     every broker of the Kafka cluster down for 2-6 s, then up
 #   webhook   the endpoint frozen (SIGSTOP) or answering 503 for 3-8 s
 #   partition (root, where network namespaces work) relay r2 runs in a
@@ -56,8 +58,8 @@
 #             drawn from the seed): in the namespace, the route to that peer's
 #             address goes through a gateway that does not exist, so its
 #             packets are dropped and the others flow.
-# The SQS emulator keeps its queues in memory: it is partitioned, never
-# restarted. Invariant, per pipeline: every event the ground truth holds (the
+# The SQS emulator keeps its queues in memory: it is frozen, partitioned and
+# cut, never restarted. Invariant, per pipeline: every event the ground truth holds (the
 # ledger, the rows of soak_t, the messages each broker stored or confirmed)
 # is in the sink (lost = 0); after the sink's dedup layer no event twice; no
 # record without a ground-truth event; the dead-letter table empty.
@@ -113,7 +115,7 @@ soak_cleanup() {
     [ -n "${RMQ_DIR:-}" ] && "$RMQ_NODE" stop "$RMQ_DIR" >/dev/null 2>&1
     [ -n "${REDIS_PID:-}" ] && kill -9 "$REDIS_PID" 2>/dev/null
     [ -n "${KMOCK_PID:-}" ] && kill -TERM "$KMOCK_PID" 2>/dev/null
-    [ -n "${SQS_PID:-}" ] && kill -TERM "$SQS_PID" 2>/dev/null
+    [ -n "${SQS_PID:-}" ] && { kill -TERM "$SQS_PID"; kill -CONT "$SQS_PID"; } 2>/dev/null
     [ -n "${HOOK_PID:-}" ] && kill -CONT "$HOOK_PID" 2>/dev/null
     _nats_cleanup; _cleanup; soak_net_cleanup
 }
@@ -389,11 +391,11 @@ use sqs && { load_sqs "$T_END" & LOADS+=($!); }
 use webhook && { load_hook "$T_END" & LOADS+=($!); }
 
 # ---- faults ------------------------------------------------------------------------
-KIND_NAMES="kill9 pause nats pg partition cut redis rabbitmq kafka webhook"
+KIND_NAMES="kill9 pause nats pg partition cut redis rabbitmq sqs kafka webhook"
 declare -A FAULTS=()
 for k in $KIND_NAMES; do FAULTS[$k]=0; done
 default_kinds="kill9 kill9 pause nats pg partition cut cut"
-for b in redis rabbitmq kafka webhook; do use "$b" && default_kinds+=" $b"; done
+for b in redis rabbitmq sqs kafka webhook; do use "$b" && default_kinds+=" $b"; done
 read -r -a KINDS <<<"${SOAK_FAULTS:-$default_kinds}"
 if [ -z "$NETNS" ]; then   # no namespace: draw from the rest
     kinds=(); for k in "${KINDS[@]}"; do [ "$k" = partition ] || [ "$k" = cut ] || kinds+=("$k"); done; KINDS=("${kinds[@]}")
@@ -415,6 +417,7 @@ while [ $(( $(date +%s) + EVERY )) -lt "$T_END" ]; do
         redis) kill -9 "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null; sleep "$d"; start_redis ;;
         rabbitmq) "$RMQ_NODE" stop "$RMQ_DIR" >/dev/null 2>&1; sleep "$d"
                   "$RMQ_NODE" start "$RMQ_DIR" "$RMQ_PORT" >/dev/null || bail "rabbitmq node did not restart" ;;
+        sqs)   p=$(( 3 + RANDOM % 6 )); kill -STOP "$SQS_PID"; sleep "$p"; kill -CONT "$SQS_PID"; who=" (frozen $p s)" ;;
         kafka) kmock down || bail "kmock down failed"; sleep $(( 2 + RANDOM % 5 )); kmock up || bail "kmock up failed" ;;
         webhook) p=$(( 3 + RANDOM % 6 ))
                  if [ $((RANDOM % 2)) = 0 ]; then kill -STOP "$HOOK_PID"; sleep "$p"; kill -CONT "$HOOK_PID"; who=" (frozen $p s)"
