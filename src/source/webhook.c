@@ -865,11 +865,16 @@ static unsigned parse_body(webhook_source *s, int declared_json, wh_req *r, cons
     }
     json_error_t jerr;
     json_t *root = NULL;
-    if (p[start] == '{' || p[start] == '[')
+    /* No JSON text holds a raw NUL byte (RFC 8259), but jansson 2.14 loads
+     * one that follows a number ({"a":1<NUL>}); such a body is not JSON. */
+    const char *nul = memchr(p + start, '\0', n - start);
+    if ((p[start] == '{' || p[start] == '[') && !nul)
         root = json_loadb(p + start, n - start, JSON_DECODE_INT_AS_REAL, &jerr);
     if (!root) {
         if (declared_json) {
-            if (p[start] == '{' || p[start] == '[')
+            if ((p[start] == '{' || p[start] == '[') && nul)
+                snprintf(why, whylen, "invalid JSON: a NUL byte at offset %zu", (size_t)(nul - p));
+            else if (p[start] == '{' || p[start] == '[')
                 snprintf(why, whylen, "invalid JSON: %s (line %d, column %d)", jerr.text,
                          jerr.line, jerr.column);
             else

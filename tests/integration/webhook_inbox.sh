@@ -86,6 +86,21 @@ is "$(post "${AUTH[@]}" -H 'Content-Type: application/json' -d '[]' "$URL")" 400
 is "$(post "${AUTH[@]}" -H 'Content-Type: application/json' -d '42' "$URL")" 400 "a JSON scalar declared as JSON -> 400"
 printf '\xff\xfe binary' >"$TEST_TMP/bin"
 is "$(post "${AUTH[@]}" -H 'Content-Type: application/octet-stream' --data-binary @"$TEST_TMP/bin" "$URL")" 400 "a body that is neither JSON nor UTF-8 -> 400"
+# A raw NUL byte is in no JSON text (jansson would load {"a":1<NUL>,...} all
+# the same) and in no inbox row (jsonb has no U+0000): refused up front.
+printf '{"a":1\0,"b":2}' >"$TEST_TMP/nul.json"
+is "$(post "${AUTH[@]}" -H 'Content-Type: application/json' -H 'Idempotency-Key: nul-json' --data-binary @"$TEST_TMP/nul.json" "$URL")" 400 \
+   "a JSON body with a raw NUL byte after a number -> 400"
+like "$(cat "$TEST_TMP/resp")" '"error":"invalid JSON' "the 400 says it is not JSON"
+printf '{"a":1\0}' >"$TEST_TMP/nul2.json"
+is "$(post "${AUTH[@]}" -H 'Idempotency-Key: nul-undeclared' --data-binary @"$TEST_TMP/nul2.json" "$URL")" 400 \
+   "the same without a JSON content type -> 400 (not stored as text either)"
+printf 'text\0with a NUL' >"$TEST_TMP/nul.txt"
+is "$(post "${AUTH[@]}" -H 'Content-Type: text/plain' -H 'Idempotency-Key: nul-text' --data-binary @"$TEST_TMP/nul.txt" "$URL")" 400 \
+   "a text body with a NUL byte -> 400"
+is "$(rows "event_id LIKE 'nul-%'")" 0 "no row for them"
+is "$(post "${AUTH[@]}" -H 'Idempotency-Key: after-nul' -d '{"still":"working"}' "$URL")" 200 "the receiver takes the next request"
+is "$(rows "event_id = 'after-nul'")" 1 "and stores it"
 is "$(rows "event_id = 'broken'")" 0 "no row for rejected bodies"
 
 is "$(post "${AUTH[@]}" -H 'Idempotency-Key: arr' -d '[{"n":1},{"n":2},{"n":3,"x":[1,{"y":"]"}]}]' "$URL/orders")" 200 "a JSON array -> 200"
