@@ -12,8 +12,11 @@
  *   bindings          [{"exchange": "...", "routing_key": "..."}], bound when
  *                     connecting (queue.bind is idempotent)
  *   batch_size        messages per inbox transaction (500)
- *   prefetch_count    unacknowledged messages the broker sends ahead (the
- *                     batch size, at most 65535); a batch never holds more
+ *   prefetch_count    unacknowledged messages the broker sends ahead (twice
+ *                     the batch size, at most 65535: the next batch arrives
+ *                     while this one is written; with the batch size the
+ *                     broker waits for each batch's ack before it sends
+ *                     more); a batch never holds more
  *   poll_interval_ms  how long a poll waits for the first message (1000)
  *
  * Consuming.  basic.qos(prefetch_count) then basic.consume with manual
@@ -171,8 +174,8 @@ static relay_source *rq_create(const json_t *cfg, relay_worker *w, char *err, si
         cfg_bool(cfg, "source", "declare_queue", 0, &declare, err, errlen) < 0 ||
         cfg_str(cfg, "source", "queue_type", NULL, &qtype, err, errlen) < 0 ||
         cfg_int(cfg, "source", "batch_size", 500, 1, 100000, &batch, err, errlen) < 0 ||
-        cfg_int(cfg, "source", "prefetch_count", batch < PREFETCH_MAX ? batch : PREFETCH_MAX, 1,
-                PREFETCH_MAX, &prefetch, err, errlen) < 0 ||
+        cfg_int(cfg, "source", "prefetch_count", 2 * batch < PREFETCH_MAX ? 2 * batch : PREFETCH_MAX,
+                1, PREFETCH_MAX, &prefetch, err, errlen) < 0 ||
         cfg_int(cfg, "source", "poll_interval_ms", 1000, 10, 3600000, &interval, err, errlen) < 0)
         return NULL;
     if (strlen(queue) > 255) {

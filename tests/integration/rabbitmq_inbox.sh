@@ -63,8 +63,8 @@ is "$(sql "SELECT trace_id FROM pgtrickle.orders_inbox WHERE trace_id IS NOT NUL
 is "$(queue_field "$Q" messages_ready),$(queue_field "$Q" messages_unacknowledged)" "0,0" \
    "the queue is empty and nothing is left unacknowledged"
 st=$(pipeline_status r1 orders-in)
-is "$(jq -r '.source.position | [.queue, .prefetch_count, .unacked, .connected] | @tsv' <<<"$st")" "$Q	200	0	true" \
-   "/status: queue, prefetch (the batch size), nothing unacked, connected"
+is "$(jq -r '.source.position | [.queue, .prefetch_count, .unacked, .connected] | @tsv' <<<"$st")" "$Q	400	0	true" \
+   "/status: queue, prefetch (twice the batch size), nothing unacked, connected"
 is "$(jq -r '.source.position.acked' <<<"$st")" "$((TOTAL + 509))" "/status counts every delivery acked"
 
 # --- a quorum queue declared by the relay, with its binding -------------------------
