@@ -84,15 +84,9 @@ run_relay() {
     "$RELAY_BIN" --postgres-url "$BENCH_DB_URL" --metrics-addr "127.0.0.1:$port" --log-level warn --allow-path "$BENCH_TMP" \
         >"$BENCH_TMP/relay.log" 2>&1 &
     local pid=$!
-    local got=0
-    while :; do
-        got=$(curl -s "http://127.0.0.1:$port/metrics" 2>/dev/null |
-              awk -v m="pgtrickle_relay_messages_published_total{pipeline=\"bench-cdc\",sink=\"$sink\"}" '$1 == m { print $2 }' || true)
-        [ "${got:-0}" -ge "$n" ] && break
-        kill -0 "$pid" 2>/dev/null || { echo "relay died:"; cat "$BENCH_TMP/relay.log"; exit 1; }
-        sleep 0.05
-    done
-    t1=$(now_ms)
+    t1=$(python3 "$BENCH_ROOT/bench/wait_metric.py" "$port" \
+        "pgtrickle_relay_messages_published_total{pipeline=\"bench-cdc\",sink=\"$sink\"}" "$n" 3600 "$pid") \
+        || { echo "relay died or timed out:"; cat "$BENCH_TMP/relay.log"; exit 1; }
     relay_ms=$((t1 - t0)); rss=$(peak_rss_kb "$pid")
     kill -TERM "$pid"; wait "$pid" || true
     if [ "$sink" = nats ]; then

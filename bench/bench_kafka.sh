@@ -57,17 +57,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b / a }'; }   # ratio 
 
 # metric_wait <port> <metric> <pid>: wait until the metric reaches N; prints
 # the wall-clock ms when it first became > 0 and when it reached N.
-metric_wait() {
-    local port=$1 name=$2 pid=$3 got first=0
-    while :; do
-        got=$(curl -s "http://127.0.0.1:$port/metrics" 2>/dev/null | awk -v k="$name" '$1 == k { print $2 }' || true)
-        got=${got:-0}
-        [ "$first" = 0 ] && [ "$got" -gt 0 ] && first=$(now_ms)
-        [ "$got" -ge "$N" ] && break
-        kill -0 "$pid" 2>/dev/null || { echo "relay died:" >&2; cat "$BENCH_TMP/relay.log" >&2; exit 1; }
-        sleep 0.02
-    done
-    echo "$first $(now_ms)"
+metric_wait() {  # metric_wait <port> <metric> <pid>: "<ms first > 0> <ms at N>"
+    python3 "$BENCH_ROOT/bench/wait_metric.py" --first "$1" "$2" "$N" 600 "$3" \
+        || { cat "$BENCH_TMP/relay.log" >&2; exit 1; }
 }
 
 # run_relay <pipeline> <sink type> <from: start|first>: runs the relay until

@@ -68,16 +68,6 @@ start_relay() {   # start_relay <port>
 }
 stop_relay() { kill -TERM "$RELAY_PID" 2>/dev/null; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID="";
                [ "${BENCH_NATS_KEEP:-0}" = 1 ] && cp "$BENCH_TMP/relay.log" "$BENCH_RESULTS/nats-relay.log"; return 0; }
-wait_metric() {   # wait_metric <port> <metric> <target> <timeout s>
-    local end=$(( $(now_ms) + $4 * 1000 )) got
-    while :; do
-        got=$(metric_of "$1" "$2")
-        [ "${got:-0}" -ge "$3" ] && return 0
-        kill -0 "$RELAY_PID" 2>/dev/null || { echo "relay died:"; tail -20 "$BENCH_TMP/relay.log"; exit 1; }
-        [ "$(now_ms)" -ge "$end" ] && { echo "timeout waiting for $2 >= $3 (got ${got:-0})"; tail -20 "$BENCH_TMP/relay.log"; exit 1; }
-        sleep 0.02
-    done
-}
 recreate_stream() { nc_ stream-delete "$1" >/dev/null; nc_ stream-add "$1" "$2" >/dev/null; }
 trap 'stop_relay; rm -rf "$BENCH_TMP"' EXIT
 
@@ -127,7 +117,7 @@ bsql "SELECT pgtrickle.outbox_write('ev', (SELECT jsonb_agg(jsonb_build_object('
 t0=$(now_ms)
 cpu0=$(cpu_ms "$RELAY_PID")
 wait_metric "$PORT" "$PUBM" $((base + N)) 300
-t1=$(now_ms)
+t1=$SEEN_MS
 OUT_MS=$((t1 - t0))
 OUT_CPU_MS=$(( $(cpu_ms "$RELAY_PID") - cpu0 ))
 STORED=$(nc_ stream-info "$OUT" | jq -r .messages)
@@ -141,7 +131,7 @@ bsql "SELECT pgtrickle.outbox_write('ev1', jsonb_build_array(jsonb_build_object(
         FROM generate_series(1, $N) g" >/dev/null
 t0=$(now_ms)
 wait_metric "$PORT" "$PUBM1" "$N" 300
-t1=$(now_ms)
+t1=$SEEN_MS
 OUT1_MS=$((t1 - t0))
 STORED=$(nc_ stream-info "$OUT" | jq -r .messages)
 [ "$STORED" = "$N" ] || { echo "bench_nats: the stream holds $STORED messages, expected $N" >&2; exit 1; }
@@ -195,7 +185,7 @@ for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/metrics"
 t0=$(now_ms)
 bsql "SELECT pgtrickle.enable_relay('bench-in')" >/dev/null   # hot reload: the pipeline starts now
 wait_metric "$PORT" 'pgtrickle_relay_messages_published_total{pipeline="bench-in",sink="pg-inbox"}' "$N" 300
-t1=$(now_ms)
+t1=$SEEN_MS
 IN_MS=$((t1 - t0))
 IN_RSS=$(peak_rss_kb "$RELAY_PID")
 stop_relay

@@ -46,7 +46,6 @@ Q=$RUN.q
 QIN=$RUN.in
 QREF=$RUN.ref
 
-metric_of() { curl -s "http://127.0.0.1:$1/metrics" | awk -v k="$2" '$1 == k { print $2 }'; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 RELAY_PID=""
 start_relay() {   # start_relay <port>
@@ -56,16 +55,6 @@ start_relay() {   # start_relay <port>
     for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$1/metrics" && break; sleep 0.05; done
 }
 stop_relay() { kill -TERM "$RELAY_PID" 2>/dev/null; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=""; }
-wait_metric() {   # wait_metric <port> <metric> <target> <timeout s>
-    local end=$(( $(now_ms) + $4 * 1000 )) got
-    while :; do
-        got=$(metric_of "$1" "$2")
-        [ "${got:-0}" -ge "$3" ] && return 0
-        kill -0 "$RELAY_PID" 2>/dev/null || { echo "relay died:"; tail -20 "$BENCH_TMP/relay.log"; exit 1; }
-        [ "$(now_ms)" -ge "$end" ] && { echo "timeout waiting for $2 >= $3 (got ${got:-0})"; tail -20 "$BENCH_TMP/relay.log"; exit 1; }
-        sleep 0.02
-    done
-}
 # timed_enable <pipeline> <metric>: start a relay, enable the pipeline, print
 # "<ms until metric = N> <peak rss kB>"
 timed_enable() {
@@ -74,7 +63,7 @@ timed_enable() {
     local t0; t0=$(now_ms)
     bsql "SELECT pgtrickle.enable_relay('$1')" >/dev/null
     wait_metric "$port" "$2" "$N" 600
-    local ms=$(( $(now_ms) - t0 )) rss; rss=$(peak_rss_kb "$RELAY_PID")
+    local ms=$(( $SEEN_MS - t0 )) rss; rss=$(peak_rss_kb "$RELAY_PID")
     stop_relay
     echo "$ms $rss"
 }

@@ -47,9 +47,6 @@ IN_BATCH=${BENCH_REDIS_INBOX_BATCH:-1000}
 REPEAT=${BENCH_REDIS_REPEAT:-3}
 rc_() { redis-cli -h 127.0.0.1 -p "$RPORT" "$@"; }
 nc_() { "$NATSCLI" -s "$NURL" "$@"; }
-metric_of() {  # metric_of <port> <exact metric>
-    { curl -s "http://127.0.0.1:$1/metrics" 2>/dev/null || true; } | awk -v k="$2" '$1 == k { print $2 }'
-}
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 RELAY_PID=""
 start_relay() {   # start_relay <port>
@@ -59,16 +56,6 @@ start_relay() {   # start_relay <port>
     for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$1/metrics" && break; sleep 0.05; done
 }
 stop_relay() { [ -n "$RELAY_PID" ] || return 0; kill -TERM "$RELAY_PID" 2>/dev/null; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=""; }
-wait_metric() {   # wait_metric <port> <metric> <target> <timeout s>
-    local end=$(( $(now_ms) + $4 * 1000 )) got
-    while :; do
-        got=$(metric_of "$1" "$2")
-        [ "${got:-0}" -ge "$3" ] && return 0
-        kill -0 "$RELAY_PID" 2>/dev/null || { echo "relay died:"; tail -20 "$BENCH_TMP/relay.log"; exit 1; }
-        [ "$(now_ms)" -ge "$end" ] && { echo "timeout waiting for $2 >= $3 (got ${got:-0})"; tail -20 "$BENCH_TMP/relay.log"; exit 1; }
-        sleep 0.02
-    done
-}
 drop_keys() { rc_ --scan --pattern 'bench:*' | xargs -r -n 1000 redis-cli -h 127.0.0.1 -p "$RPORT" DEL >/dev/null; }
 trap 'stop_relay; drop_keys; rm -rf "$BENCH_TMP"' EXIT
 drop_keys
@@ -113,7 +100,7 @@ for i in $(seq 1 "$REPEAT"); do
     fill ev
     t0=$(now_ms)
     wait_metric "$PORT" "$PUBM" $((i * N + 1)) 300
-    OUTS+="${OUTS:+,}$(( $(now_ms) - t0 ))"
+    OUTS+="${OUTS:+,}$(( $SEEN_MS - t0 ))"
     [ "$(rc_ XLEN bench:out)" = $((i * N + 1)) ] || { echo "bench_redis: bench:out holds $(rc_ XLEN bench:out) entries" >&2; exit 1; }
     REFS+=",$(ref_run "a$i")"
 done
@@ -122,13 +109,13 @@ PUBF='pgtrickle_relay_messages_published_total{pipeline="bench-file",sink="file"
 fill evf
 t0=$(now_ms)
 wait_metric "$PORT" "$PUBF" "$N" 300
-FILE_MS=$(( $(now_ms) - t0 ))
+FILE_MS=$(( $SEEN_MS - t0 ))
 
 DREF1=$(ref_run c --dedup-window 600)
 fill evd
 t0=$(now_ms)
 wait_metric "$PORT" "$PUBD" $((N + 1)) 300
-DEDUP_MS=$(( $(now_ms) - t0 ))
+DEDUP_MS=$(( $SEEN_MS - t0 ))
 [ "$(rc_ XLEN bench:dedup)" = $((N + 1)) ] || { echo "bench_redis: bench:dedup holds $(rc_ XLEN bench:dedup) entries" >&2; exit 1; }
 DREF2=$(ref_run d --dedup-window 600)
 OUT_RSS=$(peak_rss_kb "$RELAY_PID")
@@ -156,7 +143,7 @@ inbox_run() {   # inbox_run <pipeline>: ms from enabling it until the inbox conf
     local t0; t0=$(now_ms)
     bsql "SELECT pgtrickle.enable_relay('$1')" >/dev/null
     wait_metric "$port" "pgtrickle_relay_messages_published_total{pipeline=\"$1\",sink=\"pg-inbox\"}" "$N" 300
-    echo $(( $(now_ms) - t0 )) "$(peak_rss_kb "$RELAY_PID")"
+    echo $(( $SEEN_MS - t0 )) "$(peak_rss_kb "$RELAY_PID")"
     stop_relay
     bsql "SELECT pgtrickle.disable_relay('$1')" >/dev/null
 }

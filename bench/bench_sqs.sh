@@ -69,16 +69,8 @@ ref_drain() {  # ref_drain <queue name> <body format>: ms to receive and delete 
 }
 
 metric_wait() {  # metric_wait <port> <metric> <pid>: "<ms first > 0> <ms at N>"
-    local port=$1 name=$2 pid=$3 got first=0
-    while :; do
-        got=$(curl -s "http://127.0.0.1:$port/metrics" 2>/dev/null | awk -v k="$name" '$1 == k { print $2 }' || true)
-        got=${got:-0}
-        [ "$first" = 0 ] && [ "$got" -gt 0 ] && first=$(now_ms)
-        [ "$got" -ge "$N" ] && break
-        kill -0 "$pid" 2>/dev/null || { echo "relay died:" >&2; cat "$BENCH_TMP/relay.log" >&2; exit 1; }
-        sleep 0.02
-    done
-    echo "$first $(now_ms)"
+    python3 "$BENCH_ROOT/bench/wait_metric.py" --first "$1" "$2" "$N" 600 "$3" \
+        || { cat "$BENCH_TMP/relay.log" >&2; exit 1; }
 }
 
 run_relay() {  # run_relay <pipeline> <sink type> <from: start|first>: "<ms> <peak rss kB>"

@@ -19,3 +19,12 @@ bench_db() {
 bsql() { "${BPSQL[@]}" -d "$BENCH_DB" -c "$1"; }
 # write_json <file> <json>: pretty-print a result object
 write_json() { echo "$2" | jq . > "$1"; }
+# wait_metric <port> <metric> <target> <timeout s>: until the relay
+# ($RELAY_PID) reports metric >= target; sets SEEN_MS, the wall-clock ms of
+# the scrape that showed it (bench/wait_metric.py: one keep-alive
+# connection, not a curl per scrape). On timeout or a dead relay: the
+# relay's log ($BENCH_TMP/relay.log) and exit 1.
+wait_metric() {
+    SEEN_MS=$(python3 "$BENCH_ROOT/bench/wait_metric.py" "$1" "$2" "$3" "$4" "$RELAY_PID") \
+        || { tail -20 "$BENCH_TMP/relay.log" 2>/dev/null; exit 1; }
+}
