@@ -382,52 +382,68 @@ static void plan_units(sqs_sink *s, relay_msg **msgs, size_t n, call_result *cr)
 
 /* ---- building requests ----------------------------------------------------- */
 
-static void add_attr(json_t *attrs, const char *name, const char *value, size_t len)
+/* The request bodies are written straight into the request buffer with the
+ * relay's JSON string escaper (buf_put_json_str), not built as jansson
+ * trees: a tree cost two copies of every body and a dozen allocations per
+ * entry. Every value was checked before (prepare_msg: the body is text SQS
+ * takes; the ids are ASCII), so the escaper never has to substitute. */
+
+/* One "name":{"DataType":"String","StringValue":...} member of an entry's
+ * MessageAttributes; *first says whether a comma is due. */
+static void put_attr(relay_buf *b, int *first, const char *name, const char *value, size_t len)
 {
     if (!value || len == 0 || !sqs_text_valid(value, len))
         return; /* SQS refuses empty or non-text values; the envelope carries them */
-    json_object_set_new(attrs, name, json_pack("{s:s, s:s%}", "DataType", "String",
-                                               "StringValue", value, len));
+    if (!*first)
+        buf_putc(b, ',');
+    *first = 0;
+    buf_put_json_str(b, name, strlen(name));
+    buf_puts(b, ":{\"DataType\":\"String\",\"StringValue\":");
+    buf_put_json_str(b, value, len);
+    buf_putc(b, '}');
 }
 
-static json_t *build_entry(sqs_sink *s, relay_msg **msgs, size_t i, size_t id)
+/* One entry of SendMessageBatch (SQS API reference,
+ * SendMessageBatchRequestEntry) for msgs[i], with Id `id`. */
+static void put_entry(sqs_sink *s, relay_buf *b, relay_msg **msgs, size_t i, size_t id)
 {
     relay_msg *m = msgs[i];
-    char idtext[24];
-    snprintf(idtext, sizeof idtext, "%zu", id);
-    json_t *attrs = json_object();
-    add_attr(attrs, "dedup_key", m->dedup_key, strlen(m->dedup_key));
-    add_attr(attrs, "subject", m->subject, m->subject ? strlen(m->subject) : 0);
+    buf_printf(b, "{\"Id\":\"%zu\",\"MessageBody\":", id);
+    buf_put_json_str(b, m->body ? m->body : "", m->body_len);
+    buf_puts(b, ",\"MessageAttributes\":{");
+    int first = 1;
+    put_attr(b, &first, "dedup_key", m->dedup_key, strlen(m->dedup_key));
+    put_attr(b, &first, "subject", m->subject, m->subject ? strlen(m->subject) : 0);
     const char *op = relay_op_name(m->op);
-    add_attr(attrs, "op", op, strlen(op));
+    put_attr(b, &first, "op", op, strlen(op));
     if (m->is_full_refresh)
-        add_attr(attrs, "full_refresh", "true", 4);
-    json_t *e = json_pack("{s:s, s:s%, s:o}", "Id", idtext, "MessageBody",
-                          m->body ? m->body : "", m->body_len, "MessageAttributes", attrs);
-    if (e && s->conf.fifo) {
-        json_object_set_new(e, "MessageGroupId", json_string(s->groups[s->gidx[i]].id));
-        json_object_set_new(e, "MessageDeduplicationId", json_string(s->dedup_ids[i]));
+        put_attr(b, &first, "full_refresh", "true", 4);
+    buf_putc(b, '}');
+    if (s->conf.fifo) {
+        const char *g = s->groups[s->gidx[i]].id;
+        buf_puts(b, ",\"MessageGroupId\":");
+        buf_put_json_str(b, g, strlen(g));
+        buf_puts(b, ",\"MessageDeduplicationId\":");
+        buf_put_json_str(b, s->dedup_ids[i], strlen(s->dedup_ids[i]));
     }
-    return e;
-}
-
-static int dump_to_buf(const char *p, size_t n, void *data)
-{
-    buf_append(data, p, n);
-    return 0;
+    buf_putc(b, '}');
 }
 
 /* The SendMessageBatch body for entries idx[from .. from+count) of `u`,
  * Ids "0".."count-1", into call->req. */
 static void build_request(sqs_sink *s, sqs_call *call, const send_unit *u, relay_msg **msgs)
 {
-    json_t *entries = json_array();
-    for (size_t j = 0; j < u->count; j++)
-        json_array_append_new(entries, build_entry(s, msgs, u->idx[u->from + j], j));
-    json_t *root = json_pack("{s:s, s:o}", "QueueUrl", s->conf.queue_url, "Entries", entries);
-    buf_clear(&call->req);
-    json_dump_callback(root, dump_to_buf, &call->req, JSON_COMPACT);
-    json_decref(root);
+    relay_buf *b = &call->req;
+    buf_clear(b);
+    buf_puts(b, "{\"QueueUrl\":");
+    buf_put_json_str(b, s->conf.queue_url, strlen(s->conf.queue_url));
+    buf_puts(b, ",\"Entries\":[");
+    for (size_t j = 0; j < u->count; j++) {
+        if (j)
+            buf_putc(b, ',');
+        put_entry(s, b, msgs, u->idx[u->from + j], j);
+    }
+    buf_puts(b, "]}");
 }
 
 /* ---- FIFO order --------------------------------------------------------------
