@@ -93,5 +93,18 @@ is "$(jq -r '.Body | fromjson | .payload.n' "$TEST_TMP/smallf.jsonl" | tr '\n' '
    "the FIFO queue got the other four, in order"
 is "$(queue_depth "$SMALL")" 4 "the standard queue holds the other four"
 
+# --- the request JSON: what a body needs escaped arrives byte for byte -------------
+# (quotes, backslashes, control characters, U+2028, a character outside the
+# BMP; read back by awscli, the body's envelope parsed by jq)
+TXT=$(create_queue "$QTAG-text")
+sql "SELECT pgtrickle.enable_outbox('txt')" >/dev/null
+sql "SELECT pgtrickle.set_relay_outbox('txt-std', 'txt', NULL, '$(sqs_sink "$TXT")')" >/dev/null
+P='[{"s":"é \"q\" \\ a\tb\nc\r \u2028 😀 </ \u0001 end"}]'
+sql "SELECT pgtrickle.outbox_write('txt', \$j\$$P\$j\$)" >/dev/null
+wait_until 30 '[ "$(published r1 txt-std)" = 1 ]'
+drain_queue "$TXT" 1 >"$TEST_TMP/txt.jsonl"
+is "$(jq -cS '.Body | fromjson | .payload' "$TEST_TMP/txt.jsonl")" "$(jq -cS '.[0]' <<<"$P")" \
+   "a payload with quotes, backslashes, control characters and non-BMP text arrives unchanged"
+
 stop_relay r1
 done_testing
