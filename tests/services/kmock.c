@@ -10,7 +10,8 @@
  * librdkafka 2.0 mock API cannot choose them, so callers read that line.
  * Topics a client auto-creates get 4 partitions; -t creates one with a fixed
  * count up front. -d starts with every broker down (connections are refused
- * until an "up" command).
+ * until an "up" command). KMOCK_DEBUG=<librdkafka debug contexts> (e.g.
+ * "mock,cgrp") traces the cluster's handling of every request on stderr.
  *
  * Fault injection, one command per line on stdin (each acknowledged with a
  * line "ok <command>" or "error <why>" on stdout):
@@ -197,6 +198,11 @@ int main(int argc, char **argv)
     char errstr[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof errstr);
+    if (getenv("KMOCK_DEBUG")) { /* e.g. "mock": the cluster's own trace, on stderr */
+        rd_kafka_conf_set(conf, "log_level", "7", errstr, sizeof errstr);
+        if (rd_kafka_conf_set(conf, "debug", getenv("KMOCK_DEBUG"), errstr, sizeof errstr) != RD_KAFKA_CONF_OK)
+            fprintf(stderr, "kmock: KMOCK_DEBUG: %s\n", errstr);
+    }
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (!rk) {
         fprintf(stderr, "kmock: rd_kafka_new: %s\n", errstr);

@@ -25,14 +25,10 @@
 #                  soak-out), o-hook (webhook endpoint)
 #   CDC of soak_t -> c-file, c-nats (SOAK_CDC), c-kafka (topic soak-cdc)
 #   inbox       <- i-nats (SOAK_IN), i-redis (stream soak:in), i-rmq (queue
-#                  soak.in), i-sqs (queue soak-in), i-hook (the relay's own
+#                  soak.in), i-sqs (queue soak-in), i-kafka (topic soak-in,
+#                  group pgtrickle-relay-i-kafka), i-hook (the relay's own
 #                  webhook receiver: the load posts to whichever relay
 #                  answers)
-# Kafka -> inbox is not in the run: librdkafka 2.0's mock cluster aborts
-# (rdkafka_mock_cgrp.c, "!member->resp") when a group member that was
-# partitioned away sends SyncGroup again while its first one is pending -
-# the fault the run exists to inject. tests/integration/kafka_inbox_*.sh
-# cover that source.
 # Load: every tick one transaction writes an outbox event, inserts row i into
 # soak_t, updates row i-5 and records i in soak_ledger; one loop per reverse
 # source writes messages with unique dedup keys into its broker.
@@ -208,7 +204,7 @@ if use kafka; then
     # the oldest message sets beyond that): enough partitions for the run's
     # events, and the read-back fails the run if anything was trimmed.
     KPARTS=$(( SECS / 20 < 4 ? 4 : SECS / 20 ))
-    "$PGT_KMOCK" -b 3 -t "soak-out:$KPARTS" -t "soak-cdc:$KPARTS" <"$TEST_TMP/kmock.ctl" >"$TEST_TMP/kmock.out" 2>"$TEST_TMP/kmock.log" &
+    "$PGT_KMOCK" -b 3 -t "soak-out:$KPARTS" -t "soak-cdc:$KPARTS" -t "soak-in:4" <"$TEST_TMP/kmock.ctl" >"$TEST_TMP/kmock.out" 2>"$TEST_TMP/kmock.log" &
     KMOCK_PID=$!
     exec {KMOCK_FD}>"$TEST_TMP/kmock.ctl"
     wait_until 5 "[ -s '$TEST_TMP/kmock.out' ]" || bail "kmock did not start"
@@ -279,6 +275,14 @@ if use kafka; then
     kafka_cfg() { echo "{\"type\":\"kafka\",\"brokers\":\"$KBROKERS\",\"topic_template\":\"$1\",\"message_timeout_ms\":10000}"; }
     sql "SELECT pgtrickle.set_relay_outbox('o-kafka', 'so', NULL, '$(kafka_cfg soak-out)');
          SELECT pgtrickle.set_relay_cdc('c-kafka', '$(cdc_cfg soak_kafka "$(kafka_cfg soak-cdc)")');" >/dev/null
+    # session.timeout.ms 6 s (Kafka's smallest allowed): librdkafka 2.0's mock
+    # stops reading a connection on which a JoinGroup or SyncGroup waits for
+    # the group (rdkafka_mock.c, "blocking"), so a request the member sends
+    # behind it times out (socket.timeout.ms, 10 s), the member re-sends the
+    # SyncGroup on a new connection and the mock aborts
+    # (rdkafka_mock_cgrp.c: "!member->resp"). With 6 s the mock ends every
+    # wait (it answers REBALANCE_IN_PROGRESS) before anything times out.
+    add_inbox i-kafka soak_inbox_kafka "{\"type\":\"kafka\",\"brokers\":\"$KBROKERS\",\"topic\":\"soak-in\",\"batch_size\":200,\"rdkafka\":{\"session.timeout.ms\":6000}}"
 fi
 if use webhook; then
     sql "SELECT pgtrickle.set_relay_outbox('o-hook', 'so', NULL, '{\"type\":\"webhook\",\"url\":\"$HOOK_URL\",\"timeout_ms\":3000}');" >/dev/null
@@ -370,6 +374,17 @@ load_hook() {
         sleep 0.3
     done
 }
+# i-kafka: what counts as produced is what the topic holds at the end (an
+# idempotent producer; a send cut off by a fault may or may not be stored).
+load_kafka() {
+    local k=1
+    while [ "$(date +%s)" -lt "$1" ]; do
+        timeout 15 "$KCLI" produce "$KBROKERS" soak-in 20 --from "$k" --dedup-header pgtrickle-dedup-key \
+            --value '{"k":%d}' >/dev/null 2>>"$TEST_TMP/kcli-produce.log"
+        k=$((k + 20))
+        sleep 0.5
+    done
+}
 load_sqs() {
     local k=1
     while [ "$(date +%s)" -lt "$1" ]; do
@@ -389,6 +404,7 @@ use redis && { load_redis "$T_END" & LOADS+=($!); }
 use rabbitmq && { load_rmq "$T_END" & LOADS+=($!); }
 use sqs && { load_sqs "$T_END" & LOADS+=($!); }
 use webhook && { load_hook "$T_END" & LOADS+=($!); }
+use kafka && { load_kafka "$T_END" & LOADS+=($!); }
 
 # ---- faults ------------------------------------------------------------------------
 KIND_NAMES="kill9 pause nats pg partition cut redis rabbitmq sqs kafka webhook"
@@ -444,6 +460,12 @@ sqs_depth() {
         --attribute-names ApproximateNumberOfMessages 2>>"$TEST_TMP/aws.log" | jq -r '.Attributes.ApproximateNumberOfMessages // 0'
 }
 use redis && REDIS_IN=$(rcli XLEN soak:in)
+C=$TEST_TMP/check; mkdir -p "$C"
+if use kafka; then   # the dedup keys soak-in holds: i-kafka's ground truth
+    timeout 180 "$KCLI" consume "$KBROKERS" soak-in "$(kafka_high soak-in)" --timeout 60 2>>"$TEST_TMP/kcli.log" \
+        | jq -r '.headers["pgtrickle-dedup-key"]' | sort -u > "$C/i-kafka.expected"
+    KAFKA_IN=$(lines "$C/i-kafka.expected")
+fi
 inbox_count() { sql "SELECT count(*) FROM pgtrickle.$1"; }
 drained() {   # every sink holds at least its ground truth's number of events
     [ "$(lines "$OUT")" -ge "$LEDGER" ] && [ "$(stream_count SOAK_OUT "$NURL")" -ge "$LEDGER" ] \
@@ -454,7 +476,8 @@ drained() {   # every sink holds at least its ground truth's number of events
         && [ "$(inbox_count soak_inbox_rmq)" -ge "$(lines "$TEST_TMP/i-rmq.expected")" ] || return 1; fi
     if use sqs; then [ "$(sqs_depth "$SQS_OUT")" -ge "$LEDGER" ] \
         && [ "$(inbox_count soak_inbox_sqs)" -ge "$(lines "$TEST_TMP/i-sqs.expected")" ] || return 1; fi
-    if use kafka; then [ "$(kafka_high soak-out)" -ge "$LEDGER" ] && [ "$(kafka_high soak-cdc)" -ge "$CHANGES" ] || return 1; fi
+    if use kafka; then [ "$(kafka_high soak-out)" -ge "$LEDGER" ] && [ "$(kafka_high soak-cdc)" -ge "$CHANGES" ] \
+        && [ "$(inbox_count soak_inbox_kafka)" -ge "$KAFKA_IN" ] || return 1; fi
     if use webhook; then [ "$(hook_events)" -ge "$LEDGER" ] \
         && [ "$(inbox_count soak_inbox_hook)" -ge "$(lines "$TEST_TMP/i-hook.expected")" ] || return 1; fi
 }
@@ -466,7 +489,6 @@ for r in r1 r2; do stop_relay "$r"; done
 # What each sink holds, as JSON lines {"key": <dedup key as the sink carries
 # it>, "env": <the envelope>} (<name>.got), and the ground truth of each
 # reverse source (<name>.expected, <name>.maybe, its inbox in <name>.got).
-C=$TEST_TMP/check; mkdir -p "$C"
 sql "COPY (SELECT i FROM soak_ledger) TO STDOUT" > "$C/ledger.txt"
 sql "COPY (SELECT id, v FROM soak_t) TO STDOUT" > "$C/rows.txt"
 DLQ=$(sql "SELECT count(*) FROM pgtrickle.relay_dlq")
@@ -501,7 +523,7 @@ if use kafka; then
     kconsume soak-out | jq -c '(.value | fromjson) as $e | {key: $e.dedup_key, env: $e}' > "$C/o-kafka.got"
     kconsume soak-cdc | jq -c '(.value | fromjson) as $e | {key: $e.dedup_key, env: $e}' > "$C/c-kafka.got"
     pipe o-kafka "outbox -> Kafka" outbox 0; pipe c-kafka "CDC -> Kafka" cdc 0
-    KAFKA_TRIMMED=$(( $(kafka_low soak-out) + $(kafka_low soak-cdc) ))
+    KAFKA_TRIMMED=$(( $(kafka_low soak-out) + $(kafka_low soak-cdc) + $(kafka_low soak-in) ))
 fi
 if use webhook; then
     jq -c 'select(.status == 200) | .body | fromjson | if type == "array" then .[] else . end | {key: .dedup_key, env: .}' \
