@@ -407,8 +407,13 @@ static size_t publish_chunk(redis_sink *s, relay_msg **msgs, size_t n, int *wron
          * instead of after. (One write() of what the buffer holds; its
          * replies are read below, in order, like the others'.) */
         int flushed;
-        if ((appended + 1) % FLUSH_EVERY == 0 && redisBufferWrite(s->conn.ctx, &flushed) != REDIS_OK)
+        if ((appended + 1) % FLUSH_EVERY == 0 && redisBufferWrite(s->conn.ctx, &flushed) != REDIS_OK) {
+            appended++; /* m is in the buffer; whether it reached the server is unknown */
+            log_debug(pipeline_name(s), "redis sink: writing to redis %s failed after %zu of %zu "
+                      "commands were formatted: %s", s->conn.url_display, appended, n,
+                      s->conn.ctx->errstr);
             break;
+        }
     }
     for (size_t i = 0; i < appended; i++) {
         if (msgs[i]->state == MSG_REJECTED) {
