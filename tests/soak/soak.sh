@@ -462,8 +462,10 @@ sqs_depth() {
 use redis && REDIS_IN=$(rcli XLEN soak:in)
 C=$TEST_TMP/check; mkdir -p "$C"
 if use kafka; then   # the dedup keys soak-in holds: i-kafka's ground truth
-    timeout 180 "$KCLI" consume "$KBROKERS" soak-in "$(kafka_high soak-in)" --timeout 60 2>>"$TEST_TMP/kcli.log" \
-        | jq -r '.headers["pgtrickle-dedup-key"]' | sort -u > "$C/i-kafka.expected"
+    # all of it or the run fails: a short read would hide lost events
+    timeout 180 "$KCLI" consume "$KBROKERS" soak-in "$(kafka_high soak-in)" --timeout 60 \
+        >"$TEST_TMP/soak-in.jsonl" 2>>"$TEST_TMP/kcli.log" || bail "soak: could not read topic soak-in back to its high watermark"
+    jq -r '.headers["pgtrickle-dedup-key"]' "$TEST_TMP/soak-in.jsonl" | sort -u > "$C/i-kafka.expected"
     KAFKA_IN=$(lines "$C/i-kafka.expected")
 fi
 inbox_count() { sql "SELECT count(*) FROM pgtrickle.$1"; }

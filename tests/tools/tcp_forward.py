@@ -29,8 +29,8 @@ CONNECTIONS = 0
 
 
 async def pipe(reader, writer, budget=None):
-    """Copy reader to writer; with budget (a one-element list of the bytes
-    still allowed), reset both ends once it is used up."""
+    """Copy reader to writer; with budget ([bytes still allowed, the other
+    end's writer]), reset both ends once the bytes are used up."""
     try:
         passed = 0
         while True:
