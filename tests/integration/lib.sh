@@ -95,6 +95,31 @@ free_port() {
     bail "free_port: no free port found in 200 tries"
 }
 
+# free_port_group <offset>...: a free port p whose p+<offset> ports are free
+# too (a RabbitMQ node listens on p, p+1000 epmd, p+2000 distribution,
+# p+3000 TLS). p+offset stays below 32768, where the kernel's ephemeral
+# ports (outgoing connections) begin; all of them are recorded as issued.
+free_port_group() {
+    local issued="$TEST_TMP/ports" p o i ok max=0
+    for o in "$@"; do [ "$o" -gt "$max" ] && max=$o; done
+    for i in $(seq 1 200); do
+        p=$(free_port) || return 1   # p itself is free and recorded
+        [ $((p + max)) -lt 32768 ] || continue
+        ok=1
+        for o in "$@"; do
+            [ "$o" = 0 ] && continue
+            grep -qx "$((p + o))" "$issued" 2>/dev/null && { ok=0; break; }
+            python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$((p + o))" \
+                2>/dev/null || { ok=0; break; }
+        done
+        [ "$ok" = 1 ] || continue
+        for o in "$@"; do [ "$o" = 0 ] || echo "$((p + o))" >>"$issued"; done
+        echo "$p"
+        return 0
+    done
+    bail "free_port_group: no free group of ports found in 200 tries"
+}
+
 # start_relay <id> [extra flags...]: runs the daemon in the background;
 # log in $TEST_TMP/<id>.log, metrics port in RELAY_PORT_<id>, stdin from
 # $RELAY_STDIN (default /dev/null). Pipeline configs may name files under

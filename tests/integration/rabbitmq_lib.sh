@@ -19,11 +19,17 @@ rmq_count() { rmq count "$1" 2>/dev/null; }
 # start_private_rabbitmq: a node of this test's own (its ports drawn with
 # free_port); points RMQ_URL and RMQ_DIR at it. Stopped at exit.
 start_private_rabbitmq() {
-    local port
-    port=$(free_port)
-    # the node also takes port+1000 (epmd) and port+2000 (distribution)
+    local port try
     RMQ_DIR=$TEST_TMP/rabbitmq
-    "$PGT_RABBITMQ_NODE" start "$RMQ_DIR" "$port" || bail "private rabbitmq did not start"
+    for try in 1 2 3; do
+        # the node also takes port+1000 (epmd), +2000 (distribution), +3000 (TLS)
+        port=$(free_port_group 0 1000 2000 3000) || bail "private rabbitmq: no free ports"
+        "$PGT_RABBITMQ_NODE" start "$RMQ_DIR" "$port" && break
+        "$PGT_RABBITMQ_NODE" stop "$RMQ_DIR" >/dev/null 2>&1
+        rm -rf "$RMQ_DIR"
+        [ "$try" = 3 ] && bail "private rabbitmq did not start"
+        diag "private rabbitmq did not start on port $port (try $try), trying another"
+    done
     RMQ_URL="amqp://guest:guest@127.0.0.1:$port/"
     RMQ_PRIVATE_PORT=$port
 }

@@ -83,7 +83,11 @@ EOF
     )
     local i
     for i in $(seq 1 600); do answers "$port" && break; sleep 0.1; done
-    answers "$port" || { echo "rabbitmq did not start (logs: $d/log, $d/stdout.log)" >&2; return 1; }
+    if ! answers "$port"; then   # the logs go with the test's directory: show their end now
+        echo "rabbitmq did not start (logs: $d/log, $d/stdout.log); their last lines:" >&2
+        tail -n 15 "$d/stdout.log" "$d"/log/*.log 2>/dev/null | sed 's/^/    /' >&2
+        return 1
+    fi
     (node_env "$d" "$port"; rabbitmqctl -q -n "$RABBITMQ_NODENAME" await_startup >/dev/null)
 }
 

@@ -173,7 +173,7 @@ if use redis; then
 fi
 rmq() { /usr/bin/python3 "$TOOLS/rmqcli.py" --url "amqp://guest:guest@127.0.0.1:$RMQ_PORT/" "$@" 2>>"$TEST_TMP/rmqcli.log"; }
 if use rabbitmq; then
-    RMQ_DIR=$TEST_TMP/rabbitmq RMQ_PORT=$(free_port)
+    RMQ_DIR=$TEST_TMP/rabbitmq RMQ_PORT=$(free_port_group 0 1000 2000 3000)
     "$RMQ_NODE" start "$RMQ_DIR" "$RMQ_PORT" >/dev/null || bail "rabbitmq node did not start"
     forward rabbitmq "$RMQ_PORT"
     rmq declare-exchange soak.x topic && rmq declare-queue soak.out --bind soak.x '#' \
